@@ -1,0 +1,251 @@
+"""The Pruner contract: a small dataclass per method, applied as a context manager.
+
+    pruner = build_pruner("mmtok", budget=64)
+    with pruner(model, tokenizer=processor.tokenizer, questions=questions):
+        out = model.generate(**inputs, max_new_tokens=16, do_sample=False)
+    pruner.last_stats  # kept tokens per sample, vision / selection time
+
+Every pruner runs the same request path (`_PrunedGenerate`): the image is encoded once, each image's
+crops are reduced by the method (`select`, pre-LLM methods) or kept whole (in-LLM methods and
+`none`), the shorter `inputs_embeds` + attention mask are built per sample and re-left-padded, and
+the original `generate` runs on them. In-LLM methods additionally register decoder-layer hooks
+(`llm_hooks`). On exit every hook and the `generate` override are removed: the model is unmodified.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import warnings
+import zlib
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from mmtok.models.adapters import LAYOUTS, CropSelection, ImageCrops, LlavaAdapter, adapter_for
+
+
+@dataclass
+class SampleContext:
+    """What a pruner may know about one request besides its image."""
+
+    index: int  # position in the batch (never use it for randomness: batches must not matter)
+    input_ids: torch.Tensor  # the sample's prompt ids without padding
+    question: str | None
+    tokenizer: Any
+    embed_tokens: nn.Module  # the LLM's input embedding table
+    seed: int
+
+
+@dataclass
+class ImageSpan:
+    """Where one sample's image tokens sit in the padded sequence the LLM receives."""
+
+    start: int
+    length: int
+
+
+@dataclass
+class Request:
+    """One `generate` call as the in-LLM hooks see it."""
+
+    spans: list[ImageSpan]
+    attention_mask: torch.Tensor  # [B, L] of the (possibly shortened) prompt
+    prompt_length: int
+    contexts: list[SampleContext]
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class Pruner:
+    """Base of every method. `budget=None` keeps every vision token.
+
+    Budget rule (pre-LLM methods): LLaVA-1.5 keeps `budget` tokens of its single crop. LLaVA-NeXT
+    labels are upper bounds over the largest anyres split (5 crops for LLaVA-NeXT: `budget=160`
+    means 32 per crop); each crop keeps `budget // max_crops` tokens, and the LLM receives that many
+    per crop actually present. A per-crop budget at or above the crop size keeps every token (with
+    a warning when it is strictly above).
+    """
+
+    budget: int | None = None
+    next_layout: str = "paper"  # LLaVA-NeXT assembly of kept tokens: "paper" or "hf" (see adapters)
+    seed: int = 0
+
+    name: ClassVar[str] = ""
+    in_llm: ClassVar[bool] = False  # acts inside the LLM (FastV, SparseVLM) rather than before it
+    supports_batch: ClassVar[bool] = True
+
+    last_stats: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.budget is not None and (not isinstance(self.budget, int) or self.budget < 1):
+            raise ValueError(f"budget must be an integer >= 1 (or None to keep all), got {self.budget!r}")
+        if self.next_layout not in LAYOUTS:
+            raise ValueError(f"unknown next_layout {self.next_layout!r}; valid: {', '.join(LAYOUTS)}")
+
+    # -- what a method implements ---------------------------------------------------------------
+    def select(self, image: ImageCrops, k: int, ctx: SampleContext) -> CropSelection:
+        """Pre-LLM methods: keep `k` tokens of every crop of `image` (k < tokens per crop)."""
+        raise NotImplementedError(f"{type(self).__name__} does not select before the LLM")
+
+    def llm_hooks(self, model: nn.Module, adapter: LlavaAdapter) -> list:
+        """In-LLM methods: register hooks (they read `self.request`); return their handles."""
+        return []
+
+    def params(self) -> dict:
+        """Every hyper-parameter by name (for result rows)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.init}
+
+    # -- budget ---------------------------------------------------------------------------------
+    def per_crop_budget(self, adapter: LlavaAdapter) -> int | None:
+        if self.budget is None or self.in_llm:
+            return None
+        k = self.budget // adapter.max_crops()
+        if k < 1:
+            raise ValueError(
+                f"budget {self.budget} is below one token per crop for {adapter.family} "
+                f"({adapter.max_crops()} crops); use budget >= {adapter.max_crops()}"
+            )
+        return k
+
+    # -- applying it ----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def __call__(self, model: nn.Module, *, tokenizer=None, questions: list[str] | None = None):
+        adapter = adapter_for(model)  # raises for unsupported classes before touching the model
+        if "generate" in vars(model):
+            raise RuntimeError("a pruner is already applied to this model (nested `with pruner(model)`)")
+        self.tokenizer, self.questions = tokenizer, questions
+        self.request: Request | None = None
+        handles = self.llm_hooks(model, adapter)
+        model.generate = _PrunedGenerate(self, model, adapter, model.generate)
+        try:
+            yield self
+        finally:
+            del model.generate
+            for h in handles:
+                h.remove()
+            self.request = None
+
+    # -- the per-image reduction (shared by every method) ---------------------------------------
+    def reduce_image(self, adapter: LlavaAdapter, image: ImageCrops, ctx: SampleContext) -> torch.Tensor:
+        k = self.per_crop_budget(adapter)
+        n = image.tokens_per_crop
+        if k is None or k >= n:
+            if k is not None and k > n:
+                warnings.warn(
+                    f"{self.name}: per-crop budget {k} exceeds the {n} tokens of a crop; keeping all",
+                    stacklevel=3,
+                )
+            return adapter.full_sequence(image)
+        return adapter.assemble(image, self.select(image, k, ctx), self.next_layout)
+
+    def sample_seed(self, ctx: SampleContext) -> int:
+        """A seed that depends on the run seed and the prompt, never on the batch position."""
+        return (self.seed * 1_000_003 + zlib.crc32(ctx.input_ids.cpu().numpy().tobytes())) % (2**63)
+
+
+class _PrunedGenerate:
+    """Stands in for `model.generate` inside the `with` block (an instance attribute, removed on exit)."""
+
+    def __init__(self, pruner: Pruner, model: nn.Module, adapter: LlavaAdapter, generate):
+        self.pruner, self.model, self.adapter, self.generate = pruner, model, adapter, generate
+
+    def __call__(self, input_ids=None, attention_mask=None, pixel_values=None, image_sizes=None, **kwargs):
+        if pixel_values is None or input_ids is None:
+            return self.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        pruner, adapter, model = self.pruner, self.adapter, self.model
+        batch = input_ids.shape[0]
+        if batch > 1 and not pruner.supports_batch:
+            raise ValueError(f"pruner {pruner.name!r} supports batch size 1 only (got {batch})")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        questions = pruner.questions
+        if questions is not None and len(questions) != batch:
+            raise ValueError(f"got {len(questions)} questions for a batch of {batch}")
+        device = input_ids.device
+        embed = model.get_input_embeddings()
+
+        with torch.no_grad():
+            sync(device)
+            t0 = time.perf_counter()
+            images = adapter.encode(pixel_values, image_sizes)
+            sync(device)
+            t1 = time.perf_counter()
+            if len(images) != batch:
+                raise ValueError(f"mmtok supports one image per sample; got {len(images)} images for {batch} samples")
+            contexts, kept = [], []
+            for b in range(batch):
+                ids = input_ids[b][attention_mask[b].bool()]
+                ctx = SampleContext(
+                    index=b,
+                    input_ids=ids,
+                    question=None if questions is None else questions[b],
+                    tokenizer=pruner.tokenizer,
+                    embed_tokens=embed,
+                    seed=pruner.seed,
+                )
+                contexts.append(ctx)
+                kept.append(pruner.reduce_image(adapter, images[b], ctx))
+            sync(device)
+            t2 = time.perf_counter()
+            embeds, mask, spans = _build_inputs(model, input_ids, attention_mask, kept)
+
+        pruner.request = Request(spans=spans, attention_mask=mask, prompt_length=mask.shape[1], contexts=contexts)
+        pruner.last_stats = {
+            "vision_s": t1 - t0,
+            "select_s": t2 - t1,
+            "samples": [
+                {
+                    "vision_tokens_full": adapter.full_sequence(img).shape[0],
+                    "vision_tokens": int(k.shape[0]),
+                    "crops": img.num_crops,
+                }
+                for img, k in zip(images, kept)
+            ],
+        }
+        out = self.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
+        # HF returns only new tokens for an embeddings prompt; put the prompt ids back in front so
+        # callers slice `out[:, input_ids.shape[1]:]` exactly as with the unmodified model.
+        if isinstance(out, torch.Tensor):
+            return torch.cat([input_ids, out], dim=1)
+        out.sequences = torch.cat([input_ids, out.sequences], dim=1)
+        return out
+
+
+def _build_inputs(model, input_ids, attention_mask, image_tokens):
+    """Per sample: text embeddings with the image placeholder run replaced by `image_tokens[b]`,
+    then left-padded again (the pruned lengths can differ per sample)."""
+    embed = model.get_input_embeddings()
+    image_id = model.config.image_token_id
+    pad_id = model.generation_config.pad_token_id
+    if pad_id is None:
+        pad_id = 0
+    rows, spans = [], []
+    for b, feats in enumerate(image_tokens):
+        ids = input_ids[b][attention_mask[b].bool()]
+        where = (ids == image_id).nonzero().flatten()
+        if where.numel() == 0:
+            raise ValueError(f"sample {b} has no image placeholder token (id {image_id})")
+        start, end = int(where[0]), int(where[-1]) + 1
+        if end - start != where.numel():
+            raise ValueError(f"sample {b}: image placeholders are not one contiguous run (one image per sample)")
+        text = embed(ids)
+        rows.append(torch.cat([text[:start], feats.to(text.dtype), text[end:]], dim=0))
+        spans.append(start)
+    length = max(r.shape[0] for r in rows)
+    pad = embed(torch.tensor([pad_id], device=input_ids.device))[0]
+    embeds = pad.expand(len(rows), length, pad.shape[0]).clone()
+    mask = torch.zeros(len(rows), length, dtype=attention_mask.dtype, device=input_ids.device)
+    out_spans = []
+    for b, (row, feats) in enumerate(zip(rows, image_tokens)):
+        offset = length - row.shape[0]
+        embeds[b, offset:] = row
+        mask[b, offset:] = 1
+        out_spans.append(ImageSpan(start=offset + spans[b], length=int(feats.shape[0])))
+    return embeds, mask, out_spans

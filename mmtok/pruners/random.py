@@ -1,0 +1,21 @@
+"""`random`: a uniform subset of each crop, in original order; seeded from the run seed and the
+prompt so that a sample gets the same subset in any batch."""
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from mmtok.models.adapters import CropSelection, ImageCrops
+from mmtok.pruners.base import Pruner, SampleContext
+
+
+@dataclass
+class RandomPruner(Pruner):
+    name: ClassVar[str] = "random"
+
+    def select(self, image: ImageCrops, k: int, ctx: SampleContext) -> CropSelection:
+        gen = torch.Generator().manual_seed(self.sample_seed(ctx))
+        n = image.tokens_per_crop
+        idx = [torch.randperm(n, generator=gen)[:k].sort().values.to(image.proj.device) for _ in range(image.num_crops)]
+        return CropSelection(indices=idx)
