@@ -67,7 +67,9 @@ class LlavaAdapter:
 
     def feature_layer_module(self) -> nn.Module:
         """The CLIP encoder layer whose output the projector reads (hidden_states[-2] -> layer L-2)."""
-        layers = self.tower.vision_model.encoder.layers
+        tower = self.tower
+        # 5.x builds the tower as CLIPVisionTransformer (layers at .encoder); older as CLIPVisionModel
+        layers = (tower.vision_model if hasattr(tower, "vision_model") else tower).encoder.layers
         hidden_index = self.feature_layer % (len(layers) + 1)  # hidden_states has L+1 entries
         return layers[hidden_index - 1]
 

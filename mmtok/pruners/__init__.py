@@ -5,10 +5,15 @@ from __future__ import annotations
 from dataclasses import fields
 
 from mmtok.pruners.base import Pruner
+from mmtok.pruners.divprune import DivPrunePruner
+from mmtok.pruners.mmtok import MMTokPruner
 from mmtok.pruners.none import NoPruner
 from mmtok.pruners.random import RandomPruner
+from mmtok.pruners.visionzip import VisionZipPruner
 
-PRUNERS: dict[str, type[Pruner]] = {cls.name: cls for cls in (NoPruner, RandomPruner)}
+PRUNERS: dict[str, type[Pruner]] = {
+    cls.name: cls for cls in (NoPruner, RandomPruner, MMTokPruner, VisionZipPruner, DivPrunePruner)
+}
 
 
 def pruner_names() -> list[str]:

@@ -37,6 +37,7 @@ class SampleContext:
     tokenizer: Any
     embed_tokens: nn.Module  # the LLM's input embedding table
     seed: int
+    adapter: LlavaAdapter  # the model family (for methods that work on the packed sequence)
 
 
 @dataclass
@@ -94,6 +95,10 @@ class Pruner:
         """Pre-LLM methods: keep `k` tokens of every crop of `image` (k < tokens per crop)."""
         raise NotImplementedError(f"{type(self).__name__} does not select before the LLM")
 
+    def encode(self, adapter: LlavaAdapter, pixel_values, image_sizes) -> list[ImageCrops]:
+        """Run the vision tower once; methods that need signals from inside it override this."""
+        return adapter.encode(pixel_values, image_sizes)
+
     def llm_hooks(self, model: nn.Module, adapter: LlavaAdapter) -> list:
         """In-LLM methods: register hooks (they read `self.request`); return their handles."""
         return []
@@ -121,7 +126,7 @@ class Pruner:
         if "generate" in vars(model):
             raise RuntimeError("a pruner is already applied to this model (nested `with pruner(model)`)")
         self.tokenizer, self.questions = tokenizer, questions
-        self.request: Request | None = None
+        self.request: Request | None = None  # the latest request; kept after exit for inspection
         handles = self.llm_hooks(model, adapter)
         model.generate = _PrunedGenerate(self, model, adapter, model.generate)
         try:
@@ -130,7 +135,6 @@ class Pruner:
             del model.generate
             for h in handles:
                 h.remove()
-            self.request = None
 
     # -- the per-image reduction (shared by every method) ---------------------------------------
     def reduce_image(self, adapter: LlavaAdapter, image: ImageCrops, ctx: SampleContext) -> torch.Tensor:
@@ -174,7 +178,7 @@ class _PrunedGenerate:
         with torch.no_grad():
             sync(device)
             t0 = time.perf_counter()
-            images = adapter.encode(pixel_values, image_sizes)
+            images = pruner.encode(adapter, pixel_values, image_sizes)
             sync(device)
             t1 = time.perf_counter()
             if len(images) != batch:
@@ -189,6 +193,7 @@ class _PrunedGenerate:
                     tokenizer=pruner.tokenizer,
                     embed_tokens=embed,
                     seed=pruner.seed,
+                    adapter=adapter,
                 )
                 contexts.append(ctx)
                 kept.append(pruner.reduce_image(adapter, images[b], ctx))

@@ -1,0 +1,69 @@
+"""`visionzip`: dominant tokens by CLS attention + contextual merges, inside the CLIP tower (CVPR 2025).
+
+It needs, at the CLIP layer LLaVA reads, the CLS query's attention and the head-averaged keys.
+Both are recomputed from that layer's input for the CLS row only (one hook during the tower pass),
+so the tower stays on its fast attention path. Merged tokens go through the projector afterwards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from mmtok.models.adapters import CropSelection, ImageCrops, LlavaAdapter
+from mmtok.pruners.base import Pruner, SampleContext
+from mmtok.selection.visionzip import visionzip_merge, visionzip_split
+
+
+def cls_attention_and_keys(attn: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """CLIP self-attention signals for input `x` [C, T, D]: CLS-row probabilities per head
+    [C, H, T] and keys averaged over heads [C, T, head_dim]."""
+    c, t, _ = x.shape
+    heads, hd = attn.num_heads, attn.head_dim
+    q = attn.q_proj(x[:, :1]).view(c, 1, heads, hd).transpose(1, 2)  # [C, H, 1, hd]
+    k = attn.k_proj(x).view(c, t, heads, hd).transpose(1, 2)  # [C, H, T, hd]
+    probs = torch.softmax((q.float() @ k.float().transpose(-1, -2)) * attn.scale, dim=-1)[:, :, 0]
+    return probs, k.mean(dim=1)
+
+
+@dataclass
+class VisionZipPruner(Pruner):
+    """Budget per crop is split dominant:contextual as in the paper (64 = 54+10, 128 = 108+20,
+    192 = 162+30; other budgets keep the 54:10 ratio, see `visionzip_split`)."""
+
+    name: ClassVar[str] = "visionzip"
+
+    def encode(self, adapter: LlavaAdapter, pixel_values, image_sizes) -> list[ImageCrops]:
+        attn = adapter.feature_layer_module().self_attn
+        captured = {}
+
+        def grab(module, args, kwargs):
+            captured["x"] = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+
+        handle = attn.register_forward_pre_hook(grab, with_kwargs=True)
+        try:
+            images = adapter.encode(pixel_values, image_sizes)
+        finally:
+            handle.remove()
+        probs, keys = cls_attention_and_keys(attn, captured["x"])
+        start = 0
+        for image in images:
+            c = image.num_crops
+            image.extras["cls_attention"], image.extras["keys"] = probs[start : start + c], keys[start : start + c]
+            start += c
+        return images
+
+    def select(self, image: ImageCrops, k: int, ctx: SampleContext) -> CropSelection:
+        dominant, contextual = visionzip_split(k)
+        merged = torch.stack(
+            [
+                visionzip_merge(
+                    image.pre[c], image.extras["cls_attention"][c], image.extras["keys"][c], dominant, contextual
+                )
+                for c in range(image.num_crops)
+            ]
+        )
+        projected = ctx.adapter.project(merged.to(image.pre.dtype))
+        return CropSelection(features=list(projected))

@@ -1,0 +1,151 @@
+"""Pruner construction errors, budget rules and the LLaVA-NeXT assembly layouts."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from mmtok.models.adapters import CropSelection, LlavaNextAdapter
+from mmtok.models.tiny import build_tiny
+from mmtok.pruners import PRUNERS, build_pruner
+from tests._tiny import QUESTIONS, generate, images, inputs, load
+
+
+@pytest.fixture(scope="module")
+def next_model(tmp_path_factory):
+    return load(build_tiny(tmp_path_factory.mktemp("tiny") / "n", "llava_next"), "llava_next")
+
+
+def test_unknown_pruner_names_the_valid_choices():
+    with pytest.raises(ValueError) as err:
+        build_pruner("fastvv", budget=4)
+    msg = str(err.value)
+    assert msg.startswith("unknown pruner 'fastvv'; valid: ") and "\n" not in msg
+    assert all(name in msg for name in PRUNERS)
+
+
+@pytest.mark.parametrize("budget", [0, -3, 2.5])
+def test_bad_budget(budget):
+    with pytest.raises(ValueError, match=r"budget must be an integer >= 1"):
+        build_pruner("random", budget=budget)
+
+
+def test_unknown_parameter_names_the_valid_ones():
+    with pytest.raises(ValueError, match=r"unknown parameter\(s\) tau for pruner 'mmtok'; valid: .*tau_t"):
+        build_pruner("mmtok", budget=4, tau=0.1)
+
+
+def test_none_takes_no_budget():
+    with pytest.raises(ValueError, match="pruner 'none' takes no budget"):
+        build_pruner("none", budget=4)
+
+
+def test_unsupported_model_class():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=10, hidden_size=8, intermediate_size=8, num_hidden_layers=1, num_attention_heads=1))
+    with pytest.raises(TypeError, match="unsupported model class LlamaForCausalLM; valid: LlavaForConditionalGeneration, LlavaNextForConditionalGeneration"):
+        with build_pruner("random", budget=4)(model):
+            pass
+
+
+def test_next_budget_below_one_per_crop(next_model):
+    model, processor = next_model
+    with build_pruner("random", budget=4)(model):
+        with pytest.raises(ValueError, match=r"budget 4 is below one token per crop for llava_next \(5 crops\); use budget >= 5"):
+            generate(model, inputs(processor, QUESTIONS[:1]))
+
+
+def test_budget_above_crop_size_warns_and_keeps_all(next_model):
+    model, processor = next_model
+    batch = inputs(processor, QUESTIONS[:1])
+    pruner = build_pruner("random", budget=5 * 37, next_layout="hf")
+    with pytest.warns(UserWarning, match="per-crop budget 37 exceeds the 36 tokens of a crop; keeping all"):
+        with pruner(model):
+            out = generate(model, batch)
+    assert torch.equal(out, generate(model, batch))
+
+
+def test_mmtok_needs_questions(next_model):
+    model, processor = next_model
+    with build_pruner("mmtok", budget=40)(model):
+        with pytest.raises(ValueError, match="mmtok needs each sample's question text and the tokenizer"):
+            generate(model, inputs(processor, QUESTIONS[:1]))
+
+
+def test_nested_application_is_refused(next_model):
+    model, _ = next_model
+    p = build_pruner("random", budget=40)
+    with p(model):
+        with pytest.raises(RuntimeError, match="already applied"):
+            with p(model):
+                pass
+    assert "generate" not in vars(model)
+
+
+# -- LLaVA-NeXT assembly -------------------------------------------------------------------------
+def _image(model, processor, idx=0):
+    adapter = LlavaNextAdapter(model)
+    batch = processor(images=[images()[idx]], text=["<image>"], return_tensors="pt")
+    with torch.no_grad():
+        return adapter, adapter.encode(batch["pixel_values"], batch["image_sizes"])[0]
+
+
+def test_hf_layout_keep_all_equals_hf_packing(next_model):
+    model, processor = next_model
+    for idx in range(3):
+        adapter, image = _image(model, processor, idx)
+        every = CropSelection(indices=[torch.arange(36)] * image.num_crops)
+        batch = processor(images=[images()[idx]], text=["<image>"], return_tensors="pt")
+        with torch.no_grad():
+            got = adapter.assemble(image, every, "hf")
+            ref = model.model.get_image_features(
+                batch["pixel_values"], batch["image_sizes"], return_dict=True
+            ).pooler_output[0]
+        assert torch.equal(got, ref)
+
+
+def test_paper_layout_is_base_then_stitched_raster(next_model):
+    model, processor = next_model
+    adapter, image = _image(model, processor, 0)
+    rows, cols = image.grid
+    assert image.num_crops == 1 + rows * cols
+    # keep token 0 and the last token of every crop
+    sel = CropSelection(indices=[torch.tensor([0, 35])] * image.num_crops)
+    got = adapter.assemble(image, sel, "paper")
+    side = 6
+    expected = [image.proj[0, 0], image.proj[0, 35]]
+    # stitched grid: tile (r, c) covers rows r*6.., cols c*6..; raster order over the big grid
+    picks = []
+    for tile in range(rows * cols):
+        r, c = divmod(tile, cols)
+        picks += [(r * side + 0, c * side + 0, tile, 0), (r * side + 5, c * side + 5, tile, 35)]
+    for y, x, tile, tok in sorted(picks):
+        expected.append(image.proj[1 + tile, tok])
+    assert torch.equal(got, torch.stack(expected))
+
+
+def test_hf_layout_drops_newlines_of_empty_rows(next_model):
+    from transformers.models.llava_next.modeling_llava_next import unpad_image
+
+    model, processor = next_model
+    for idx in range(3):
+        adapter, image = _image(model, processor, idx)
+        # keep the first token of every crop: one kept token in the top row of each tile row
+        sel = CropSelection(indices=[torch.tensor([0])] * image.num_crops)
+        got = adapter.assemble(image, sel, "hf")
+        rows, cols, side = *image.grid, 6
+        # reference: mark kept tokens on the stitched grid, unpad it like HF, read rows in order
+        ids = torch.full((1, rows * side, cols * side), -1.0)
+        for tile in range(rows * cols):
+            r, c = divmod(tile, cols)
+            ids[0, r * side, c * side] = 1 + tile
+        ids = unpad_image(ids, image.image_size)[0]
+        expected = [image.proj[0, 0]]
+        for row in ids:
+            tiles = [int(t) for t in row if t >= 0]
+            if tiles:
+                expected += [image.proj[t, 0] for t in tiles] + [model.model.image_newline]
+        assert torch.equal(got, torch.stack(expected).to(got.dtype)), idx
