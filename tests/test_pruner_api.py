@@ -149,3 +149,48 @@ def test_hf_layout_drops_newlines_of_empty_rows(next_model):
             if tiles:
                 expected += [image.proj[t, 0] for t in tiles] + [model.model.image_newline]
         assert torch.equal(got, torch.stack(expected).to(got.dtype)), idx
+
+
+def test_random_seed_changes_the_subset_and_is_reproducible(next_model):
+    model, processor = next_model
+    adapter, image = _image(model, processor, 0)
+    ctx = _ctx(adapter, model, processor, QUESTIONS[0])
+    pick = lambda seed: [i.tolist() for i in build_pruner("random", budget=40, seed=seed).select(image, 8, ctx).indices]  # noqa: E731
+    assert pick(0) == pick(0) and pick(0) != pick(1)
+    assert all(len(i) == 8 and i == sorted(i) for i in pick(0))
+
+
+def _ctx(adapter, model, processor, question):
+    from mmtok.pruners.base import SampleContext
+
+    ids = processor.tokenizer(question, return_tensors="pt").input_ids[0]
+    return SampleContext(
+        index=0, input_ids=ids, question=question, tokenizer=processor.tokenizer,
+        embed_tokens=model.get_input_embeddings(), seed=0, adapter=adapter,
+    )
+
+
+def test_mmtok_wiring_uses_question_rows_projected_and_pre_projector_features(next_model):
+    """The pruner's choice equals `mmtok_select` fed by hand: embedding-table rows of the cleaned
+    question (no BOS), projected tokens, and CLIP hidden_states[-2] without CLS, per crop."""
+    from mmtok.pruners.mmtok import mmtok_select
+
+    model, processor = next_model
+    adapter, image = _image(model, processor, 1)
+    q = QUESTIONS[2]
+    tok = processor.tokenizer
+    words = "many people there A one B two C three D four".split()  # the quirk drops option "A"
+    words.remove("A")
+    ids = tok(words, is_split_into_words=True).input_ids
+    assert ids[0] == tok.bos_token_id
+    text = model.get_input_embeddings().weight[torch.tensor(ids[1:])]
+    with torch.no_grad():
+        tower = model.model.vision_tower(
+            processor(images=[images()[1]], text=["<image>"], return_tensors="pt")["pixel_values"][0][: image.num_crops],
+            output_hidden_states=True,
+        )
+        pre = tower.hidden_states[-2][:, 1:]
+        proj = model.model.multi_modal_projector(pre)
+        expected = mmtok_select(text, proj, pre, 5)
+        got = build_pruner("mmtok", budget=25).select(image, 5, _ctx(adapter, model, processor, q))
+    assert [i.tolist() for i in got.indices] == expected.tolist()

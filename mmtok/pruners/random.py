@@ -8,6 +8,7 @@ import torch
 
 from mmtok.models.adapters import CropSelection, ImageCrops
 from mmtok.pruners.base import Pruner, SampleContext
+from mmtok.selection.random import random_select
 
 
 @dataclass
@@ -16,6 +17,5 @@ class RandomPruner(Pruner):
 
     def select(self, image: ImageCrops, k: int, ctx: SampleContext) -> CropSelection:
         gen = torch.Generator().manual_seed(self.sample_seed(ctx))
-        n = image.tokens_per_crop
-        idx = [torch.randperm(n, generator=gen)[:k].sort().values.to(image.proj.device) for _ in range(image.num_crops)]
-        return CropSelection(indices=idx)
+        n, device = image.tokens_per_crop, image.proj.device
+        return CropSelection(indices=[random_select(n, k, generator=gen, device=device) for _ in range(image.num_crops)])
