@@ -96,6 +96,10 @@ class LlavaAdapter:
         """The image tokens exactly as the unmodified HF model would feed them."""
         return image.proj[0]
 
+    def full_length(self, image: ImageCrops) -> int:
+        """How many image tokens the unmodified model feeds (without building them)."""
+        return image.tokens_per_crop
+
     def assemble(self, image: ImageCrops, sel: CropSelection, layout: str) -> torch.Tensor:
         if sel.features is not None:
             return torch.cat(sel.features, dim=0)
@@ -158,6 +162,10 @@ class LlavaNextAdapter(LlavaAdapter):
 
     def full_sequence(self, image: ImageCrops) -> torch.Tensor:
         return self._pack(image, image.proj, self.inner.image_newline)
+
+    def full_length(self, image: ImageCrops) -> int:
+        c, n, _ = image.proj.shape
+        return self._pack(image, torch.zeros(c, n, 1), torch.zeros(1)).shape[0]
 
     def _stitched_order(self, image: ImageCrops) -> torch.Tensor:
         """Flat (crop * n + token) ids of the tiles in raster order of the stitched high-res grid."""

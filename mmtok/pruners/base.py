@@ -207,7 +207,7 @@ class _PrunedGenerate:
             "select_s": t2 - t1,
             "samples": [
                 {
-                    "vision_tokens_full": adapter.full_sequence(img).shape[0],
+                    "vision_tokens_full": adapter.full_length(img),
                     "vision_tokens": int(k.shape[0]),
                     "crops": img.num_crops,
                 }
