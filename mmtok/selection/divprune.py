@@ -1,0 +1,87 @@
+"""DivPrune: greedy max-min diversity selection on projected vision tokens.
+
+DivPrune keeps the k tokens that are as mutually dissimilar as possible (cosine distance), a
+question-agnostic baseline. The greedy is the classic farthest-point heuristic for the max-min
+diversity problem: seed with the most isolated token, then repeatedly add the token farthest from
+everything kept so far.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+# Same budget / mask conventions as MMTok, so pruners can swap selectors without new checks.
+from mmtok.selection.mmtok import _as_budget, _exclude_mask
+
+__all__ = ["cosine_distance", "divprune_budget", "divprune_select"]
+
+
+def divprune_budget(n: int, ratio: float) -> int:
+    """Tokens kept for a keep-ratio, `round(ratio * n)` with Python's round as in the release."""
+    if not 0 < ratio <= 1:
+        raise ValueError(f"ratio must be in (0, 1], got {ratio}")
+    return max(1, round(ratio * n))
+
+
+def cosine_distance(features: torch.Tensor) -> torch.Tensor:
+    """Pairwise `1 - cos` in float32, exactly symmetric, `[n, n]` or `[B, n, n]`.
+
+    Rows are L2-normalised in the input dtype (as the original does) before widening, so the
+    distances themselves do not suffer half-precision cancellation near 0.
+    """
+    unit = F.normalize(features, dim=-1).float()
+    dist = 1.0 - torch.matmul(unit, unit.transpose(-1, -2))
+    # matmul need not round (i, j) and (j, i) identically; symmetrising exactly (IEEE addition is
+    # commutative) makes mathematically tied tokens tie in floats too, so the lowest index wins.
+    return 0.5 * (dist + dist.transpose(-1, -2))
+
+
+def divprune_select(
+    features: torch.Tensor, k: int, *, exclude: torch.Tensor | None = None
+) -> torch.LongTensor:
+    """Indices of k tokens chosen by greedy max-min cosine diversity, sorted ascending.
+
+    features: `[n, D]` (result `[k]`) or `[B, n, D]` (result `[B, k]`), the projected tokens.
+    exclude:  optional boolean `[n]` or `[B, n]`; excluded tokens are treated as absent: never
+              chosen and not counted as anyone's nearest neighbour.
+
+    Step 1 picks the token whose nearest *other* token is farthest away (the release reads this as
+    the second-smallest entry of each distance column, the smallest being the token itself; we
+    mask the diagonal explicitly so exact duplicates cannot confuse it). Later steps pick the token
+    with the largest minimum distance to the selected set. Chosen tokens are masked explicitly
+    (the release relies on their zero self-distance), ties go to the lowest index.
+    """
+    if features.dim() not in (2, 3):
+        raise ValueError(f"features must be [n, D] or [B, n, D], got shape {tuple(features.shape)}")
+    single = features.dim() == 2
+    feats = features.unsqueeze(0) if single else features
+    batch, n, _ = feats.shape
+    device = feats.device
+
+    if exclude is not None and single and exclude.dim() != 1:
+        raise ValueError(f"exclude must have shape [{n}] for [n, D] features, got {tuple(exclude.shape)}")
+    forbidden = _exclude_mask(exclude, batch, n, device)
+    k = _as_budget(k)
+    selectable = n - int(forbidden.sum(dim=-1).max().item())
+    if k < 1 or k > selectable:
+        raise ValueError(f"k must satisfy 1 <= k <= {selectable} selectable tokens (n={n}), got k={k}")
+
+    dist = cosine_distance(feats)
+    inf = torch.tensor(float("inf"), device=device)
+    eye = torch.eye(n, dtype=torch.bool, device=device)
+    # Nearest-neighbour distance over the other, non-excluded tokens (+inf if there is none).
+    neighbour_blocked = eye.unsqueeze(0) | forbidden.unsqueeze(1)
+    score = dist.masked_fill(neighbour_blocked, inf).amin(dim=-1)
+    blocked = forbidden.clone()
+
+    picks = torch.empty(batch, k, dtype=torch.long, device=device)
+    for step in range(k):
+        j = score.masked_fill(blocked, -inf).argmax(dim=-1)
+        picks[:, step] = j
+        blocked.scatter_(1, j.unsqueeze(1), True)
+        row = dist.gather(1, j.view(batch, 1, 1).expand(batch, 1, n)).squeeze(1)
+        # After the seed, the score is the distance to the selected set, not to the nearest token.
+        score = row if step == 0 else torch.minimum(score, row)
+    picks = picks.sort(dim=-1).values
+    return picks[0] if single else picks

@@ -1,0 +1,121 @@
+"""VisionZip: keep the CLS-attended "dominant" tokens and merge the rest into "contextual" ones.
+
+Works on one image crop at the CLIP layer LLaVA reads (hidden_states[-2]), before the projector.
+Inputs include the CLS token at index 0 because VisionZip keeps it as the first dominant token.
+
+Conventions (baselines.md, checked against the authors' release):
+- `dominant` counts CLS: CLS plus the top (dominant - 1) patches by CLS attention summed over
+  heads. The release's own `dominant` argument counts patches only and prepends CLS on top; we
+  count CLS so that dominant + contextual is exactly the number of tokens the LLM receives.
+- Contextual targets: over the r remaining (non-dominant) tokens in original order, the positions
+  `arange(0, r, max(1, r // contextual))[:contextual]` (the release's uniform stride).
+- Every other remaining token is assigned to its most cosine-similar target on the head-averaged
+  keys (ties: lowest target), and each contextual token = target feature + mean(assigned
+  features), the target alone if nothing was assigned. This is what the release computes: the
+  target is not averaged in as one more member of its group but added at full weight.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["visionzip_dominant_indices", "visionzip_merge", "visionzip_split", "visionzip_targets"]
+
+
+def visionzip_split(budget: int) -> tuple[int, int]:
+    """(dominant, contextual) for a total token budget, CLS counted among the dominant tokens.
+
+    The paper's table (64 = 54 + 10, 128 = 108 + 20, 192 = 162 + 30) is a fixed 54:10 ratio, so
+    other budgets use contextual = round(budget * 10 / 64) with halves rounded up (integer
+    arithmetic, e.g. 144 -> 121 + 23), at least 1 once budget >= 2 so the merge always exists,
+    and dominant = budget - contextual (>= 1: CLS).
+    """
+    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+        raise ValueError(f"budget must be a positive integer, got {budget!r}")
+    contextual = (budget * 10 + 32) // 64
+    if budget >= 2:
+        contextual = max(1, contextual)
+    return budget - contextual, contextual
+
+
+def visionzip_dominant_indices(cls_attention: torch.Tensor, dominant: int) -> torch.LongTensor:
+    """Token indices (CLS = 0 first, then patches ascending) of the `dominant` kept tokens.
+
+    Patches are ranked by CLS attention summed over heads; a stable sort breaks exact ties
+    towards the lower index so the result is deterministic across devices.
+    """
+    if cls_attention.dim() != 2:
+        raise ValueError(f"cls_attention must be [H, n + 1], got shape {tuple(cls_attention.shape)}")
+    total = cls_attention.shape[1]
+    if not 1 <= dominant <= total:
+        raise ValueError(f"dominant must be in [1, {total}] (CLS included), got {dominant}")
+    scores = cls_attention[:, 1:].float().sum(dim=0)
+    top = torch.sort(scores, descending=True, stable=True).indices[: dominant - 1] + 1
+    cls = torch.zeros(1, dtype=torch.long, device=cls_attention.device)
+    return torch.cat([cls, top.sort().values])
+
+
+def visionzip_targets(remaining: int, contextual: int) -> torch.LongTensor:
+    """Positions, within the remaining-token list, of the contextual targets (uniform stride)."""
+    if not 0 <= contextual <= remaining:
+        raise ValueError(f"contextual must be in [0, {remaining}] remaining tokens, got {contextual}")
+    if contextual == 0:
+        return torch.zeros(0, dtype=torch.long)
+    step = max(1, remaining // contextual)
+    return torch.arange(0, remaining, step)[:contextual]
+
+
+def visionzip_merge(
+    features: torch.Tensor,
+    cls_attention: torch.Tensor,
+    keys: torch.Tensor,
+    dominant: int,
+    contextual: int,
+) -> torch.Tensor:
+    """The `[dominant + contextual, Dv]` VisionZip tokens of one crop, before the projector.
+
+    features:      `[n + 1, Dv]` CLIP features of the layer LLaVA reads, CLS at index 0.
+    cls_attention: `[H, n + 1]` attention probabilities of the CLS query, per head, same layer.
+    keys:          `[n + 1, Dk]` that layer's keys averaged over heads.
+
+    Output order: dominant tokens (CLS first, then patches in original order), then the
+    contextual tokens in target order. The merge is accumulated in float32 and cast back to the
+    features' dtype, so half-precision towers do not lose precision summing many features.
+    """
+    if features.dim() != 2 or keys.dim() != 2:
+        raise ValueError(
+            f"features and keys must be 2-D [n + 1, D], got {tuple(features.shape)} and {tuple(keys.shape)}"
+        )
+    total = features.shape[0]
+    if cls_attention.dim() != 2 or cls_attention.shape[1] != total or keys.shape[0] != total:
+        raise ValueError(
+            f"token counts differ: features {tuple(features.shape)}, cls_attention "
+            f"{tuple(cls_attention.shape)} (expected [H, {total}]), keys {tuple(keys.shape)}"
+        )
+    if dominant < 1 or contextual < 0 or dominant + contextual > total:
+        raise ValueError(
+            f"need dominant >= 1, contextual >= 0 and dominant + contextual <= {total} tokens "
+            f"(CLS included), got dominant={dominant}, contextual={contextual}"
+        )
+    device = features.device
+    dominant_idx = visionzip_dominant_indices(cls_attention, dominant).to(device)
+    dominant_tokens = features[dominant_idx]
+    if contextual == 0:
+        return dominant_tokens
+
+    is_remaining = torch.ones(total, dtype=torch.bool, device=device)
+    is_remaining[dominant_idx] = False
+    remaining = is_remaining.nonzero().squeeze(1)
+    target_pos = visionzip_targets(remaining.numel(), contextual).to(device)
+    is_target = torch.zeros(remaining.numel(), dtype=torch.bool, device=device)
+    is_target[target_pos] = True
+    targets, others = remaining[target_pos], remaining[~is_target]
+
+    unit_keys = F.normalize(keys.float(), dim=-1)
+    assignment = (unit_keys[others] @ unit_keys[targets].T).argmax(dim=-1)
+    sums = torch.zeros(contextual, features.shape[1], dtype=torch.float32, device=device)
+    sums.index_add_(0, assignment, features[others].float())
+    counts = torch.bincount(assignment, minlength=contextual).clamp_min(1).unsqueeze(1)
+    contextual_tokens = features[targets].float() + sums / counts
+    return torch.cat([dominant_tokens, contextual_tokens.to(features.dtype)])

@@ -1,0 +1,300 @@
+"""MMTok coverage matrix and greedy, checked against plain loops written from the spec."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mmtok.selection.mmtok import build_coverage_matrix, coverage, greedy_max_coverage, mmtok_select
+
+
+# ---------------------------------------------------------------- reference (spec, explicit loops)
+def _unit_rows(x: torch.Tensor) -> list[list[float]]:
+    # The spec normalises in the input dtype; only the arithmetic after that is float64 here.
+    return F.normalize(x, dim=-1).double().tolist()
+
+
+def _softmax(row: list[float]) -> list[float]:
+    top = max(row)
+    exps = [math.exp(v - top) for v in row]
+    total = sum(exps)
+    return [e / total for e in exps]
+
+
+def ref_matrix(t, v, w, alpha, tau_t, tau_v) -> list[list[float]]:
+    t, v, w = _unit_rows(t), _unit_rows(v), _unit_rows(w)
+    m, n = len(t), len(v)
+    rows = []
+    for i in range(m):
+        sims = [sum(a * b for a, b in zip(t[i], v[j])) / tau_t for j in range(n)]
+        rows.append([p / m for p in _softmax(sims)])
+    for i in range(n):
+        sims = [sum(a * b for a, b in zip(w[i], w[j])) / tau_v for j in range(n)]
+        rows.append([alpha * q / n for q in _softmax(sims)])
+    return rows
+
+
+def ref_greedy(C: list[list[float]], k: int, excluded: set[int]) -> list[int]:
+    n = len(C[0])
+    best = [0.0] * len(C)
+    chosen: list[int] = []
+    for _ in range(k):
+        pick, pick_gain = None, -math.inf
+        for j in range(n):
+            if j in excluded or j in chosen:
+                continue
+            gain = sum(max(row[j] - b, 0.0) for row, b in zip(C, best))
+            if gain > pick_gain:  # strict: ties keep the lowest index
+                pick, pick_gain = j, gain
+        chosen.append(pick)
+        best = [max(b, row[pick]) for row, b in zip(C, best)]
+    return chosen
+
+
+def ref_select(t, v, w, k, alpha=0.5, tau_t=0.02, tau_v=0.2, excluded=()) -> list[int]:
+    return sorted(ref_greedy(ref_matrix(t, v, w, alpha, tau_t, tau_v), k, set(excluded)))
+
+
+def _instance(rng: random.Random, gen: torch.Generator, batch: int | None = None, shared_text=True):
+    n, m = rng.randint(1, 24), rng.randint(0, 6)
+    d, dv = rng.randint(2, 12), rng.randint(2, 10)
+    lead = () if batch is None else (batch,)
+    text = torch.randn(*(() if shared_text else lead), m, d, generator=gen)
+    vis = torch.randn(*lead, n, d, generator=gen)
+    pre = torch.randn(*lead, n, dv, generator=gen)
+    return text, vis, pre
+
+
+def _params(rng: random.Random) -> dict:
+    return {
+        "alpha": rng.choice([0.0, 0.5, 1.0, 2.0]),
+        "tau_t": rng.choice([0.01, 0.02, 0.1]),
+        "tau_v": rng.choice([0.05, 0.2, 1.0]),
+    }
+
+
+# ---------------------------------------------------------------- coverage matrix
+@pytest.mark.parametrize("seed", range(10))
+def test_coverage_matrix_matches_loops(seed):
+    rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
+    t, v, w = _instance(rng, gen)
+    p = _params(rng)
+    C = build_coverage_matrix(t, v, w, p["alpha"], p["tau_t"], p["tau_v"])
+    assert C.dtype == torch.float32 and C.shape == (t.shape[0] + v.shape[0], v.shape[0])
+    expected = torch.tensor(ref_matrix(t, v, w, p["alpha"], p["tau_t"], p["tau_v"]), dtype=torch.float64)
+    torch.testing.assert_close(C.double(), expected.reshape(C.shape), rtol=1e-5, atol=1e-7)
+
+
+def test_coverage_matrix_row_sums():
+    gen = torch.Generator().manual_seed(0)
+    m, n = 5, 12
+    C = build_coverage_matrix(
+        torch.randn(m, 8, generator=gen),
+        torch.randn(n, 8, generator=gen),
+        torch.randn(n, 4, generator=gen),
+        alpha=0.5,
+    )
+    torch.testing.assert_close(C[:m].sum(-1), torch.full((m,), 1 / m))
+    torch.testing.assert_close(C[m:].sum(-1), torch.full((n,), 0.5 / n))
+
+
+def test_coverage_matrix_normalises_in_input_dtype():
+    gen = torch.Generator().manual_seed(1)
+    t, v, w = (torch.randn(*s, generator=gen).to(torch.bfloat16) for s in [(3, 16), (7, 16), (7, 8)])
+    C = build_coverage_matrix(t, v, w)
+    assert C.dtype == torch.float32
+    tu, vu, wu = (F.normalize(x, dim=-1).float() for x in (t, v, w))
+    P = torch.softmax(tu @ vu.T / 0.02, dim=-1) / 3
+    Q = torch.softmax(wu @ wu.T / 0.2, dim=-1) / 7
+    torch.testing.assert_close(C, torch.cat([P, 0.5 * Q]), rtol=0, atol=0)
+
+
+def test_coverage_value_matches_loops():
+    gen = torch.Generator().manual_seed(2)
+    C = torch.rand(9, 6, generator=gen)
+    S = torch.tensor([4, 1])
+    expected = sum(max(C[r, j].item() for j in S.tolist()) for r in range(9))
+    assert coverage(C, S).item() == pytest.approx(expected, rel=1e-6)
+    assert coverage(C, S[:0]).item() == 0.0
+    batched = coverage(C.expand(3, 9, 6), torch.tensor([[4, 1], [1, 4], [0, 0]]))
+    assert batched[0].item() == pytest.approx(expected, rel=1e-6)
+    assert batched[1].item() == pytest.approx(expected, rel=1e-6)
+    assert batched[2].item() == pytest.approx(C[:, 0].sum().item(), rel=1e-6)
+
+
+# ---------------------------------------------------------------- selection vs reference
+@pytest.mark.parametrize("seed", range(50))
+def test_single_crop_matches_reference(seed):
+    rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
+    t, v, w = _instance(rng, gen)
+    n = v.shape[0]
+    excluded = set(rng.sample(range(n), rng.randint(0, n - 1))) if seed % 3 == 0 else set()
+    exclude = torch.tensor([j in excluded for j in range(n)]) if excluded else None
+    k = rng.randint(1, n - len(excluded))
+    p = _params(rng)
+    got = mmtok_select(t, v, w, k, exclude=exclude, **p)
+    assert got.dtype == torch.long and got.shape == (k,)
+    assert got.tolist() == ref_select(t, v, w, k, excluded=excluded, **p)
+
+
+@pytest.mark.parametrize("seed", range(20))
+@pytest.mark.parametrize("shared_text", [True, False])
+def test_batched_matches_reference_and_per_sample(seed, shared_text):
+    rng, gen = random.Random(1000 + seed), torch.Generator().manual_seed(1000 + seed)
+    batch = rng.randint(1, 4)
+    t, v, w = _instance(rng, gen, batch=batch, shared_text=shared_text)
+    n = v.shape[1]
+    exclude = None
+    if seed % 2:
+        exclude = torch.rand(batch, n, generator=gen) < 0.3
+        exclude[:, 0] = False  # keep at least one selectable column per crop
+    selectable = n - (0 if exclude is None else int(exclude.sum(-1).max()))
+    k = rng.randint(1, selectable)
+    p = _params(rng)
+    got = mmtok_select(t, v, w, k, exclude=exclude, **p)
+    assert got.shape == (batch, k)
+    for b in range(batch):
+        tb = t if shared_text else t[b]
+        eb = None if exclude is None else exclude[b]
+        excluded = set() if eb is None else set(eb.nonzero().flatten().tolist())
+        assert got[b].tolist() == ref_select(tb, v[b], w[b], k, excluded=excluded, **p)
+        assert torch.equal(got[b], mmtok_select(tb, v[b], w[b], k, exclude=eb, **p))
+
+
+def test_shared_exclude_mask_broadcasts_over_batch():
+    gen = torch.Generator().manual_seed(3)
+    t, v, w = (
+        torch.randn(4, 8, generator=gen),
+        torch.randn(3, 10, 8, generator=gen),
+        torch.randn(3, 10, 5, generator=gen),
+    )
+    exclude = torch.zeros(10, dtype=torch.bool)
+    exclude[[0, 2, 4, 6]] = True
+    got = mmtok_select(t, v, w, 6, exclude=exclude)
+    assert torch.equal(got, torch.tensor([[1, 3, 5, 7, 8, 9]] * 3))
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_greedy_within_one_minus_inv_e_of_optimum(seed):
+    rng, gen = random.Random(5000 + seed), torch.Generator().manual_seed(5000 + seed)
+    n, m, k = rng.randint(2, 10), rng.randint(0, 5), rng.randint(1, 4)
+    k = min(k, n)
+    t, v, w = (
+        torch.randn(m, 6, generator=gen),
+        torch.randn(n, 6, generator=gen),
+        torch.randn(n, 4, generator=gen),
+    )
+    p = _params(rng)
+    C = build_coverage_matrix(t, v, w, p["alpha"], p["tau_t"], p["tau_v"]).double()
+    greedy = coverage(C, mmtok_select(t, v, w, k, **p)).item()
+    optimum = max(coverage(C, torch.tensor(S)).item() for S in itertools.combinations(range(n), k))
+    assert greedy <= optimum + 1e-12
+    assert greedy >= (1 - 1 / math.e) * optimum - 1e-12
+
+
+# ---------------------------------------------------------------- tie-breaks, edge cases, errors
+def test_argmax_returns_first_maximum():
+    x = torch.zeros(4097)
+    x[[7, 100, 4000]] = 1.0
+    assert x.argmax().item() == 7
+    assert torch.zeros(3, 513).argmax(dim=-1).tolist() == [0, 0, 0]
+
+
+def test_duplicate_columns_pick_lowest_index():
+    C = torch.tensor([[0.1, 0.5, 0.2, 0.5, 0.5], [0.0, 0.5, 0.1, 0.5, 0.5]])
+    assert greedy_max_coverage(C, 1).tolist() == [1]
+    # Column 1 dominates every other column, so after it all gains are exactly 0 and the lowest
+    # free index wins, not a later duplicate.
+    assert greedy_max_coverage(C, 2).tolist() == [1, 0]
+    # Duplicates of the best *second* column: gains 0.3 for columns 2 and 4, lowest is taken.
+    E = torch.tensor([[0.9, 0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.3, 0.1, 0.3]])
+    assert greedy_max_coverage(E, 2).tolist() == [0, 2]
+    exclude = torch.tensor([False, True, False, False, False])
+    assert greedy_max_coverage(C, 1, exclude=exclude).tolist() == [3]
+
+
+def test_zero_gain_falls_back_to_lowest_free_index():
+    C = torch.tensor([[0.0, 1.0, 0.0, 1.0]])
+    assert greedy_max_coverage(C, 3).tolist() == [1, 0, 2]
+    assert greedy_max_coverage(C, 3, exclude=torch.tensor([True, False, False, False])).tolist() == [1, 2, 3]
+
+
+def test_exclude_is_respected_and_k_equal_n():
+    gen = torch.Generator().manual_seed(4)
+    t, v, w = (
+        torch.randn(3, 8, generator=gen),
+        torch.randn(12, 8, generator=gen),
+        torch.randn(12, 6, generator=gen),
+    )
+    assert torch.equal(mmtok_select(t, v, w, 12), torch.arange(12))
+    exclude = torch.arange(12) % 3 == 0
+    got = mmtok_select(t, v, w, 8, exclude=exclude)
+    assert torch.equal(got, torch.arange(12)[~exclude])
+    got = mmtok_select(t, v, w, 4, exclude=exclude)
+    assert not exclude[got].any() and got.unique().numel() == 4
+
+
+def test_result_sorted_unique():
+    gen = torch.Generator().manual_seed(5)
+    t, v, w = (
+        torch.randn(6, 16, generator=gen),
+        torch.randn(2, 64, 16, generator=gen),
+        torch.randn(2, 64, 8, generator=gen),
+    )
+    got = mmtok_select(t, v, w, 20)
+    for row in got:
+        assert row.tolist() == sorted(set(row.tolist()))
+
+
+def test_empty_text_uses_vision_term_only():
+    gen = torch.Generator().manual_seed(6)
+    v, w = torch.randn(9, 8, generator=gen), torch.randn(9, 5, generator=gen)
+    got = mmtok_select(torch.zeros(0, 8), v, w, 3)
+    assert got.tolist() == ref_select(torch.zeros(0, 8), v, w, 3)
+
+
+def _basic(n=5, m=2, d=4, dv=3):
+    return torch.randn(m, d), torch.randn(n, d), torch.randn(n, dv)
+
+
+@pytest.mark.parametrize(
+    ("args", "k", "kwargs", "message"),
+    [
+        (_basic(), 0, {}, "k must be >= 1"),
+        (_basic(), 6, {}, "exceeds the number of selectable tokens"),
+        (
+            _basic(),
+            4,
+            {"exclude": torch.tensor([True, True, False, False, False])},
+            "exceeds the number of selectable",
+        ),
+        (_basic(), 2.0, {}, "k must be an integer"),
+        (_basic(), True, {}, "k must be an integer"),
+        ((torch.randn(2, 4), torch.randn(5, 3), torch.randn(5, 3)), 1, {}, "share the LLM embedding width"),
+        ((torch.randn(2, 4), torch.randn(5, 4), torch.randn(6, 3)), 1, {}, "same number of tokens"),
+        ((torch.randn(2, 4), torch.randn(5, 4), torch.randn(1, 5, 3)), 1, {}, "same rank"),
+        ((torch.randn(1, 2, 4), torch.randn(5, 4), torch.randn(5, 3)), 1, {}, "text_emb must be [m, D]"),
+        ((torch.randn(3, 2, 4), torch.randn(2, 5, 4), torch.randn(2, 5, 3)), 1, {}, "batch sizes differ"),
+        ((torch.randn(2, 4), torch.randn(2, 5, 4), torch.randn(3, 5, 3)), 1, {}, "batch sizes differ"),
+        ((torch.randn(2, 4), torch.randn(0, 4), torch.randn(0, 3)), 1, {}, "n = 0"),
+        (_basic(), 1, {"exclude": torch.zeros(5)}, "boolean mask"),
+        (_basic(), 1, {"exclude": torch.zeros(4, dtype=torch.bool)}, "exclude must have shape"),
+        (_basic(), 1, {"exclude": torch.zeros(1, 5, dtype=torch.bool)}, "for a single crop"),
+        (_basic(), 1, {"tau_t": 0.0}, "temperatures must be positive"),
+    ],
+)
+def test_errors(args, k, kwargs, message):
+    with pytest.raises(ValueError) as info:
+        mmtok_select(*args, k, **kwargs)
+    assert message in str(info.value)
+
+
+def test_numpy_integer_budget_accepted():
+    np = pytest.importorskip("numpy")
+    t, v, w = _basic()
+    assert mmtok_select(t, v, w, np.int64(2)).shape == (2,)
