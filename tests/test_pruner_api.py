@@ -194,3 +194,14 @@ def test_mmtok_wiring_uses_question_rows_projected_and_pre_projector_features(ne
         expected = mmtok_select(text, proj, pre, 5)
         got = build_pruner("mmtok", budget=25).select(image, 5, _ctx(adapter, model, processor, q))
     assert [i.tolist() for i in got.indices] == expected.tolist()
+
+
+def test_mmtok_with_an_empty_question_uses_the_image_term_only(next_model):
+    from mmtok.pruners.mmtok import mmtok_select
+
+    model, processor = next_model
+    adapter, image = _image(model, processor, 0)
+    got = build_pruner("mmtok", budget=25).select(image, 5, _ctx(adapter, model, processor, "<image>"))
+    empty = model.get_input_embeddings().weight[:0]
+    expected = mmtok_select(empty, image.proj, image.pre[:, 1:], 5)
+    assert [i.tolist() for i in got.indices] == expected.tolist()

@@ -38,7 +38,7 @@ class MMTokPruner(Pruner):
             )
         ids = question_token_ids(ctx.question, ctx.tokenizer, keep_option_letters=self.keep_option_letters)
         weight = ctx.embed_tokens.weight
-        return weight[torch.tensor(ids, device=weight.device)]
+        return weight[torch.tensor(ids, dtype=torch.long, device=weight.device)]
 
     def select(self, image: ImageCrops, k: int, ctx: SampleContext) -> CropSelection:
         text = self.text_embeddings(ctx)
