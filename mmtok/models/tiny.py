@@ -71,13 +71,13 @@ def build_tokenizer(vocab_size: int = 400):
     )
 
 
-def _text_config(vocab_size: int, pad_id: int, layers: int):
+def _text_config(vocab_size: int, pad_id: int, layers: int, hidden: int):
     from transformers import LlamaConfig
 
     return LlamaConfig(
         vocab_size=vocab_size,
-        hidden_size=64,
-        intermediate_size=128,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
         num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=4,
@@ -131,11 +131,13 @@ def build_tiny(
     image_size: int = 48,
     patch_size: int = 8,
     text_layers: int = 16,
+    text_hidden: int = 64,
 ) -> Path:
     """Write a tiny random-weight checkpoint of `family` ("llava" or "llava_next") to `out_dir`.
 
     16 text layers so that in-LLM pruners can use their paper layers (SparseVLM prunes at 2/6/15).
     With image 48 / patch 8 each crop has 36 patch tokens (LLaVA-1.5 at full size: 576).
+    Benchmarks build larger ones (image 336 / patch 14 = 576 tokens, a wider LLM) the same way.
     """
     from transformers import (
         LlavaConfig,
@@ -151,7 +153,7 @@ def build_tiny(
     out_dir = Path(out_dir)
     tokenizer = build_tokenizer()
     image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
-    text_cfg = _text_config(len(tokenizer), tokenizer.pad_token_id, text_layers)
+    text_cfg = _text_config(len(tokenizer), tokenizer.pad_token_id, text_layers, text_hidden)
     vision_cfg = _vision_config(image_size, patch_size)
     torch.manual_seed(seed)
     if family == "llava":
