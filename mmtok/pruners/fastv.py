@@ -1,0 +1,104 @@
+"""`fastv` (ECCV 2024): drop image tokens from layer K on, by the last prompt token's attention.
+
+In layer K-1 the attention probabilities of the last prompt token to the image tokens (averaged
+over heads) are recomputed for that one row (`attention_rows`); the top-R image tokens stay, in
+their original order, with every text token. Layers >= K see (and cache) only the kept tokens,
+which keep their ORIGINAL position ids; decode positions continue from the full prompt length.
+On LLaVA-NeXT the image span is the whole packed anyres span (newline tokens included).
+
+Budget (`budget_mode`):
+  "equivalent" (default, the 64/128/192 tables): `budget` is the layer-averaged count
+      T_eq = (K*N + (L-K)*R) / L for an L-layer LLM and N image tokens, so
+      R = round_half_up((budget*L - K*N) / (L-K)); R < 1 is an error naming the minimum budget.
+  "kept": `budget` is R itself.
+R >= N (or `budget=None`) keeps every token: the scores are still computed, nothing is dropped.
+Batches: every sample gets its own top-R; when the kept lengths differ (NeXT images with
+different spans) the shorter samples are re-padded on the left with masked filler rows.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import ClassVar
+
+import torch
+
+from mmtok.pruners.inllm import Cut, InLLMPruner, LayerView
+
+BUDGET_MODES = ("equivalent", "kept")
+
+
+def fastv_keep(scores: torch.Tensor, r: int) -> torch.Tensor:
+    """Indices of the `r` highest `scores` (ties to the lower index), in original order."""
+    return torch.sort(scores, descending=True, stable=True).indices[:r].sort().values
+
+
+@dataclass
+class FastVPruner(InLLMPruner):
+    layer: int = 2  # K: layers >= K see the pruned sequence; scores come from layer K-1
+    budget_mode: str = "equivalent"
+
+    name: ClassVar[str] = "fastv"
+    renumber_positions: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.layer, int) or self.layer < 1:
+            raise ValueError(f"fastv: layer K must be an integer >= 1 (scores come from layer K-1), got {self.layer!r}")
+        if self.budget_mode not in BUDGET_MODES:
+            raise ValueError(f"fastv: unknown budget_mode {self.budget_mode!r}; valid: {', '.join(BUDGET_MODES)}")
+
+    def prune_layers(self, num_layers: int) -> tuple[int, ...]:
+        if self.layer >= num_layers:
+            raise ValueError(f"fastv: layer K={self.layer} must be below the LLM's {num_layers} layers")
+        return (self.layer - 1,)
+
+    def kept_tokens(self, n: int, num_layers: int) -> int:
+        """R for an image of `n` tokens in an LLM of `num_layers` layers (at most n)."""
+        if self.budget is None:
+            return n
+        if self.budget_mode == "kept":
+            return min(self.budget, n)
+        k, layers = self.layer, num_layers
+        exact = Fraction(self.budget * layers - k * n, layers - k)
+        r = math.floor(exact + Fraction(1, 2))
+        if r < 1:
+            minimum = math.ceil((k * n + Fraction(layers - k, 2)) / layers)
+            raise ValueError(
+                f"fastv: budget {self.budget} (equivalent tokens) is too small for K={k}, {layers} layers and "
+                f"{n} image tokens: it leaves R={r} kept tokens; the minimum budget is {minimum} "
+                f"(or use budget_mode='kept')"
+            )
+        return min(r, n)
+
+    def cut(self, step: int, view: LayerView) -> list[Cut]:
+        rows = view.stage.rows
+        batch = view.hidden.shape[0]
+        last = torch.full((batch, 1), rows - 1, dtype=torch.long, device=view.hidden.device)
+        probs = view.attention(last)[:, 0]  # [B, rows]: the last prompt token's row
+        cuts, scores, kept = [], [], []
+        for b, span in enumerate(view.stage.spans):
+            score = probs[b, span.start : span.start + span.length]
+            r = self.kept_tokens(span.length, view.num_layers)
+            keep = fastv_keep(score, r)
+            scores.append(score.cpu())
+            kept.append(keep.cpu())
+            if r >= span.length:
+                cuts.append(Cut())
+                continue
+            device = keep.device
+            cuts.append(
+                Cut(
+                    keep=torch.cat(
+                        [
+                            torch.arange(span.start, device=device),
+                            span.start + keep,
+                            torch.arange(span.start + span.length, rows, device=device),
+                        ]
+                    )
+                )
+            )
+        self.last_trace.append({"layer": view.index, "scores": scores, "keep": kept})
+        return cuts
