@@ -30,7 +30,7 @@ def keep_all(name: str, family: str):
     if name == "none":
         return build_pruner("none")
     if PRUNERS[name].in_llm:
-        return build_pruner(name, budget=100_000, budget_mode="kept")
+        return build_pruner(name, budget=100_000)  # in-LLM: kept counts >= the image span
     # per-crop budget == crop size; "hf" layout = HF's own packing for LLaVA-NeXT
     return build_pruner(name, budget=TOKENS_PER_CROP * MAX_CROPS[family], next_layout="hf")
 

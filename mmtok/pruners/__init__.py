@@ -6,13 +6,16 @@ from dataclasses import fields
 
 from mmtok.pruners.base import Pruner
 from mmtok.pruners.divprune import DivPrunePruner
+from mmtok.pruners.fastv import FastVPruner
 from mmtok.pruners.mmtok import MMTokPruner
 from mmtok.pruners.none import NoPruner
 from mmtok.pruners.random import RandomPruner
+from mmtok.pruners.sparsevlm import SparseVLMPruner
 from mmtok.pruners.visionzip import VisionZipPruner
 
 PRUNERS: dict[str, type[Pruner]] = {
-    cls.name: cls for cls in (NoPruner, RandomPruner, MMTokPruner, VisionZipPruner, DivPrunePruner)
+    cls.name: cls
+    for cls in (NoPruner, RandomPruner, MMTokPruner, VisionZipPruner, DivPrunePruner, FastVPruner, SparseVLMPruner)
 }
 
 
