@@ -1,0 +1,373 @@
+"""The run configuration: structured schemas (Hydra ConfigStore) and the checks that run before any
+model loads.
+
+`configs/config.yaml` starts its defaults list with `run_schema` (the `RunConfig` dataclass below),
+so every key the YAMLs or the command line set is type-checked and a misspelt key is an error.
+
+Bad input must fail fast with ONE line that names the valid choices. Hydra's own errors for a
+missing group option or a key typo are multi-line, so `preflight(argv)` runs before `hydra.main`:
+it checks the config-group choices against the YAML files, composes the config with Hydra's compose
+API, and runs `validate` (value ranges, choices, and whether the model can be found locally).
+Nothing here imports torch, so a bad command fails in about a second.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = ROOT / "configs"
+
+# Config groups a user picks with `group=option`; their options are the YAML files in configs/<group>/.
+GROUPS = ("model", "pruner", "benchmark", "experiment")
+
+PROMPT_FORMATS = ("hf", "vicuna_v1")
+IMAGE_PREPROCESS = ("crop", "pad")
+WANDB_MODES = ("online", "offline", "disabled")
+DTYPES = ("float16", "bfloat16", "float32", "auto")
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
+TINY_FAMILIES = ("llava", "llava_next")
+SUMMARIES = ("pope", "gqa", "mme")
+TESTBEDS = ("pope", "gqa", "mme")
+_DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
+_HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class ConfigError(ValueError):
+    """Bad user input; its message is one line naming the valid choices."""
+
+
+# -- schemas --------------------------------------------------------------------------------------
+@dataclass
+class ModelConfig:
+    name: str = MISSING  # the label in result rows (llava15_7b, ...)
+    path: str = MISSING  # a hub id (llava-hf/llava-1.5-7b-hf) or a local checkpoint folder
+    tiny: Optional[str] = None  # llava | llava_next: build a tiny random checkpoint at `path` on first use
+    dtype: str = "float16"
+    attn_implementation: str = "sdpa"
+    device: str = "cuda"  # the default for the top-level `device`
+    threads: Optional[int] = None  # the default for the top-level `threads`
+    download: bool = False  # allow from_pretrained to download a hub id that is not in the HF cache
+
+
+@dataclass
+class PrunerConfig:
+    name: str = MISSING  # a key of mmtok.pruners.PRUNERS
+    params: Dict[str, Any] = field(default_factory=dict)  # the pruner dataclass's fields (not budget)
+
+
+@dataclass
+class BenchmarkConfig:
+    name: str = MISSING  # the label in result rows (pope, gqa, ...)
+    tasks: List[str] = field(default_factory=list)  # lmms-eval task names (empty for a testbed)
+    summary: Optional[str] = None  # pope | gqa | mme: the paper's aggregate metrics
+    score: Optional[str] = None  # the headline metric key (the paper's number), copied to `score`
+    testbed: Optional[str] = None  # pope | gqa | mme: build a small local dataset of this format
+    testbed_n: int = 24  # testbed size (per POPE split)
+    include_path: Optional[str] = None  # a folder of extra lmms-eval task YAMLs
+
+
+@dataclass
+class WandbConfig:
+    mode: str = "offline"  # online | offline | disabled; offline writes into the run folder
+    project: str = "mmtok"
+    entity: Optional[str] = None
+    tags: List[str] = field(default_factory=list)
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = MISSING
+    pruner: PrunerConfig = MISSING
+    benchmark: BenchmarkConfig = MISSING
+    budget: Optional[int] = None  # vision tokens kept before the LLM; null keeps all
+    limit: Optional[int] = None  # samples per lmms-eval task; null = the whole benchmark
+    device: str = "cpu"
+    threads: Optional[int] = None  # torch CPU threads (torch.set_num_threads); null = torch's default
+    seed: int = 0
+    batch_size: int = 1
+    max_new_tokens: int = 16
+    prompt_format: str = "hf"  # hf (the checkpoint's chat template) | vicuna_v1 (original LLaVA)
+    image_preprocess: str = "crop"  # crop (HF centre crop) | pad (original LLaVA pad-to-square)
+    force: bool = False  # rerun even if runs.csv has a completed row for this config
+    progress: bool = True
+    results_dir: str = "results"
+    cache_dir: str = ".cache"  # tiny checkpoints and local testbeds are built here on first use
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+def register() -> None:
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="run_schema", node=RunConfig)
+
+
+register()
+
+# Keys that do not change what a run measures (left out of the resume hash).
+OPERATIONAL_KEYS = ("force", "progress", "results_dir", "cache_dir", "wandb")
+
+
+# -- option lists ---------------------------------------------------------------------------------
+def group_options(group: str, config_dir: Path = CONFIG_DIR) -> list[str]:
+    return sorted(p.stem for p in (config_dir / group).glob("*.yaml"))
+
+
+def _choices(values) -> str:
+    return ", ".join(str(v) for v in values)
+
+
+# -- value checks ---------------------------------------------------------------------------------
+def validate(cfg: DictConfig, *, check_model: bool = True) -> None:
+    """Raise ConfigError (one line) for any bad value; torch-free and fast."""
+
+    def positive(key: str, value, what: str, allow_none: bool) -> None:
+        if value is None and allow_none:
+            return
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{key} must be {what}; got {value!r}")
+
+    positive("budget", cfg.budget, "a positive integer (vision tokens kept) or null to keep all", True)
+    positive("limit", cfg.limit, "an integer >= 1 (samples per task) or null for the whole benchmark", True)
+    positive("threads", cfg.threads, "an integer >= 1 (torch CPU threads) or null for torch's default", True)
+    positive("batch_size", cfg.batch_size, "an integer >= 1", False)
+    positive("max_new_tokens", cfg.max_new_tokens, "an integer >= 1", False)
+    positive("benchmark.testbed_n", cfg.benchmark.testbed_n, "an integer >= 1", False)
+    for key, value, valid in (
+        ("prompt_format", cfg.prompt_format, PROMPT_FORMATS),
+        ("image_preprocess", cfg.image_preprocess, IMAGE_PREPROCESS),
+        ("wandb.mode", cfg.wandb.mode, WANDB_MODES),
+        ("model.dtype", cfg.model.dtype, DTYPES),
+        ("model.attn_implementation", cfg.model.attn_implementation, ATTN_IMPLEMENTATIONS),
+    ):
+        if value not in valid:
+            raise ConfigError(f"unknown {key} {value!r}; valid: {_choices(valid)}")
+    if cfg.model.tiny is not None and cfg.model.tiny not in TINY_FAMILIES:
+        raise ConfigError(f"unknown model.tiny {cfg.model.tiny!r}; valid: {_choices(TINY_FAMILIES)} or null")
+    if not _DEVICE_RE.match(str(cfg.device)):
+        raise ConfigError(f"unknown device {cfg.device!r}; valid: cpu, cuda, cuda:N, mps")
+    bench = cfg.benchmark
+    if bench.summary is not None and bench.summary not in SUMMARIES:
+        raise ConfigError(f"unknown benchmark.summary {bench.summary!r}; valid: {_choices(SUMMARIES)} or null")
+    if bench.testbed is not None and bench.testbed not in TESTBEDS:
+        raise ConfigError(f"unknown benchmark.testbed {bench.testbed!r}; valid: {_choices(TESTBEDS)} or null")
+    if bench.summary == "mme" and cfg.limit is not None and cfg.limit % 2:
+        raise ConfigError(f"MME questions come in pairs (acc+ scores both): limit must be even; got {cfg.limit}")
+    if bench.testbed is None and not bench.tasks:
+        raise ConfigError(f"benchmark {bench.name!r} names no lmms-eval tasks (benchmark.tasks) and no testbed")
+    if not str(cfg.pruner.name).strip():
+        raise ConfigError(f"pruner.name is empty; valid: {_choices(group_options('pruner'))}")
+    if check_model:
+        check_model_source(cfg.model)
+
+
+def is_hub_id(path: str) -> bool:
+    return bool(_HUB_ID_RE.match(path)) and not os.path.exists(path)
+
+
+def hub_offline() -> bool:
+    return any(
+        os.environ.get(v, "").strip().upper() in ("1", "ON", "YES", "TRUE") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
+
+
+def cached_hub_snapshot(repo_id: str) -> str | None:
+    """The local HF-cache file of `repo_id`'s config.json, or None (never touches the network)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(repo_id, "config.json")
+    except Exception:  # malformed id or unreadable cache: treat as not cached
+        return None
+    return found if isinstance(found, str) else None
+
+
+def check_model_source(model: DictConfig) -> None:
+    """A tiny model is built on first use; a local folder must exist; a hub id must be cached
+    (unless model.download=true and the hub is reachable)."""
+    if OmegaConf.is_missing(model, "path"):
+        raise ConfigError(f"model={model.name} needs model.path=<a local checkpoint folder or a hub id>")
+    path = str(model.path)
+    if model.tiny is not None:
+        return
+    if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise ConfigError(f"model path {path!r} (model={model.name}) has no config.json; point model.path at a HF checkpoint folder")
+        return
+    if not is_hub_id(path):
+        raise ConfigError(
+            f"model path {path!r} (model={model.name}) does not exist; pass model.path=<a local checkpoint folder> "
+            f"or a hub id such as llava-hf/llava-1.5-7b-hf"
+        )
+    if cached_hub_snapshot(path) is not None:
+        return
+    how = f"pre-download it with `hf download {path}` (or `huggingface-cli download {path}`)"
+    if hub_offline():
+        raise ConfigError(
+            f"model {path!r} is not in the local HF cache and HF_HUB_OFFLINE=1 forbids downloading; "
+            f"{how} on a machine with network (same HF_HOME), or pass model.path=<local folder>"
+        )
+    if not model.download:
+        raise ConfigError(
+            f"model {path!r} is not in the local HF cache (HF_HOME={os.environ.get('HF_HOME', '~/.cache/huggingface')}); "
+            f"{how}, pass model.download=true to let this run fetch it, or pass model.path=<local folder>"
+        )
+
+
+# -- composing and the pre-hydra check ------------------------------------------------------------
+def compose(overrides: list[str] | tuple[str, ...] = (), config_dir: Path = CONFIG_DIR) -> DictConfig:
+    """The config `python run.py <overrides>` would run (for in-process runs and tests)."""
+    check_groups(list(overrides), config_dir)
+    try:
+        return _compose(list(overrides), config_dir)
+    except Exception as exc:
+        key = unknown_key(exc)
+        if key is None:
+            raise ConfigError(one_line(exc)) from None
+        valid = _keys_beside(key, list(overrides), config_dir)
+        hint = f"; add a new key with +{key}=VALUE" if key.startswith("pruner.params.") else ""
+        raise ConfigError(f"unknown config key {key!r}; valid keys there: {_choices(valid)}{hint}") from None
+
+
+def _compose(overrides: list[str], config_dir: Path) -> DictConfig:
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():
+        GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=overrides)
+
+
+def _keys_beside(key: str, overrides: list[str], config_dir: Path) -> list[str]:
+    """The keys of `key`'s parent node in the config composed without the override that set `key`."""
+    rest = [o for o in overrides if o.lstrip("+~").split("=", 1)[0] != key]
+    try:
+        node: Any = _compose(rest, config_dir)
+        for part in key.split(".")[:-1]:
+            node = node[part]
+        return list(node.keys())
+    except Exception:
+        return schema_keys(key)
+
+
+def unknown_key(exc: BaseException) -> str | None:
+    """The full key of an 'unknown key' error anywhere in `exc`'s chain, else None."""
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    for e in _chain(exc):
+        if isinstance(e, (ConfigKeyError, ConfigAttributeError)) and re.search(r"not in|is not in struct", str(e)):
+            return str(getattr(e, "full_key", None) or _quoted(str(e)))
+    return None
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    chain: list[BaseException] = []
+    e: BaseException | None = exc
+    while e is not None and e not in chain:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    return chain
+
+
+def check_groups(overrides: list[str], config_dir: Path = CONFIG_DIR) -> None:
+    """`model=`, `pruner=`, `benchmark=`, `experiment=` (sweep lists too) name existing YAMLs."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception as exc:
+        raise ConfigError(f"cannot parse the overrides: {one_line(exc)}") from None
+    for ov in parsed:
+        group = ov.key_or_group
+        if group not in GROUPS or ov.is_delete():
+            continue
+        try:
+            values = list(ov.sweep_string_iterator()) if ov.is_sweep_override() else [ov.value()]
+        except Exception:  # glob() and friends need Hydra's loader; Hydra checks those itself
+            continue
+        valid = group_options(group, config_dir)
+        for v in values:
+            if v is None and group == "experiment":
+                continue
+            if str(v) not in valid:
+                raise ConfigError(f"unknown {group} {v!r}; valid: {_choices(valid)}")
+
+
+_MULTIRUN_FLAGS = {"-m", "--multirun"}
+
+
+def preflight(argv: list[str], config_dir: Path = CONFIG_DIR) -> None:
+    """Everything that can be checked from the command line alone, before hydra.main runs.
+
+    Sweep lists (`-m budget=64,128`) are checked per group option; the composed config is checked
+    for the first value of each sweep. Hydra's own flags (--help, --cfg, ...) skip the compose step.
+    """
+    flags = [a for a in argv if a.startswith("-")]
+    overrides = [a for a in argv if not a.startswith("-")]
+    check_groups(overrides, config_dir)
+    if any(f not in _MULTIRUN_FLAGS for f in flags):
+        return
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    first = []
+    for ov in OverridesParser.create().parse_overrides(overrides):
+        key = ov.key_or_group
+        if key == "hydra" or key.startswith(("hydra.", "hydra/")):
+            continue
+        if ov.is_sweep_override():
+            try:
+                values = list(ov.sweep_string_iterator())
+            except Exception:
+                continue
+            if not values:
+                continue
+            prefix = {"ADD": "+", "FORCE_ADD": "++"}.get(ov.type.name, "")
+            first.append(f"{prefix}{key}={values[0]}")
+        else:
+            first.append(ov.input_line)
+    cfg = compose(first, config_dir)
+    validate(cfg)
+
+
+# -- one-line errors from Hydra / OmegaConf --------------------------------------------------------
+def one_line(exc: BaseException) -> str:
+    """A Hydra / OmegaConf error as one line."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    key = unknown_key(exc)
+    if key is not None:
+        return f"unknown config key {key!r}; valid keys there: {_choices(schema_keys(key))}"
+    for e in _chain(exc):
+        if isinstance(e, OmegaConfBaseException) and getattr(e, "full_key", None):
+            msg = (str(getattr(e, "msg", None) or e).strip().splitlines() or [""])[0]
+            return f"invalid value for {e.full_key}: {msg.strip()}"
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    drop = ("Set the environment variable HYDRA_FULL_ERROR", "full_key:", "object_type=", "reference_type=")
+    return "; ".join(ln for ln in lines if not ln.startswith(drop)) or type(exc).__name__
+
+
+def _quoted(text: str) -> str:
+    m = re.search(r"'([^']+)'", text)
+    return m.group(1) if m else text
+
+
+def schema_keys(dotted: str) -> list[str]:
+    """The keys valid beside `dotted` (the keys of its parent node in the schema)."""
+    from dataclasses import fields, is_dataclass
+
+    node: Any = RunConfig
+    for part in str(dotted).split(".")[:-1]:
+        sub = {f.name: f.type for f in fields(node)}.get(part) if is_dataclass(node) else None
+        sub = globals().get(sub, sub) if isinstance(sub, str) else sub
+        if not is_dataclass(sub):
+            return [] if not is_dataclass(node) or part in {f.name for f in fields(node)} else [f.name for f in fields(node)]
+        node = sub
+    return [f.name for f in fields(node)]

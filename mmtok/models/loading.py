@@ -1,0 +1,117 @@
+"""Load a LLaVA / LLaVA-NeXT checkpoint and its processor by hub id or local folder.
+
+    model, processor, info = load_model("llava-hf/llava-1.5-7b-hf", dtype="float16", device="cuda")
+
+The family comes from `config.model_type` (llava → LlavaForConditionalGeneration, llava_next →
+LlavaNextForConditionalGeneration). A hub id is loaded from the local HF cache only, unless
+`download=True`; a missing folder or an uncached hub id is a one-line `ModelSourceError` (raised
+before any weights are read). `tiny="llava"|"llava_next"` builds a tiny random checkpoint at `path`
+on first use (mmtok/models/tiny.py) and then loads it exactly like any other folder.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+FAMILIES = {
+    "llava": "LlavaForConditionalGeneration",
+    "llava_next": "LlavaNextForConditionalGeneration",
+}
+
+
+class ModelSourceError(ValueError):
+    """The checkpoint cannot be found locally (one-line message saying what to do)."""
+
+
+@dataclass
+class LoadedInfo:
+    source: str  # what was loaded: a folder, or a hub id
+    family: str  # config.model_type
+    local_files_only: bool
+
+
+def ensure_tiny(path: str | Path, family: str) -> Path:
+    """Build the tiny `family` checkpoint at `path` unless it is already there (safe for concurrent runs)."""
+    from filelock import FileLock
+
+    from mmtok.models.tiny import build_tiny
+
+    path = Path(path)
+    if (path / "config.json").is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        if (path / "config.json").is_file():
+            return path
+        tmp = Path(tempfile.mkdtemp(prefix=path.name + ".", dir=path.parent))
+        try:
+            build_tiny(tmp, family)
+            if path.exists():  # a half-written folder from an interrupted build
+                shutil.rmtree(path)
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def resolve_source(path: str, *, download: bool = False, tiny: str | None = None) -> tuple[str, bool]:
+    """(what to pass to from_pretrained, local_files_only) — or a one-line ModelSourceError."""
+    from omegaconf import OmegaConf
+
+    from mmtok.config import ConfigError, check_model_source
+
+    if tiny is not None:
+        return str(ensure_tiny(path, tiny)), True
+    cfg = OmegaConf.create({"name": path, "path": path, "tiny": None, "download": download})
+    try:
+        check_model_source(cfg)
+    except ConfigError as exc:
+        raise ModelSourceError(str(exc)) from None
+    if os.path.isdir(path):
+        return path, True
+    return path, not download  # a cached hub id: never touch the network unless asked to
+
+
+def model_class(family: str):
+    import transformers
+
+    if family not in FAMILIES:
+        raise ModelSourceError(f"unsupported model_type {family!r}; valid: {', '.join(FAMILIES)}")
+    return getattr(transformers, FAMILIES[family])
+
+
+def torch_dtype(name: str):
+    import torch
+
+    return {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32, "auto": "auto"}[name]
+
+
+def load_model(
+    path: str,
+    *,
+    dtype: str = "float16",
+    attn_implementation: str = "sdpa",
+    device: str = "cpu",
+    download: bool = False,
+    tiny: str | None = None,
+):
+    """(model in eval mode on `device`, processor, LoadedInfo)."""
+    from transformers import AutoConfig, AutoProcessor
+
+    source, local_only = resolve_source(path, download=download, tiny=tiny)
+    config = AutoConfig.from_pretrained(source, local_files_only=local_only)
+    cls = model_class(config.model_type)
+    model = cls.from_pretrained(
+        source,
+        dtype=torch_dtype(dtype),
+        attn_implementation=attn_implementation,
+        local_files_only=local_only,
+    )
+    model = model.to(device).eval()
+    processor = AutoProcessor.from_pretrained(source, local_files_only=local_only)
+    return model, processor, LoadedInfo(source=source, family=config.model_type, local_files_only=local_only)

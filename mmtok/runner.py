@@ -1,0 +1,354 @@
+"""One run: a resolved config in, one results row out.
+
+    python run.py model=llava15_7b pruner=mmtok budget=64 benchmark=pope
+    # or in-process:
+    from mmtok.config import compose
+    from mmtok.runner import run
+    outcome = run(compose(["pruner=random", "budget=8", "limit=4"]))
+
+Order of work (every check that can fail on user input comes before the model loads):
+1. validate the config (mmtok.config.validate) and build the pruner (its parameters are checked);
+2. resume: a completed row with the same config hash in runs.csv → skip (unless force=true);
+3. check the device, build the local testbed / tiny checkpoint if needed, load the model;
+4. evaluate through lmms-eval (mmtok.eval.evaluate) with the pruner injected;
+5. write the run folder (samples.jsonl, config.yaml, metrics.json, row.json), log to wandb, and
+   append the row to runs.csv (last, so a row marks a finished run). A run that raises during the
+   evaluation appends a row with status=failed and the error, then re-raises.
+
+The runner knows nothing about a particular pruner or benchmark: they are names in the config.
+"""
+
+from __future__ import annotations
+
+import gc
+import random
+import secrets
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from mmtok import results
+from mmtok.config import OPERATIONAL_KEYS, ROOT, ConfigError, validate
+from mmtok.models.loading import ModelSourceError
+
+# One loaded model per process, reused by the next run with the same model settings (a Hydra
+# multirun executes its jobs in one process with the basic launcher).
+_LOADED: dict[tuple, tuple] = {}
+
+
+@dataclass
+class RunOutcome:
+    status: str  # completed | skipped
+    run_id: str
+    config_hash: str
+    row: dict[str, Any]
+    row_number: int  # 1-based data row in runs.csv (of the earlier row when skipped)
+    csv_path: Path
+    run_dir: Path | None = None
+    samples: list[dict] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def log(msg: str) -> None:
+    print(f"[mmtok] {msg}", flush=True)
+
+
+# -- pieces --------------------------------------------------------------------------------------
+def build_pruner_from(cfg: DictConfig):
+    """The configured pruner; its parameter errors become one-line ConfigErrors."""
+    from dataclasses import fields
+
+    from mmtok.pruners import PRUNERS, build_pruner
+
+    name = cfg.pruner.name
+    params = dict(OmegaConf.to_container(cfg.pruner.params, resolve=True) or {})
+    # YAML lists become tuples: sequence-valued pruner fields are tuples (hashable, like their defaults)
+    params = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
+    cls = PRUNERS.get(name)
+    if cls is not None and "seed" not in params and any(f.name == "seed" for f in fields(cls)):
+        params["seed"] = int(cfg.seed)  # the run seed, unless the pruner config sets its own
+    try:
+        return build_pruner(name, cfg.budget, **params)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+
+
+def identity(resolved: dict, pruner) -> dict:
+    """What determines a run's results: the resolved config without operational keys, with the
+    pruner's full parameter set (dataclass defaults included)."""
+    ident = {k: v for k, v in resolved.items() if k not in OPERATIONAL_KEYS}
+    ident["pruner"] = {"name": resolved["pruner"]["name"], "params": pruner.params()}
+    return ident
+
+
+def check_device(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r} is not available here (no CUDA GPU visible); pass device=cpu (with model.dtype=float32)")
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if index >= torch.cuda.device_count():
+            raise ConfigError(f"device {device!r} does not exist; valid: {', '.join(f'cuda:{i}' for i in range(torch.cuda.device_count()))}")
+    elif device == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device 'mps' is not available here; valid: cpu" + (", cuda" if torch.cuda.is_available() else ""))
+
+
+def check_budget_fits(pruner, model) -> None:
+    """A budget below one token per crop (LLaVA-NeXT: budget < 5) fails before the evaluation."""
+    from mmtok.models.adapters import adapter_for
+
+    try:
+        pruner.per_crop_budget(adapter_for(model))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def resolve_tasks(cfg: DictConfig) -> tuple[list[str], str | None]:
+    """(lmms-eval task names, include_path). A testbed benchmark is built on first use into
+    `<cache_dir>/testbed/<format>-n<N>` (under a lock, so concurrent runs build it once)."""
+    bench = cfg.benchmark
+    if bench.testbed is None:
+        return list(bench.tasks), bench.include_path
+    from filelock import FileLock
+
+    from mmtok.eval.testbed import build_testbed
+    from mmtok.eval.tasks import benchmark as testbed_format
+
+    folder = Path(cfg.cache_dir) / "testbed" / f"{bench.testbed}-n{bench.testbed_n}"
+    task = testbed_format(bench.testbed).task
+    done = folder / ".complete"
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder) + ".lock"):
+        if not done.exists():
+            log(f"building the {bench.testbed} testbed ({bench.testbed_n} rows) in {folder}")
+            tb = build_testbed(folder, bench.testbed, n=int(bench.testbed_n), seed=0)
+            task = tb.task
+            done.write_text(task + "\n")
+    tasks = list(bench.tasks) or [task]
+    return tasks, str(folder.resolve())
+
+
+def load(cfg: DictConfig):
+    """(model, processor, LoadedInfo), reusing this process's last model if the settings match."""
+    from mmtok.models.loading import load_model
+
+    m = cfg.model
+    key = (str(m.path), m.tiny, m.dtype, m.attn_implementation, str(cfg.device), bool(m.download))
+    if key in _LOADED:
+        return _LOADED[key]
+    _LOADED.clear()
+    gc.collect()
+    t = time.perf_counter()
+    loaded = load_model(
+        str(m.path),
+        dtype=m.dtype,
+        attn_implementation=m.attn_implementation,
+        device=str(cfg.device),
+        download=bool(m.download),
+        tiny=m.tiny,
+    )
+    log(f"loaded {m.name} ({loaded[2].family}, {m.dtype}) from {loaded[2].source} in {time.perf_counter() - t:.1f} s")
+    _LOADED[key] = loaded
+    return loaded
+
+
+def add_prefill_flops(samples: list[dict], model, processor, prompt_format: str) -> None:
+    """Per sample: `text_tokens` (prompt without the image) and the analytic `prefill_flops` of the
+    LLM over text + equivalent vision tokens (kept tokens for pre-LLM methods)."""
+    from mmtok.eval.prompts import build_prompt
+    from mmtok.timing import prefill_flops
+
+    tok = processor.tokenizer
+    image_id = model.config.image_token_id
+    lengths: dict[str, int] = {}
+    for s in samples:
+        if s.get("prefill_flops") is not None:
+            continue
+        q = s.get("question")
+        if q is None:
+            continue
+        if q not in lengths:
+            ids = tok(build_prompt(processor, q, prompt_format))["input_ids"]
+            lengths[q] = len(ids) - sum(1 for i in ids if i == image_id)
+        vision = s.get("equivalent_tokens")
+        vision = s.get("vision_tokens") if vision is None else vision
+        s["text_tokens"] = lengths[q]
+        s["prefill_flops"] = prefill_flops(model.config, int(round(lengths[q] + float(vision or 0))))
+
+
+def versions_and_git() -> dict[str, Any]:
+    commit, dirty = results.git_info(ROOT)
+    return {"git_commit": commit, "git_dirty": dirty, **results.library_versions()}
+
+
+def new_run_id(cfg: DictConfig, key: str) -> str:
+    budget = "all" if cfg.budget is None else str(cfg.budget)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return f"{stamp}_{cfg.model.name}_{cfg.pruner.name}-{budget}_{cfg.benchmark.name}_{key[:8]}{secrets.token_hex(2)}"
+
+
+def base_row(cfg: DictConfig, run_id: str, key: str, pruner, tasks: list[str], run_dir: Path) -> dict[str, Any]:
+    return {
+        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "run_id": run_id,
+        "config_hash": key,
+        "model": cfg.model.name,
+        "model_path": str(cfg.model.path),
+        "dtype": cfg.model.dtype,
+        "pruner": cfg.pruner.name,
+        "pruner_params": pruner.params(),
+        "budget": cfg.budget,
+        "benchmark": cfg.benchmark.name,
+        "tasks": ";".join(tasks),
+        "limit": cfg.limit,
+        "seed": cfg.seed,
+        "batch_size": cfg.batch_size,
+        "max_new_tokens": cfg.max_new_tokens,
+        "prompt_format": cfg.prompt_format,
+        "image_preprocess": cfg.image_preprocess,
+        "score_metric": cfg.benchmark.score,
+        "wandb_mode": cfg.wandb.mode,
+        "run_dir": str(run_dir),
+        **versions_and_git(),
+    }
+
+
+# -- the run -------------------------------------------------------------------------------------
+def run(cfg: DictConfig) -> RunOutcome:
+    validate(cfg)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    pruner = build_pruner_from(cfg)
+    key = results.config_hash(identity(resolved, pruner))
+    results_dir = Path(cfg.results_dir)
+    csv_path = results_dir / "runs.csv"
+
+    found = None if cfg.force else results.find_completed(csv_path, key)
+    if found is not None:
+        number, row = found
+        log(
+            f"skipped: this config (hash {key}) already has a completed row: {csv_path} row {number} "
+            f"(run {row['run_id']}, folder {row['run_dir']}); pass force=true to run it again"
+        )
+        return RunOutcome("skipped", row["run_id"], key, row, number, csv_path, Path(row["run_dir"]))
+
+    check_device(str(cfg.device))
+    import torch
+
+    threads = torch.get_num_threads()
+    if cfg.threads is not None:
+        torch.set_num_threads(int(cfg.threads))
+    try:
+        return _execute(cfg, resolved, pruner, key, csv_path, results_dir)
+    finally:
+        torch.set_num_threads(threads)  # in-process callers get their setting back
+
+
+def _execute(cfg: DictConfig, resolved: dict, pruner, key: str, csv_path: Path, results_dir: Path) -> RunOutcome:
+    seed_everything(int(cfg.seed))
+    tasks, include_path = resolve_tasks(cfg)
+    model, processor, info = load(cfg)
+    check_budget_fits(pruner, model)
+
+    run_id = new_run_id(cfg, key)
+    run_dir = results_dir / "runs" / run_id
+    run_dir.mkdir(parents=True, exist_ok=False)
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    row = base_row(cfg, run_id, key, pruner, tasks, run_dir)
+    row["model_family"] = info.family
+    log(f"run {run_id}: {cfg.benchmark.name} ({', '.join(tasks)}) limit={cfg.limit} on {cfg.device}")
+
+    from mmtok.eval import evaluate
+
+    try:
+        out = evaluate(
+            model,
+            processor,
+            pruner,
+            tasks=tasks,
+            include_path=include_path,
+            limit=cfg.limit,
+            batch_size=int(cfg.batch_size),
+            max_new_tokens=int(cfg.max_new_tokens),
+            prompt_format=cfg.prompt_format,
+            image_preprocess=cfg.image_preprocess,
+            summary=cfg.benchmark.summary,
+            progress=bool(cfg.progress),
+        )
+    except BaseException as exc:
+        row.update(status="failed", error=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        results.write_json(run_dir / "row.json", row)
+        number = results.append_row(csv_path, row)
+        log(f"FAILED: {row['error']} (row {number} of {csv_path})")
+        raise
+
+    samples = [dict(s) for s in out.samples]
+    add_prefill_flops(samples, model, processor, cfg.prompt_format)
+    metrics = {k: float(v) for k, v in out.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    row.update(results.sample_aggregates(samples))
+    for col in results.METRIC_COLUMNS:
+        row[col] = metrics.get(col)
+    row["metrics_json"] = metrics
+    row["score"] = metrics.get(cfg.benchmark.score) if cfg.benchmark.score else None
+    row["wall_s"] = float(out.wall_s)
+    row["device"] = out.device
+    if out.peak_memory_bytes is not None:
+        row["peak_memory_bytes"], row["peak_memory_source"] = int(out.peak_memory_bytes), "torch.cuda.max_memory_allocated"
+    else:
+        from mmtok.timing import process_peak_rss_bytes
+
+        row["peak_memory_bytes"], row["peak_memory_source"] = process_peak_rss_bytes(), "process_max_rss"
+    row["status"] = "completed"
+
+    results.write_samples(run_dir / "samples.jsonl", samples)
+    results.write_json(run_dir / "metrics.json", metrics)
+    summary = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    try:
+        results.log_wandb(
+            run_dir,
+            mode=cfg.wandb.mode,
+            project=cfg.wandb.project,
+            entity=cfg.wandb.entity,
+            tags=list(cfg.wandb.tags),
+            name=run_id,
+            config={**resolved, "config_hash": key, "pruner_params": pruner.params()},
+            metrics=metrics,
+            summary={**summary, **metrics},
+        )
+    except Exception as exc:  # the results are on disk already; do not lose the row over wandb
+        print(f"[mmtok] warning: wandb logging failed ({type(exc).__name__}: {exc}); the run folder and row are written", file=sys.stderr)
+    results.write_json(run_dir / "row.json", row)
+    number = results.append_row(csv_path, row)
+
+    score = f"{cfg.benchmark.score}={row['score']:.4g}" if row["score"] is not None else "no score"
+    log(
+        f"done: {score}; {row['n_samples']} samples, vision tokens {row['vision_tokens_mean']:.1f} "
+        f"(full {row['vision_tokens_full_mean']:.1f}), total {row['total_s_mean'] * 1000:.1f} ms/sample mean, "
+        f"wall {row['wall_s']:.1f} s on {row['device']}"
+    )
+    log(f"row {number} of {csv_path}; samples and config in {run_dir}")
+    return RunOutcome("completed", run_id, key, row, number, csv_path, run_dir, samples, metrics)
+
+
+def main_job(cfg: DictConfig) -> None:
+    """hydra.main's task: user errors → one line on stderr and exit code 2."""
+    try:
+        run(cfg)
+    except (ConfigError, ModelSourceError, results.ResultsError) as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
+

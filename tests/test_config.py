@@ -1,0 +1,264 @@
+"""The config tree, its schema, and the one-line errors for bad input (before any model loads)."""
+
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mmtok.config import CONFIG_DIR, ConfigError, compose, group_options, preflight, validate
+
+ROOT = Path(__file__).resolve().parent.parent
+LMMS_TASKS = Path(__import__("lmms_eval").__file__).parent / "tasks"
+
+
+# -- the tree -------------------------------------------------------------------------------------
+def test_default_config_is_the_embedded_offline_run():
+    cfg = compose([])
+    assert cfg.model.name == "tiny_llava" and cfg.model.tiny == "llava"
+    assert cfg.pruner.name == "mmtok" and cfg.budget == 16
+    assert cfg.benchmark.name == "pope_local" and cfg.benchmark.testbed == "pope"
+    assert cfg.device == "cpu" and cfg.model.dtype == "float32"
+    assert cfg.wandb.mode == "offline" and cfg.force is False
+    validate(cfg)
+
+
+def test_paper_models_point_at_the_llava_hf_checkpoints():
+    expected = {
+        "llava15_7b": "llava-hf/llava-1.5-7b-hf",
+        "llava15_13b": "llava-hf/llava-1.5-13b-hf",
+        "llavanext_7b": "llava-hf/llava-v1.6-vicuna-7b-hf",
+        "llavanext_13b": "llava-hf/llava-v1.6-vicuna-13b-hf",
+    }
+    for name, hub_id in expected.items():
+        cfg = compose([f"model={name}"])
+        assert (cfg.model.path, cfg.model.dtype, cfg.model.attn_implementation, cfg.device) == (
+            hub_id,
+            "float16",
+            "sdpa",
+            "cuda",
+        )
+        validate(cfg, check_model=False)
+
+
+@pytest.mark.parametrize("group", ["model", "pruner", "benchmark"])
+def test_every_option_composes_and_validates(group):
+    for option in group_options(group):
+        overrides = [f"{group}={option}"]
+        if group == "model" and option == "local":
+            overrides.append("model.path=/somewhere")
+        validate(compose(overrides), check_model=False)
+
+
+def test_every_registered_pruner_has_a_config_with_valid_parameters():
+    from mmtok.pruners import PRUNERS
+    from mmtok.runner import build_pruner_from
+
+    assert set(PRUNERS) <= set(group_options("pruner")), "configs/pruner/<name>.yaml for every registered pruner"
+    for name in PRUNERS:
+        cfg = compose([f"pruner={name}"])
+        assert cfg.pruner.name == name
+        pruner = build_pruner_from(cfg)  # raises on a field the pruner does not have
+        for key, value in cfg.pruner.params.items():
+            got = pruner.params()[key]
+            assert (list(got) if isinstance(got, tuple) else got) == value, (name, key)
+        assert pruner.params()["seed"] == cfg.seed  # the run seed reaches the pruner
+
+
+def test_pruner_none_keeps_every_token_by_default():
+    assert compose(["pruner=none"]).budget is None
+    assert compose(["pruner=random"]).budget == 16  # the top-level default stays for the others
+
+
+def test_benchmarks_map_to_real_lmms_eval_tasks():
+    """Every task a benchmark config names exists in the installed lmms-eval (0.7.3)."""
+    declared = set()
+    for path in LMMS_TASKS.rglob("*.yaml"):
+        declared.update(re.findall(r"^task:\s*\"?([\w.-]+)\"?\s*$", path.read_text(errors="ignore"), re.M))
+    mapping = {}
+    for option in group_options("benchmark"):
+        cfg = compose([f"benchmark={option}"])
+        if cfg.benchmark.testbed is None:
+            mapping[option] = list(cfg.benchmark.tasks)
+            assert set(cfg.benchmark.tasks) <= declared, (option, cfg.benchmark.tasks)
+            assert cfg.benchmark.score, option
+    assert mapping["pope"] == ["pope"]  # one task with all three splits; per-split F1 comes from `category`
+    assert mapping["gqa"] == ["gqa"] and mapping["mme"] == ["mme"]
+    assert set(mapping) == {"pope", "gqa", "mme", "sqa", "mmbench", "textvqa", "seed", "mmmu", "vqav2"}
+
+
+def test_table1_experiment_sweeps_the_papers_grid():
+    """experiment=table1 (+ table1_baseline) covers exactly the Table-1 rows of results/paper."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with open(ROOT / "results" / "paper" / "paper_tables.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["table"] == "table1" and r["benchmark"] != "avg_retained_pct"]
+    paper = {(r["method"], r["budget"], r["benchmark"]) for r in rows}
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        grid = set()
+        for exp in ("table1", "table1_baseline"):
+            cfg = hydra_compose(config_name="config", overrides=[f"experiment={exp}"], return_hydra_config=True)
+            assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
+            assert (cfg.model.name, cfg.prompt_format, cfg.image_preprocess) == ("llava15_7b", "vicuna_v1", "pad")
+            params = cfg.hydra.sweeper.params
+            pruners = params.get("pruner", cfg.pruner.name).split(",")
+            budgets = str(params.get("budget", "576")).split(",")
+            for p in pruners:
+                for b in budgets:
+                    for bench in params["benchmark"].split(","):
+                        grid.add((p, b, bench))
+    assert grid == paper
+
+
+def test_slurm_launcher_config_composes():
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = hydra_compose(config_name="config", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
+    assert cfg.hydra.launcher.gpus_per_node == 1
+
+
+# -- validation (in-process) ----------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["budget=0"], "budget must be a positive integer"),
+        (["budget=-4"], "budget must be a positive integer"),
+        (["limit=0"], "limit must be an integer >= 1"),
+        (["batch_size=0"], "batch_size must be an integer >= 1"),
+        (["prompt_format=llava"], "unknown prompt_format 'llava'; valid: hf, vicuna_v1"),
+        (["image_preprocess=resize"], "unknown image_preprocess 'resize'; valid: crop, pad"),
+        (["wandb.mode=cloud"], "unknown wandb.mode 'cloud'; valid: online, offline, disabled"),
+        (["device=gpu"], "unknown device 'gpu'; valid: cpu, cuda"),
+        (["model.dtype=fp16"], "unknown model.dtype 'fp16'; valid: float16"),
+        (["benchmark=mme_local", "limit=3"], "limit must be even"),
+        (["model=local"], "model=local needs model.path="),
+    ],
+)
+def test_validate_rejects_bad_values(overrides, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate(compose(overrides))
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["model=llava15_7x"], "unknown model 'llava15_7x'; valid: llava15_13b, llava15_7b, llavanext_13b"),
+        (["pruner=mmtk"], "unknown pruner 'mmtk'; valid: "),
+        (["benchmark=popee"], "unknown benchmark 'popee'; valid: gqa, gqa_local"),
+        (["budgt=4"], "unknown config key 'budgt'; valid keys there: model, pruner, benchmark, budget"),
+        (["model.dtyp=float32"], "unknown config key 'model.dtyp'; valid keys there: name, path, tiny, dtype"),
+        (["pruner.params.alpah=0.3"], "unknown config key 'pruner.params.alpah'; valid keys there: alpha, tau_t"),
+        (["budget=abc"], "invalid value for budget"),
+    ],
+)
+def test_compose_errors_are_one_line(overrides, message):
+    with pytest.raises(ConfigError, match=re.escape(message)) as info:
+        compose(overrides)
+    assert "\n" not in str(info.value)
+
+
+def test_preflight_checks_every_value_of_a_sweep():
+    with pytest.raises(ConfigError, match="unknown pruner 'fooo'"):
+        preflight(["-m", "pruner=mmtok,fooo", "budget=8"])
+    with pytest.raises(ConfigError, match="budget must be a positive integer"):
+        preflight(["-m", "budget=0,8"])
+    preflight(["-m", "pruner=mmtok,random", "budget=8,16"])
+
+
+def test_hub_model_offline_is_a_one_line_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ConfigError, match=r"HF_HUB_OFFLINE=1.*hf download llava-hf/llava-1\.5-7b-hf"):
+        validate(compose(["model=llava15_7b"]))
+
+
+# -- the same errors through `python run.py`, timed --------------------------------------------------
+HUB_EMPTY = {"HF_HOME": "{tmp}/hf", "HF_HUB_CACHE": "{tmp}/hf/hub"}
+
+CLI_CASES = [
+    ("unknown-model", ["model=llava15_7x"], {}, "unknown model 'llava15_7x'; valid: llava15_13b, llava15_7b"),
+    ("unknown-pruner", ["pruner=mmtk"], {}, "unknown pruner 'mmtk'; valid: "),
+    ("unknown-benchmark", ["benchmark=popee"], {}, "unknown benchmark 'popee'; valid: gqa, gqa_local, mmbench"),
+    ("unknown-in-sweep", ["-m", "benchmark=pope_local,gqq"], {}, "unknown benchmark 'gqq'; valid: "),
+    ("budget-zero", ["budget=0"], {}, "budget must be a positive integer (vision tokens kept) or null to keep all; got 0"),
+    ("budget-negative", ["budget=-1"], {}, "budget must be a positive integer"),
+    ("limit-zero", ["limit=0"], {}, "limit must be an integer >= 1 (samples per task) or null for the whole benchmark; got 0"),
+    ("key-typo", ["budgt=4"], {}, "unknown config key 'budgt'; valid keys there: model, pruner, benchmark, budget"),
+    ("missing-local-path", ["model=local", "model.path=/no/such/checkpoint"], {}, "model path '/no/such/checkpoint' (model=local) does not exist"),
+    (
+        "hub-offline",
+        ["model=llava15_7b", "pruner=mmtok", "budget=4", "benchmark=pope"],
+        {**HUB_EMPTY, "HF_HUB_OFFLINE": "1"},
+        "model 'llava-hf/llava-1.5-7b-hf' is not in the local HF cache and HF_HUB_OFFLINE=1 forbids downloading; pre-download it with `hf download llava-hf/llava-1.5-7b-hf`",
+    ),
+    (
+        "hub-not-cached",
+        ["model=llavanext_13b"],
+        {**HUB_EMPTY, "HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0"},
+        "model 'llava-hf/llava-v1.6-vicuna-13b-hf' is not in the local HF cache",
+    ),
+    (
+        "table1-offline",
+        ["experiment=table1"],
+        HUB_EMPTY,
+        "model 'llava-hf/llava-1.5-7b-hf' is not in the local HF cache",
+    ),
+    # passes the composer (+ adds a key), rejected by the pruner's own field check before the model loads
+    ("pruner-param", ["+pruner.params.alpah=0.3"], {}, "unknown parameter(s) alpah for pruner 'mmtok'; valid: "),
+]
+
+
+@pytest.mark.parametrize("case, args, env, message", CLI_CASES, ids=[c[0] for c in CLI_CASES])
+def test_bad_input_fails_fast_with_one_line(run_cli, tmp_path, case, args, env, message):
+    env = {k: v.format(tmp=tmp_path) for k, v in env.items()}
+    res = run_cli(args, cwd=tmp_path, env=env, timeout=60)
+    assert res.returncode != 0, res.stdout + res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith("error: ") and message in lines[0], lines[0]
+    assert res.seconds < 10, f"{case} took {res.seconds:.1f} s"
+    assert not (tmp_path / "results").exists()  # nothing ran, nothing was loaded or written
+
+
+def test_hydra_help_still_works(run_cli, tmp_path):
+    res = run_cli(["--help"], cwd=tmp_path, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert "model: llava15_13b, llava15_7b" in res.stdout and "pruner:" in res.stdout
+
+
+def test_pyproject_pins_are_kept():
+    text = (ROOT / "pyproject.toml").read_text()
+    assert '"transformers==5.23.0"' in text and '"lmms-eval==0.7.3"' in text and '"hydra-core==1.3.2"' in text
+
+
+def test_ci_runs_make_test_only():
+    lines = [ln.strip() for ln in (ROOT / ".ci" / "run").read_text().splitlines()]
+    body = [ln for ln in lines if ln and not ln.startswith("#")]
+    assert body == ["set -euo pipefail", "make test"]
+
+
+def test_experiment_files_are_global_sweeps():
+    for path in (CONFIG_DIR / "experiment").glob("*.yaml"):
+        assert path.read_text().startswith("# @package _global_"), path
+        assert "sweeper" in yaml.safe_load(path.read_text())["hydra"], path
+
+
+def test_cuda_without_a_gpu_is_a_one_line_error(run_cli, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible here")
+    res = run_cli(["device=cuda"], cwd=tmp_path, timeout=60)
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.returncode == 2 and len(lines) == 1, res.stderr
+    assert lines[0] == "error: device 'cuda' is not available here (no CUDA GPU visible); pass device=cpu (with model.dtype=float32)"
+    assert res.seconds < 10 and not (tmp_path / "results").exists()

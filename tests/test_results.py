@@ -1,0 +1,160 @@
+"""runs.csv (fixed columns, locked atomic appends), resume lookup, aggregates, wandb offline files."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mmtok import results
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _row(i: int, **kw) -> dict:
+    row = {c: f"v{i}" for c in ("run_id", "model", "pruner", "benchmark")}
+    row.update(config_hash=f"h{i % 3}", status="completed", budget=i, score=i / 7, pruner_params={"alpha": 0.5, "i": i})
+    row.update(kw)
+    return row
+
+
+def test_columns_are_unique_and_documented_in_readme():
+    assert len(results.COLUMNS) == len(set(results.COLUMNS))
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("| column | meaning |", 1)[1].split("\n\n", 1)[0]
+    documented = set(re.findall(r"^\| `([a-z0-9_]+)` \|", table, re.M))
+    latency = {c for c in results.COLUMNS if c in results.LATENCY_COLUMNS}
+    # latency columns are documented as one pattern row: `<stage>_s_<stat>`
+    assert "| `<stage>_s_<stat>` |" in table
+    assert set(results.COLUMNS) - latency == documented, set(results.COLUMNS) - latency ^ documented
+
+
+def test_append_writes_header_once_and_keeps_types(tmp_path):
+    path = tmp_path / "runs.csv"
+    assert results.append_row(path, _row(1)) == 1
+    assert results.append_row(path, _row(2, error="x\ny")) == 2
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader)
+        rows = list(reader)
+    assert tuple(header) == results.COLUMNS
+    assert len(rows) == 2 and all(len(r) == len(header) for r in rows)
+    got = results.read_rows(path)
+    assert got[1]["error"] == "x y"  # one physical line per row
+    assert float(got[0]["score"]) == 1 / 7
+    assert json.loads(got[1]["pruner_params"]) == {"alpha": 0.5, "i": 2}
+    assert got[0]["limit"] == ""
+
+
+def test_append_rejects_unknown_columns_and_foreign_files(tmp_path):
+    path = tmp_path / "runs.csv"
+    with pytest.raises(results.ResultsError, match="does not document: accuracy"):
+        results.append_row(path, {"accuracy": 1})
+    path.write_text("a,b\n1,2\n")
+    with pytest.raises(results.ResultsError, match="move it aside"):
+        results.append_row(path, _row(1))
+    assert path.read_text() == "a,b\n1,2\n"
+
+
+_WRITER = """
+import sys
+from mmtok import results
+tag, n = sys.argv[2], int(sys.argv[3])
+for i in range(n):
+    results.append_row(sys.argv[1], {"run_id": f"{tag}-{i}", "status": "completed", "error": "z" * 2000,
+                                      "metrics_json": {"k": list(range(200))}})
+"""
+
+
+def test_concurrent_appends_from_processes_are_all_intact(tmp_path):
+    path = tmp_path / "runs.csv"
+    env = {"PYTHONPATH": str(ROOT)}
+    import os
+
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _WRITER, str(path), tag, "25"], env={**os.environ, **env})
+        for tag in ("a", "b", "c")
+    ]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0, 0]
+    rows = results.read_rows(path)
+    assert sorted(r["run_id"] for r in rows) == sorted(f"{t}-{i}" for t in "abc" for i in range(25))
+    assert all(r["error"] == "z" * 2000 and json.loads(r["metrics_json"]) == {"k": list(range(200))} for r in rows)
+    assert not list(tmp_path.glob(".runs.csv.*.tmp"))
+
+
+def test_find_completed_ignores_failed_and_other_configs(tmp_path):
+    path = tmp_path / "runs.csv"
+    assert results.find_completed(path, "h1") is None
+    results.append_row(path, _row(1, config_hash="h1", status="failed"))
+    results.append_row(path, _row(2, config_hash="h2"))
+    assert results.find_completed(path, "h1") is None
+    results.append_row(path, _row(3, config_hash="h1"))
+    results.append_row(path, _row(4, config_hash="h1"))
+    number, row = results.find_completed(path, "h1")
+    assert number == 4 and row["run_id"] == "v4"
+
+
+def test_config_hash_is_order_independent_and_sensitive():
+    a = {"model": {"name": "m", "dtype": "float16"}, "budget": 64}
+    b = {"budget": 64, "model": {"dtype": "float16", "name": "m"}}
+    assert results.config_hash(a) == results.config_hash(b)
+    assert results.config_hash(a) != results.config_hash({**a, "budget": 128})
+    assert re.fullmatch(r"[0-9a-f]{16}", results.config_hash(a))
+
+
+def test_sample_aggregates_match_numpy():
+    rng = np.random.default_rng(0)
+    samples = [
+        {
+            "vision_s": float(rng.random()),
+            "select_s": float(rng.random()),
+            "prefill_s": float(rng.random()),
+            "decode_s": float(rng.random()),
+            "total_s": float(rng.random()),
+            "vision_tokens": int(k),
+            "vision_tokens_full": 36,
+            "equivalent_tokens": None if i % 2 else 10.5,
+            "prefill_flops": 1000 + i,
+            "new_tokens": i % 4 + 1,
+        }
+        for i, k in enumerate(rng.integers(4, 30, size=11))
+    ]
+    agg = results.sample_aggregates(samples)
+    for stage in results.STAGES:
+        xs = np.array([s[f"{stage}_s"] for s in samples])
+        assert agg[f"{stage}_s_mean"] == pytest.approx(xs.mean())
+        assert agg[f"{stage}_s_p50"] == pytest.approx(np.median(xs))
+        assert agg[f"{stage}_s_p90"] == pytest.approx(np.quantile(xs, 0.9))
+    kept = [s["vision_tokens"] for s in samples]
+    assert (agg["vision_tokens_min"], agg["vision_tokens_max"]) == (min(kept), max(kept))
+    assert agg["vision_tokens_mean"] == pytest.approx(np.mean(kept))
+    eq = [10.5 if i % 2 == 0 else s["vision_tokens"] for i, s in enumerate(samples)]
+    assert agg["equivalent_tokens_mean"] == pytest.approx(np.mean(eq))
+    assert agg["n_samples"] == 11 and agg["prefill_flops_mean"] == pytest.approx(1005)
+    assert results.stats([None, None]) == {"mean": None, "p50": None, "p90": None}
+
+
+def test_wandb_offline_roundtrip(tmp_path):
+    folder = results.log_wandb(
+        tmp_path,
+        mode="offline",
+        project="mmtok-test",
+        entity=None,
+        tags=["t"],
+        name="roundtrip",
+        config={"budget": 16, "model": {"name": "tiny"}},
+        metrics={"pope_f1_avg": 0.75, "pope_random_acc": 0.5},
+        summary={"total_s_mean": 0.125, "pope_f1_avg": 0.75, "budget": 16},
+    )
+    assert folder is not None and folder.is_relative_to(tmp_path / "wandb")
+    rec = results.wandb_offline_records(folder)
+    assert rec["history"]["pope_f1_avg"] == 0.75 and rec["history"]["pope_random_acc"] == 0.5
+    assert rec["summary"]["total_s_mean"] == 0.125 and rec["summary"]["pope_f1_avg"] == 0.75
+    assert rec["config"]["budget"] == {"value": 16} or rec["config"]["budget"] == 16
+    assert results.log_wandb(tmp_path, mode="disabled", project="x", entity=None, tags=[], name="n", config={}, metrics={}, summary={}) is None

@@ -1,0 +1,250 @@
+"""End to end through the real lmms-eval: tiny local LLaVA / LLaVA-NeXT checkpoints, local POPE / GQA /
+MME-format testbeds, the runner, runs.csv, the per-run folder and the offline wandb files."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from mmtok import results
+from mmtok.config import ConfigError, compose
+from mmtok.runner import run
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE_FIELDS = {
+    "task", "doc_id", "question", "answer", "target", "vision_tokens", "vision_tokens_full", "equivalent_tokens",
+    "crops", "vision_s", "select_s", "prefill_s", "decode_s", "total_s", "new_tokens", "batch_size",
+    "text_tokens", "prefill_flops",
+}  # fmt: skip
+BENCH_METRICS = {
+    "pope": [c for c in results.METRIC_COLUMNS if c.startswith("pope_")],
+    "gqa": ["gqa_exact_match"],
+    "mme": ["mme_perception", "mme_cognition", "mme_total"],
+}
+
+
+@pytest.fixture(scope="module")
+def base(mmtok_cache, tiny_llava_path, tiny_llavanext_path):
+    return [f"cache_dir={mmtok_cache}", "progress=false", "max_new_tokens=4"]
+
+
+def go(base, results_dir, *overrides, wandb="disabled"):
+    cfg = compose([*base, f"results_dir={results_dir}", f"wandb.mode={wandb}", *overrides])
+    return run(cfg)
+
+
+def csv_row(outcome) -> dict[str, str]:
+    rows = [r for r in results.read_rows(outcome.csv_path) if r["run_id"] == outcome.run_id]
+    assert len(rows) == 1
+    return rows[0]
+
+
+def num(value: str) -> float:
+    return float(value)
+
+
+E2E = [
+    # model, benchmark, pruner, budget, extra overrides, kept tokens per crop
+    ("tiny_llava", "pope_local", "mmtok", 8, ["limit=6"], 8),
+    ("tiny_llava", "gqa_local", "divprune", 8, ["limit=4", "prompt_format=vicuna_v1", "image_preprocess=pad"], 8),
+    ("tiny_llava", "mme_local", "visionzip", 12, ["limit=10"], 12),
+    ("tiny_llavanext", "pope_local", "mmtok", 40, ["limit=6", "batch_size=2"], 8),
+    ("tiny_llavanext", "gqa_local", "random", 40, ["limit=4"], 8),
+    ("tiny_llavanext", "mme_local", "mmtok", 20, ["limit=10", "prompt_format=vicuna_v1"], 4),
+]
+
+
+@pytest.mark.parametrize("model, bench, pruner, budget, extra, per_crop", E2E, ids=[f"{e[0]}-{e[1]}" for e in E2E])
+def test_end_to_end_row_samples_and_wandb_agree(base, tmp_path, model, bench, pruner, budget, extra, per_crop):
+    out = go(base, tmp_path, f"model={model}", f"benchmark={bench}", f"pruner={pruner}", f"budget={budget}", *extra, wandb="offline")
+    assert out.status == "completed"
+    row = csv_row(out)
+
+    # 1. every documented column is filled (other benchmarks' metrics may be empty)
+    kind = bench.split("_")[0]
+    required = [c for c in results.COLUMNS if c not in results.OPTIONAL_COLUMNS] + ["budget", "limit"] + BENCH_METRICS[kind]
+    assert not [c for c in required if row[c] == ""], {c: row[c] for c in required if row[c] == ""}
+    assert row["status"] == "completed" and row["model"] == model and row["benchmark"] == bench
+    assert row["pruner"] == pruner and int(row["budget"]) == budget
+    assert json.loads(row["pruner_params"])["budget"] == budget
+    assert row["lmms_eval_version"] == "0.7.3" and row["transformers_version"] == "5.23.0"
+    assert row["device"] == "cpu" and int(row["peak_memory_bytes"]) > 0
+    metrics = json.loads(row["metrics_json"])
+    assert num(row["score"]) == metrics[row["score_metric"]]
+    for col in BENCH_METRICS[kind]:
+        assert num(row[col]) == metrics[col]
+
+    # 2. the per-sample file matches the row's aggregates (recomputed here with numpy)
+    run_dir = Path(row["run_dir"])
+    samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+    limit = int(row["limit"])
+    assert len(samples) == int(row["n_samples"]) == limit
+    assert all(SAMPLE_FIELDS <= set(s) for s in samples)
+    assert all(s["answer"] is not None and s["target"] is not None for s in samples)
+    for stage in results.STAGES:
+        xs = np.array([s[f"{stage}_s"] for s in samples], dtype=float)
+        assert (xs >= 0).all()
+        for stat, want in (("mean", xs.mean()), ("p50", np.median(xs)), ("p90", np.quantile(xs, 0.9))):
+            assert num(row[f"{stage}_s_{stat}"]) == pytest.approx(want, rel=1e-12), (stage, stat)
+    kept = np.array([s["vision_tokens"] for s in samples])
+    assert (num(row["vision_tokens_mean"]), int(row["vision_tokens_min"]), int(row["vision_tokens_max"])) == pytest.approx(
+        (kept.mean(), kept.min(), kept.max())
+    )
+    assert num(row["equivalent_tokens_mean"]) == pytest.approx(kept.mean())  # pre-LLM: equivalent = kept
+    assert num(row["prefill_flops_mean"]) == pytest.approx(np.mean([s["prefill_flops"] for s in samples]))
+    assert num(row["new_tokens_mean"]) == pytest.approx(np.mean([s["new_tokens"] for s in samples]))
+    # the budget rule: per_crop tokens of every crop actually present, of the 36 a crop has
+    assert all(s["vision_tokens"] == per_crop * s["crops"] for s in samples)
+    assert all(s["vision_tokens_full"] > s["vision_tokens"] for s in samples)
+    if model == "tiny_llava":
+        assert all(s["crops"] == 1 and s["vision_tokens_full"] == 36 for s in samples)
+    else:
+        assert max(s["crops"] for s in samples) > 1
+    from mmtok.timing import prefill_flops
+    from transformers import AutoConfig
+
+    model_cfg = AutoConfig.from_pretrained(row["model_path"])
+    for s in samples:
+        assert s["prefill_flops"] == prefill_flops(model_cfg, s["text_tokens"] + s["vision_tokens"])
+    assert {s["batch_size"] for s in samples} <= {int(row["batch_size"]), 1}
+
+    # 3. the run folder: resolved config, metrics, the row
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert cfg["budget"] == budget and cfg["pruner"]["name"] == pruner and cfg["model"]["name"] == model
+    assert json.loads((run_dir / "metrics.json").read_text()) == metrics
+    assert json.loads((run_dir / "row.json").read_text())["config_hash"] == row["config_hash"]
+
+    # 4. wandb's offline run file holds the same metrics and aggregates
+    folders = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(folders) == 1
+    rec = results.wandb_offline_records(folders[0])
+    for key, value in metrics.items():
+        assert rec["history"][key] == pytest.approx(value) and rec["summary"][key] == pytest.approx(value)
+    for col in ("score", "total_s_mean", "prefill_s_p90", "vision_tokens_mean", "wall_s", "n_samples"):
+        assert rec["summary"][col] == pytest.approx(num(row[col]))
+    assert rec["config"]["config_hash"] in (row["config_hash"], {"value": row["config_hash"]})
+
+
+@pytest.mark.parametrize("model, budget", [("tiny_llava", 100000), ("tiny_llavanext", 100000)])
+def test_keep_all_equals_pruner_none(base, tmp_path, model, budget):
+    common = [f"model={model}", "benchmark=pope_local", "limit=6", "max_new_tokens=6"]
+    with pytest.warns(UserWarning, match="keeping all"):
+        keep_all = go(base, tmp_path, *common, "pruner=random", f"budget={budget}")
+    none = go(base, tmp_path, *common, "pruner=none")
+    assert none.row["budget"] is None and none.row["pruner"] == "none"
+    answers = {(s["task"], s["doc_id"]): s["answer"] for s in none.samples}
+    assert {(s["task"], s["doc_id"]): s["answer"] for s in keep_all.samples} == answers
+    for out in (keep_all, none):
+        assert all(s["vision_tokens"] == s["vision_tokens_full"] for s in out.samples)
+    if model == "tiny_llava":
+        # the comparison means something: pruning hard does change the tiny model's answers
+        pruned = go(base, tmp_path, *common, "pruner=random", "budget=2")
+        assert {(s["task"], s["doc_id"]): s["answer"] for s in pruned.samples} != answers
+
+
+def test_resume_skips_and_force_reruns(base, tmp_path, capsys):
+    args = ["pruner=random", "budget=6", "limit=2"]
+    first = go(base, tmp_path, *args)
+    assert first.status == "completed" and first.row_number == 1
+    capsys.readouterr()
+    second = go(base, tmp_path, *args)
+    out = capsys.readouterr().out
+    assert second.status == "skipped" and second.run_id == first.run_id
+    assert f"{tmp_path / 'runs.csv'} row 1" in out and "force=true" in out and first.run_id in out
+    assert len(results.read_rows(tmp_path / "runs.csv")) == 1
+    # wandb / progress / results_dir are not part of the identity: still the same run
+    assert go(base, tmp_path, *args, "progress=true").status == "skipped"
+    forced = go(base, tmp_path, *args, "force=true")
+    assert forced.status == "completed" and forced.run_id != first.run_id and forced.row_number == 2
+    assert forced.config_hash == first.config_hash
+    assert go(base, tmp_path, *args).row_number == 2  # the latest completed row
+    # a different budget is a different run
+    assert go(base, tmp_path, "pruner=random", "budget=7", "limit=2").status == "completed"
+    assert len(results.read_rows(tmp_path / "runs.csv")) == 3
+
+
+def test_failed_evaluation_leaves_a_failed_row_and_is_not_resumed(base, tmp_path, monkeypatch):
+    import mmtok.eval
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("pruner exploded\nsecond line")
+
+    monkeypatch.setattr(mmtok.eval, "evaluate", broken)
+    with pytest.raises(RuntimeError, match="pruner exploded"):
+        go(base, tmp_path, "pruner=random", "budget=5", "limit=2")
+    (row,) = results.read_rows(tmp_path / "runs.csv")
+    assert row["status"] == "failed" and row["error"] == "RuntimeError: pruner exploded"
+    monkeypatch.undo()
+    assert go(base, tmp_path, "pruner=random", "budget=5", "limit=2").status == "completed"
+
+
+def test_budget_below_one_token_per_crop_fails_before_evaluating(base, tmp_path):
+    with pytest.raises(ConfigError, match="below one token per crop"):
+        go(base, tmp_path, "model=tiny_llavanext", "budget=3", "limit=2")
+    assert not (tmp_path / "runs.csv").exists()
+
+
+def test_unknown_pruner_parameter_fails_before_loading(base, tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown parameter\(s\) gamma for pruner 'mmtok'"):
+        go(base, tmp_path, "+pruner.params.gamma=1")
+
+
+def test_two_concurrent_cli_runs_append_two_intact_rows(run_cli, tmp_path, mmtok_cache, tiny_llava_path):
+    common = ["limit=2", "max_new_tokens=2", "progress=false", f"results_dir={tmp_path / 'res'}", "wandb.mode=offline"]
+    env = {k: v for k, v in os.environ.items()}
+    env.update(PYTHONPATH=str(ROOT), MMTOK_CACHE=str(mmtok_cache), HF_HUB_OFFLINE="1", WANDB_SILENT="true")
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(ROOT / "run.py"), "pruner=random", f"budget={b}", *common],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for b in (5, 9)
+    ]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    with open(tmp_path / "res" / "runs.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert tuple(rows[0]) == results.COLUMNS and len(rows) == 3
+    assert all(len(r) == len(results.COLUMNS) for r in rows[1:])
+    got = [dict(zip(rows[0], r)) for r in rows[1:]]
+    assert sorted(int(r["budget"]) for r in got) == [5, 9]
+    assert all(r["status"] == "completed" for r in got)
+    assert len({r["run_id"] for r in got}) == 2
+
+
+def test_cli_sweep_runs_every_job(run_cli, tmp_path):
+    res = run_cli(
+        ["-m", "pruner=random,mmtok", "budget=4", "limit=2", "max_new_tokens=2", "wandb.mode=disabled", "results_dir=res"],
+        cwd=tmp_path,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = results.read_rows(tmp_path / "res" / "runs.csv")
+    assert sorted(r["pruner"] for r in rows) == ["mmtok", "random"]
+    assert all(r["status"] == "completed" for r in rows)
+
+
+def test_embedded_default_runs_offline_on_cpu_in_under_a_minute(run_cli, tmp_path, tiny_llava_path):
+    """`python run.py` with no arguments (tiny LLaVA + MMTok + the local POPE testbed, CPU, offline)."""
+    res = run_cli([], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    (row,) = results.read_rows(tmp_path / "results" / "runs.csv")
+    assert (row["model"], row["pruner"], row["budget"], row["benchmark"]) == ("tiny_llava", "mmtok", "16", "pope_local")
+    assert row["status"] == "completed" and int(row["n_samples"]) == 24 and row["device"] == "cpu"
+    assert list((tmp_path / row["run_dir"] / "wandb").glob("offline-run-*"))
+    assert "done: pope_f1_avg=" in res.stdout
+    assert res.seconds < 60, f"the default run took {res.seconds:.1f} s"
+    again = run_cli([], cwd=tmp_path)
+    assert again.returncode == 0 and "skipped" in again.stdout and again.seconds < 30
