@@ -248,3 +248,19 @@ def test_embedded_default_runs_offline_on_cpu_in_under_a_minute(run_cli, tmp_pat
     assert res.seconds < 60, f"the default run took {res.seconds:.1f} s"
     again = run_cli([], cwd=tmp_path)
     assert again.returncode == 0 and "skipped" in again.stdout and again.seconds < 30
+
+
+def test_in_llm_pruner_rows_log_equivalent_tokens(base, tmp_path):
+    """FastV keeps R tokens from layer K on: the row's equivalent tokens are the layer average."""
+    out = go(base, tmp_path, "pruner=fastv", "budget=16", "limit=4")
+    row = csv_row(out)
+    eq = [s["equivalent_tokens"] for s in out.samples]
+    assert all(e is not None for e in eq)
+    assert num(row["equivalent_tokens_mean"]) == pytest.approx(np.mean(eq))
+    assert num(row["vision_tokens_mean"]) < num(row["equivalent_tokens_mean"]) <= 16.5
+    from mmtok.timing import prefill_flops
+    from transformers import AutoConfig
+
+    model_cfg = AutoConfig.from_pretrained(row["model_path"])
+    s = out.samples[0]
+    assert s["prefill_flops"] == prefill_flops(model_cfg, round(s["text_tokens"] + s["equivalent_tokens"]))
