@@ -262,3 +262,47 @@ def test_cuda_without_a_gpu_is_a_one_line_error(run_cli, tmp_path):
     assert res.returncode == 2 and len(lines) == 1, res.stderr
     assert lines[0] == "error: device 'cuda' is not available here (no CUDA GPU visible); pass device=cpu (with model.dtype=float32)"
     assert res.seconds < 10 and not (tmp_path / "results").exists()
+
+
+# -- loading by hub id / folder / tiny (mmtok/models/loading.py) ------------------------------------
+def test_load_model_errors_are_one_line(monkeypatch, tmp_path):
+    from mmtok.models.loading import ModelSourceError, load_model, model_class
+
+    with pytest.raises(ModelSourceError, match=r"model path '/no/such/ckpt' \(model=/no/such/ckpt\) does not exist") as info:
+        load_model("/no/such/ckpt")
+    assert "\n" not in str(info.value)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelSourceError, match="has no config.json"):
+        load_model(str(tmp_path / "empty"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelSourceError, match=r"HF_HUB_OFFLINE=1.*`hf download llava-hf/llava-v1\.6-vicuna-7b-hf`"):
+        load_model("llava-hf/llava-v1.6-vicuna-7b-hf")
+    with pytest.raises(ModelSourceError, match="unsupported model_type 'llama'; valid: llava, llava_next"):
+        model_class("llama")
+
+
+def test_load_model_detects_the_family_from_the_checkpoint(tiny_llava_path, tiny_llavanext_path):
+    from transformers import LlavaForConditionalGeneration, LlavaNextForConditionalGeneration
+
+    from mmtok.models.loading import load_model
+
+    for path, cls, family in (
+        (tiny_llava_path, LlavaForConditionalGeneration, "llava"),
+        (tiny_llavanext_path, LlavaNextForConditionalGeneration, "llava_next"),
+    ):
+        model, processor, info = load_model(str(path), dtype="float32", device="cpu")
+        assert type(model) is cls and info.family == family and info.local_files_only
+        assert model.config._attn_implementation == "sdpa" and not model.training
+        assert processor.tokenizer is not None
+
+
+def test_tiny_checkpoint_is_built_once_then_loaded_like_any_folder(tmp_path):
+    from mmtok.models.loading import ensure_tiny, load_model
+
+    path = tmp_path / "tiny" / "llava"
+    model, _, info = load_model(str(path), dtype="float32", tiny="llava")
+    assert (path / "config.json").is_file() and info.source == str(path)
+    stamp = (path / "config.json").stat().st_mtime_ns
+    assert ensure_tiny(path, "llava") == path and (path / "config.json").stat().st_mtime_ns == stamp
+    assert not [p for p in path.parent.iterdir() if p.is_dir() and p.name.startswith("llava.")]  # no temp folders left
