@@ -11,12 +11,13 @@ STAMP  := $(VENV)/.mmtok-installed
 TORCH  ?= torch==2.13.0
 ARGS   ?=
 
-.PHONY: help venv test run table1 clean distclean
+.PHONY: help venv test run table1 bench clean distclean
 
 help:
 	@echo "make test    create .venv if missing, run the whole test suite"
 	@echo "make run     create .venv if missing, run the embedded default (tiny LLaVA, MMTok, local POPE, CPU, offline)"
 	@echo "make table1  the paper's Table-1 sweep on LLaVA-1.5-7B (GPU + pre-downloaded weights); ARGS='hydra/launcher=slurm ...'"
+	@echo "make bench   selection latency and time-to-first-token per pruner, side by side (scripts/bench_*.py)"
 	@echo "make clean   remove caches, Hydra outputs and the tiny checkpoints / testbeds (keeps .venv and results/)"
 
 venv: $(STAMP)
@@ -40,6 +41,10 @@ run: venv
 table1: venv
 	$(PY) run.py experiment=table1 $(ARGS)
 	$(PY) run.py experiment=table1_baseline $(ARGS)
+
+bench: venv
+	$(PY) scripts/bench_selection.py
+	$(PY) scripts/bench_prefill.py
 
 clean:
 	rm -rf .cache outputs multirun .pytest_cache

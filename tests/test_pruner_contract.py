@@ -150,3 +150,35 @@ def test_pruning_changes_generations(models):
             outs.add(tuple(generate(model, batch)[0].tolist()))
     outs.add(tuple(generate(model, batch)[0].tolist()))
     assert len(outs) >= 3
+
+
+def assert_selecting_every_token_is_identity(name, model, processor):
+    """`select` with k = n keeps every index of every crop in order, and the assembled (HF
+    layout) sequence is then exactly the unmodified model's image tokens. (The request path never
+    calls `select` for k >= n, so keep-all generation tests alone would not exercise it.)"""
+    from mmtok.models.adapters import adapter_for
+    from mmtok.pruners.base import SampleContext
+
+    adapter = adapter_for(model)
+    pruner = build_pruner(name, budget=TOKENS_PER_CROP * adapter.max_crops())
+    for i, q in enumerate(QUESTIONS):
+        batch = inputs(processor, [q], imgs=_img(i))
+        with torch.no_grad():
+            image = adapter.encode(batch["pixel_values"], batch.get("image_sizes"))[0]
+            ids = batch["input_ids"][0]
+            ctx = SampleContext(0, ids, q, processor.tokenizer, model.get_input_embeddings(), 0, adapter)
+            sel = pruner.select(image, TOKENS_PER_CROP, ctx)
+            if sel.packed_indices is not None:  # global selection over the packed sequence
+                assert sel.packed_indices.tolist() == list(range(adapter.full_length(image)))
+            else:
+                assert [t.tolist() for t in sel.indices] == [list(range(TOKENS_PER_CROP))] * image.num_crops
+            assert torch.equal(adapter.assemble(image, sel, "hf"), adapter.full_sequence(image))
+
+
+SUBSET = [n for n in PRE_LLM if n != "visionzip"]  # visionzip merges: k = n is not the identity
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("name", SUBSET)
+def test_selecting_every_token_is_identity(models, family, name):
+    assert_selecting_every_token_is_identity(name, *models[family])
