@@ -86,3 +86,14 @@ def run_cli(mmtok_cache):
         return CliResult(proc.returncode, proc.stdout, proc.stderr, time.perf_counter() - start)
 
     return _run
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tiny_llava_path, tiny_llavanext_path):
+    """{"llava": (model, processor), "llava_next": (model, processor)} loaded once per session.
+
+    Shared on purpose: every pruner must leave the model as loaded, so a test that leaked a hook
+    or changed a weight would break the tests that follow it."""
+    from tests._tiny import load
+
+    return {"llava": load(tiny_llava_path, "llava"), "llava_next": load(tiny_llavanext_path, "llava_next")}

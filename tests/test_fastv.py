@@ -5,18 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmtok.models.tiny import build_tiny
 from mmtok.pruners.fastv import FastVPruner, fastv_keep
-from tests._tiny import QUESTIONS, generate, images, inputs, load
+from tests._tiny import QUESTIONS, generate, images, inputs
 
 N = 36  # vision tokens of a tiny LLaVA-1.5 image
 LAYERS = 16
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny_fastv")
-    return {f: load(build_tiny(root / f, f), f) for f in ("llava", "llava_next")}
+def models(tiny_models):
+    return tiny_models
 
 
 def _image_start(model, ids):

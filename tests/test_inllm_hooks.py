@@ -6,19 +6,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmtok.models.tiny import build_tiny
 from mmtok.pruners.fastv import FastVPruner
 from mmtok.pruners.inllm import attention_rows
 from mmtok.pruners.sparsevlm import SparseVLMPruner
-from tests._tiny import QUESTIONS, generate, inputs, load
+from tests._tiny import QUESTIONS, generate, inputs
 
 N = 36  # vision tokens of a tiny LLaVA-1.5 image
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny_inllm")
-    return {f: load(build_tiny(root / f, f), f) for f in ("llava", "llava_next")}
+def models(tiny_models):
+    return tiny_models
 
 
 def _capture(layer, store):

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import warnings
 
 import pytest
 import torch
 
 from mmtok.models.adapters import CropSelection, LlavaNextAdapter
-from mmtok.models.tiny import build_tiny
 from mmtok.pruners import PRUNERS, build_pruner
-from tests._tiny import QUESTIONS, generate, images, inputs, load
+from tests._tiny import QUESTIONS, generate, images, inputs
 
 
 @pytest.fixture(scope="module")
-def next_model(tmp_path_factory):
-    return load(build_tiny(tmp_path_factory.mktemp("tiny") / "n", "llava_next"), "llava_next")
+def next_model(tiny_models):
+    return tiny_models["llava_next"]
 
 
 def test_unknown_pruner_names_the_valid_choices():

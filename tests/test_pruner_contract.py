@@ -10,9 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmtok.models.tiny import build_tiny
 from mmtok.pruners import PRUNERS, build_pruner
-from tests._tiny import QUESTIONS, generate, inputs, load
+from tests._tiny import QUESTIONS, generate, inputs
 
 FAMILIES = ("llava", "llava_next")
 TOKENS_PER_CROP = 36  # tiny tower: 48 px / 8 px patches
@@ -20,9 +19,8 @@ MAX_CROPS = {"llava": 1, "llava_next": 5}
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny")
-    return {f: load(build_tiny(root / f, f), f) for f in FAMILIES}
+def models(tiny_models):
+    return tiny_models
 
 
 def keep_all(name: str, family: str):

@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 
-from mmtok.models.tiny import build_tiny
 from mmtok.pruners.sparsevlm import SparseVLMPruner
 from mmtok.selection.sparsevlm import (
     density_peak_clusters,
@@ -16,16 +15,15 @@ from mmtok.selection.sparsevlm import (
     recycled_groups,
     text_raters,
 )
-from tests._tiny import QUESTIONS, generate, inputs, load
+from tests._tiny import QUESTIONS, generate, inputs
 
 N = 36  # vision tokens of a tiny LLaVA-1.5 image
 LAYERS = 16
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny_sparsevlm")
-    return {f: load(build_tiny(root / f, f), f) for f in ("llava", "llava_next")}
+def models(tiny_models):
+    return tiny_models
 
 
 # -- pure math ------------------------------------------------------------------------------------
