@@ -12,7 +12,12 @@ model loads: `mmtok.config.preflight` checks the command line before Hydra compo
 
 from __future__ import annotations
 
+import os
 import sys
+
+# numexpr (imported by pandas) otherwise logs its thread count at INFO through Hydra's logger,
+# which would put a second line in front of a run's one-line errors.
+os.environ.setdefault("NUMEXPR_MAX_THREADS", str(os.cpu_count() or 1))
 
 import hydra
 from omegaconf import DictConfig

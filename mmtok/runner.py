@@ -83,6 +83,8 @@ def identity(resolved: dict, pruner) -> dict:
     pruner's full parameter set (dataclass defaults included)."""
     ident = {k: v for k, v in resolved.items() if k not in OPERATIONAL_KEYS}
     ident["pruner"] = {"name": resolved["pruner"]["name"], "params": pruner.params()}
+    if resolved["model"].get("tiny"):  # built from code: where the cache lives is not an identity
+        ident["model"] = {k: v for k, v in resolved["model"].items() if k != "path"}
     return ident
 
 
@@ -99,12 +101,15 @@ def check_device(device: str) -> None:
         raise ConfigError("device 'mps' is not available here; valid: cpu" + (", cuda" if torch.cuda.is_available() else ""))
 
 
-def check_budget_fits(pruner, model) -> None:
-    """A budget below one token per crop (LLaVA-NeXT: budget < 5) fails before the evaluation."""
-    from mmtok.models.adapters import adapter_for
+def check_budget_fits(pruner, cfg: DictConfig) -> None:
+    """A budget the model cannot honour (LLaVA-NeXT: below one token per crop; FastV: below its
+    reachable equivalent count) fails from the checkpoint's config, before the weights load."""
+    from mmtok.models.loading import load_config
 
+    m = cfg.model
+    config = load_config(str(m.path), download=bool(m.download), tiny=m.tiny)
     try:
-        pruner.per_crop_budget(adapter_for(model))
+        pruner.check_budget(config)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
 
@@ -261,8 +266,8 @@ def run(cfg: DictConfig) -> RunOutcome:
 def _execute(cfg: DictConfig, resolved: dict, pruner, key: str, csv_path: Path, results_dir: Path) -> RunOutcome:
     seed_everything(int(cfg.seed))
     tasks, include_path = resolve_tasks(cfg)
+    check_budget_fits(pruner, cfg)
     model, processor, info = load(cfg)
-    check_budget_fits(pruner, model)
 
     run_id = new_run_id(cfg, key)
     run_dir = results_dir / "runs" / run_id

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 
 import pytest
 import torch
@@ -203,3 +204,47 @@ def test_mmtok_with_an_empty_question_uses_the_image_term_only(next_model):
     empty = model.get_input_embeddings().weight[:0]
     expected = mmtok_select(empty, image.proj, image.pre[:, 1:], 5)
     assert [i.tolist() for i in got.indices] == expected.tolist()
+
+
+def test_max_length_counts_the_original_prompt(next_model):
+    """HF measures max_length against the prompt it gets; pruned, that prompt is shorter. The
+    request path converts it so `max_length` means the same with and without a pruner."""
+    model, processor = next_model
+    batch = inputs(processor, QUESTIONS[:1])
+    length = batch["input_ids"].shape[1] + 4
+    with torch.no_grad():
+        ref = model.generate(**batch, max_length=length, do_sample=False)
+        with build_pruner("random", budget=10)(model):
+            out = model.generate(**batch, max_length=length, do_sample=False)
+    assert ref.shape[1] == out.shape[1] == length
+
+
+def test_paper_layout_keep_all_has_every_crop_token_and_grows_with_the_budget(next_model):
+    model, processor = next_model
+    batch = inputs(processor, QUESTIONS[:1])
+    crops = batch["pixel_values"].shape[1]
+    kept = []
+    for budget in (5 * 35, 5 * 36, 5 * 40):
+        pruner = build_pruner("random", budget=budget)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with pruner(model):
+                generate(model, batch, max_new_tokens=1)
+        kept.append(pruner.last_stats["samples"][0]["vision_tokens"])
+    assert kept == [35 * crops, 36 * crops, 36 * crops]
+
+
+def test_in_llm_pruners_refuse_beam_search(next_model):
+    model, processor = next_model
+    with build_pruner("fastv", budget=100)(model):
+        with pytest.raises(ValueError, match="pruner 'fastv' supports num_beams=1 and num_return_sequences=1 only"):
+            model.generate(**inputs(processor, QUESTIONS[:1]), max_new_tokens=2, num_beams=2)
+
+
+def test_check_budget_needs_only_the_config(next_model):
+    model, _ = next_model
+    build_pruner("mmtok", budget=5).check_budget(model.config)
+    with pytest.raises(ValueError, match=r"budget 4 is below one token per crop for llava_next \(5 crops\)"):
+        build_pruner("mmtok", budget=4).check_budget(model.config)
+    with pytest.raises(ValueError, match="fastv: layer K=20 must be below the LLM's 16 layers"):
+        build_pruner("fastv", budget=100, layer=20).check_budget(model.config)

@@ -137,7 +137,8 @@ def test_end_to_end_row_samples_and_wandb_agree(base, tmp_path, model, bench, pr
 def test_keep_all_equals_pruner_none(base, tmp_path, model, budget):
     common = [f"model={model}", "benchmark=pope_local", "limit=6", "max_new_tokens=6"]
     with pytest.warns(UserWarning, match="keeping all"):
-        keep_all = go(base, tmp_path, *common, "pruner=random", f"budget={budget}")
+        # "hf" layout: HF's own packing of the kept tokens (the paper layout drops NeXT's newlines)
+        keep_all = go(base, tmp_path, *common, "pruner=mmtok", f"budget={budget}", "pruner.params.next_layout=hf")
     none = go(base, tmp_path, *common, "pruner=none")
     assert none.row["budget"] is None and none.row["pruner"] == "none"
     answers = {(s["task"], s["doc_id"]): s["answer"] for s in none.samples}
@@ -186,9 +187,23 @@ def test_failed_evaluation_leaves_a_failed_row_and_is_not_resumed(base, tmp_path
     assert go(base, tmp_path, "pruner=random", "budget=5", "limit=2").status == "completed"
 
 
-def test_budget_below_one_token_per_crop_fails_before_evaluating(base, tmp_path):
-    with pytest.raises(ConfigError, match="below one token per crop"):
-        go(base, tmp_path, "model=tiny_llavanext", "budget=3", "limit=2")
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (("model=tiny_llavanext", "budget=3"), r"budget 3 is below one token per crop for llava_next \(5 crops\); use budget >= 5"),
+        (("pruner=fastv", "budget=4"), r"fastv: budget 4 \(equivalent tokens of 36\) is too small .* the minimum budget is 5"),
+        (("model=tiny_llavanext", "pruner=fastv", "budget=12"), r"the minimum budget is 23"),
+    ],
+)
+def test_unreachable_budget_fails_before_the_model_loads(base, tmp_path, monkeypatch, args, message):
+    import mmtok.runner
+
+    def never(cfg):
+        raise AssertionError("the model was loaded before the budget was checked")
+
+    monkeypatch.setattr(mmtok.runner, "load", never)
+    with pytest.raises(ConfigError, match=message):
+        go(base, tmp_path, *args, "limit=2")
     assert not (tmp_path / "runs.csv").exists()
 
 

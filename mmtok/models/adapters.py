@@ -68,7 +68,7 @@ class LlavaAdapter:
     def feature_layer_module(self) -> nn.Module:
         """The CLIP encoder layer whose output the projector reads (hidden_states[-2] -> layer L-2)."""
         tower = self.tower
-        # 5.x builds the tower as CLIPVisionTransformer (layers at .encoder); older as CLIPVisionModel
+        # the tower is a CLIPVisionModel (layers under .vision_model) or a bare CLIPVisionTransformer
         layers = (tower.vision_model if hasattr(tower, "vision_model") else tower).encoder.layers
         hidden_index = self.feature_layer % (len(layers) + 1)  # hidden_states has L+1 entries
         return layers[hidden_index - 1]
@@ -90,7 +90,7 @@ class LlavaAdapter:
 
     # -- assembly -----------------------------------------------------------------------------
     def max_crops(self) -> int:
-        return 1
+        return max_crops(self.config)
 
     def full_sequence(self, image: ImageCrops) -> torch.Tensor:
         """The image tokens exactly as the unmodified HF model would feed them."""
@@ -142,11 +142,6 @@ class LlavaNextAdapter(LlavaAdapter):
             start += c
         return images
 
-    def max_crops(self) -> int:
-        vision_size = self.config.vision_config.image_size
-        tiles = max((h // vision_size) * (w // vision_size) for h, w in self.config.image_grid_pinpoints)
-        return 1 + tiles
-
     def _side(self) -> int:
         return self.config.vision_config.image_size // self.config.vision_config.patch_size
 
@@ -195,11 +190,11 @@ class LlavaNextAdapter(LlavaAdapter):
             return flat[order[keep.view(-1)[order]]]
         # HF layout: HF's own packing (unpad + newline per row) of the kept tokens; a row's
         # newline survives when the row keeps at least one token, so keep-all equals HF exactly.
-        # float64 so that token ids survive the packing exactly whatever the model dtype
-        codes = keep.double().unsqueeze(-1) + 1.0  # 2 = kept, 1 = dropped, 3 = newline
-        ids = torch.arange(c * n, device=flat.device, dtype=torch.float64).view(c, n, 1)
-        packed = self._pack(image, torch.cat([codes, ids], dim=-1), torch.tensor([3.0, -1.0]))
-        code, src = packed[:, 0].round().long(), packed[:, 1].round().long()
+        # integer codes and ids: they pass through HF's packing exactly, on any device
+        codes = keep.long().unsqueeze(-1) + 1  # 2 = kept, 1 = dropped, 3 = newline
+        ids = torch.arange(c * n, device=flat.device).view(c, n, 1)
+        packed = self._pack(image, torch.cat([codes, ids], dim=-1), torch.tensor([3, -1], device=flat.device))
+        code, src = packed[:, 0], packed[:, 1]
         is_newline = code == 3
         row = torch.cumsum(is_newline.long(), 0) - is_newline.long()  # a newline closes its row
         row_kept = torch.zeros(int(row.max()) + 1, dtype=torch.long, device=flat.device)
@@ -209,6 +204,21 @@ class LlavaNextAdapter(LlavaAdapter):
         tokens = flat[src.clamp(min=0)]
         tokens[is_newline] = self.inner.image_newline.to(flat.dtype)
         return tokens[survive]
+
+
+def max_crops(config) -> int:
+    """Crops of the largest split a checkpoint can produce: 1 for LLaVA-1.5; for LLaVA-NeXT the
+    base image plus the most tiles of any grid pinpoint (5 for the llava-hf checkpoints)."""
+    pinpoints = getattr(config, "image_grid_pinpoints", None)
+    if getattr(config, "model_type", None) != "llava_next" or not pinpoints:
+        return 1
+    size = config.vision_config.image_size
+    return 1 + max((h // size) * (w // size) for h, w in pinpoints)
+
+
+def tokens_per_crop(config) -> int:
+    vision = config.vision_config
+    return (vision.image_size // vision.patch_size) ** 2
 
 
 def adapter_for(model: nn.Module) -> LlavaAdapter:

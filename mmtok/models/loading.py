@@ -91,6 +91,14 @@ def torch_dtype(name: str):
     return {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32, "auto": "auto"}[name]
 
 
+def load_config(path: str, *, download: bool = False, tiny: str | None = None):
+    """The checkpoint's HF config alone (no weights): enough to check a budget before loading."""
+    from transformers import AutoConfig
+
+    source, local_only = resolve_source(path, download=download, tiny=tiny)
+    return AutoConfig.from_pretrained(source, local_files_only=local_only)
+
+
 def load_model(
     path: str,
     *,

@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from mmtok.models.adapters import LAYOUTS, CropSelection, ImageCrops, LlavaAdapter, adapter_for
+from mmtok.models.adapters import LAYOUTS, CropSelection, ImageCrops, LlavaAdapter, adapter_for, max_crops
 
 
 @dataclass
@@ -109,15 +109,26 @@ class Pruner:
 
     # -- budget ---------------------------------------------------------------------------------
     def per_crop_budget(self, adapter: LlavaAdapter) -> int | None:
+        return self._per_crop(adapter.config)
+
+    def _per_crop(self, config) -> int | None:
         if self.budget is None or self.in_llm:
             return None
-        k = self.budget // adapter.max_crops()
+        crops = max_crops(config)
+        k = self.budget // crops
         if k < 1:
+            family = "llava_next" if crops > 1 else "llava"
             raise ValueError(
-                f"budget {self.budget} is below one token per crop for {adapter.family} "
-                f"({adapter.max_crops()} crops); use budget >= {adapter.max_crops()}"
+                f"budget {self.budget} is below one token per crop for {family} "
+                f"({crops} crops); use budget >= {crops}"
             )
         return k
+
+    def check_budget(self, config) -> None:
+        """Raise a one-line ValueError if `budget` cannot work for a model with this HF config.
+
+        Needs the config only (no weights), so a runner can check before loading the model."""
+        self._per_crop(config)
 
     # -- applying it ----------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -140,13 +151,17 @@ class Pruner:
     def reduce_image(self, adapter: LlavaAdapter, image: ImageCrops, ctx: SampleContext) -> torch.Tensor:
         k = self.per_crop_budget(adapter)
         n = image.tokens_per_crop
-        if k is None or k >= n:
-            if k is not None and k > n:
+        if k is None:  # no budget: exactly the unmodified model's image tokens
+            return adapter.full_sequence(image)
+        if k >= n:
+            if k > n:
                 warnings.warn(
                     f"{self.name}: per-crop budget {k} exceeds the {n} tokens of a crop; keeping all",
                     stacklevel=3,
                 )
-            return adapter.full_sequence(image)
+            # every token, laid out as this pruner lays out kept tokens (so counts grow with k)
+            every = torch.arange(n, device=image.proj.device)
+            return adapter.assemble(image, CropSelection(indices=[every] * image.num_crops), self.next_layout)
         return adapter.assemble(image, self.select(image, k, ctx), self.next_layout)
 
     def sample_seed(self, ctx: SampleContext) -> int:
@@ -163,6 +178,9 @@ class _PrunedGenerate:
     def __call__(self, input_ids=None, attention_mask=None, pixel_values=None, image_sizes=None, **kwargs):
         if pixel_values is None or input_ids is None:
             return self.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        kwargs = _length_as_new_tokens(self.model, input_ids, kwargs)
+        if self.pruner.in_llm and (kwargs.get("num_beams", 1) > 1 or kwargs.get("num_return_sequences", 1) > 1):
+            raise ValueError(f"pruner {self.pruner.name!r} supports num_beams=1 and num_return_sequences=1 only")
         pruner, adapter, model = self.pruner, self.adapter, self.model
         batch = input_ids.shape[0]
         if batch > 1 and not pruner.supports_batch:
@@ -221,6 +239,20 @@ class _PrunedGenerate:
             return torch.cat([input_ids, out], dim=1)
         out.sequences = torch.cat([input_ids, out.sequences], dim=1)
         return out
+
+
+def _length_as_new_tokens(model, input_ids, kwargs: dict) -> dict:
+    """HF counts `max_length` against the prompt it is given, which is shorter once pruned; turn
+    it into `max_new_tokens` against the original prompt so lengths mean what they mean unpruned."""
+    if kwargs.get("max_new_tokens") is not None:
+        return kwargs
+    config = kwargs.get("generation_config") or model.generation_config
+    max_length = kwargs.get("max_length", config.max_length)
+    if max_length is None:
+        return kwargs
+    kwargs = {k: v for k, v in kwargs.items() if k != "max_length"}
+    kwargs["max_new_tokens"] = max(max_length - input_ids.shape[1], 0)
+    return kwargs
 
 
 def _build_inputs(model, input_ids, attention_mask, image_tokens):

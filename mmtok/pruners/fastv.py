@@ -9,7 +9,9 @@ On LLaVA-NeXT the image span is the whole packed anyres span (newline tokens inc
 Budget (`budget_mode`):
   "equivalent" (default, the 64/128/192 tables): `budget` is the layer-averaged count
       T_eq = (K*N + (L-K)*R) / L for an L-layer LLM and N image tokens, so
-      R = round_half_up((budget*L - K*N) / (L-K)); R < 1 is an error naming the minimum budget.
+      R = round_half_up((T_eq*L - K*N) / (L-K)); R < 1 is an error naming the minimum budget.
+      On LLaVA-NeXT the label is relative to the 5 x 576 capacity (T_eq = budget * N / 2880), as
+      the NeXT tables' labels are; with K=2 of 32 layers a label below 181 cannot be reached.
   "kept": `budget` is R itself.
 R >= N (or `budget=None`) keeps every token: the scores are still computed, nothing is dropped.
 Batches: every sample gets its own top-R; when the kept lengths differ (NeXT images with
@@ -25,6 +27,7 @@ from typing import ClassVar
 
 import torch
 
+from mmtok.models.adapters import max_crops, tokens_per_crop
 from mmtok.pruners.inllm import Cut, InLLMPruner, LayerView
 
 BUDGET_MODES = ("equivalent", "kept")
@@ -55,23 +58,41 @@ class FastVPruner(InLLMPruner):
             raise ValueError(f"fastv: layer K={self.layer} must be below the LLM's {num_layers} layers")
         return (self.layer - 1,)
 
-    def kept_tokens(self, n: int, num_layers: int) -> int:
-        """R for an image of `n` tokens in an LLM of `num_layers` layers (at most n)."""
+    def kept_tokens(self, n: int, num_layers: int, capacity: int | None = None) -> int:
+        """R for an image of `n` tokens in an LLM of `num_layers` layers (at most n).
+
+        `capacity` is the most image tokens the model can produce (576 on LLaVA-1.5, 5 x 576 on
+        LLaVA-NeXT). An equivalent budget is a label relative to it, like the NeXT tables' labels:
+        an image of n tokens gets the target T_eq = budget * n / capacity (= budget on LLaVA-1.5).
+        """
         if self.budget is None:
             return n
         if self.budget_mode == "kept":
             return min(self.budget, n)
+        capacity = n if capacity is None else capacity
         k, layers = self.layer, num_layers
-        exact = Fraction(self.budget * layers - k * n, layers - k)
-        r = math.floor(exact + Fraction(1, 2))
+        target = Fraction(self.budget * n, capacity)
+        r = math.floor((target * layers - k * n) / (layers - k) + Fraction(1, 2))
         if r < 1:
-            minimum = math.ceil((k * n + Fraction(layers - k, 2)) / layers)
+            at_capacity = math.floor(Fraction(self.budget * layers - k * capacity, layers - k) + Fraction(1, 2))
+            if at_capacity >= 1:
+                return 1  # a small image of a feasible label: keep at least one token
+            minimum = math.ceil((k * capacity + Fraction(layers - k, 2)) / layers)
             raise ValueError(
-                f"fastv: budget {self.budget} (equivalent tokens) is too small for K={k}, {layers} layers and "
-                f"{n} image tokens: it leaves R={r} kept tokens; the minimum budget is {minimum} "
+                f"fastv: budget {self.budget} (equivalent tokens of {capacity}) is too small for K={k} and "
+                f"{layers} layers: it leaves R={at_capacity} kept tokens; the minimum budget is {minimum} "
                 f"(or use budget_mode='kept')"
             )
         return min(r, n)
+
+    def llm_hooks(self, model, adapter):
+        self._capacity = tokens_per_crop(adapter.config) * max_crops(adapter.config)
+        return super().llm_hooks(model, adapter)
+
+    def check_budget(self, config) -> None:
+        super().check_budget(config)
+        capacity = tokens_per_crop(config) * max_crops(config)
+        self.kept_tokens(capacity, config.text_config.num_hidden_layers, capacity)
 
     def cut(self, step: int, view: LayerView) -> list[Cut]:
         rows = view.stage.rows
@@ -81,7 +102,7 @@ class FastVPruner(InLLMPruner):
         cuts, scores, kept = [], [], []
         for b, span in enumerate(view.stage.spans):
             score = probs[b, span.start : span.start + span.length]
-            r = self.kept_tokens(span.length, view.num_layers)
+            r = self.kept_tokens(span.length, view.num_layers, self._capacity)
             keep = fastv_keep(score, r)
             scores.append(score.cpu())
             kept.append(keep.cpu())

@@ -161,6 +161,9 @@ class InLLMPruner(Pruner):
     def llm_hooks(self, model: nn.Module, adapter: LlavaAdapter) -> list:
         return LayerDropper(self, adapter).register()
 
+    def check_budget(self, config) -> None:
+        self.prune_layers(config.text_config.num_hidden_layers)  # raises for layers the LLM lacks
+
 
 class LayerDropper:
     """Physically shortens the decoder's sequence at a method's prune layers (module docstring)."""
