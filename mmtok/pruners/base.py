@@ -15,7 +15,6 @@ the original `generate` runs on them. In-LLM methods additionally register decod
 from __future__ import annotations
 
 import contextlib
-import time
 import warnings
 import zlib
 from dataclasses import dataclass, field, fields
@@ -24,7 +23,15 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from mmtok.models.adapters import LAYOUTS, CropSelection, ImageCrops, LlavaAdapter, adapter_for, max_crops
+from mmtok.models.adapters import (
+    LAYOUTS,
+    CropSelection,
+    ImageCrops,
+    LlavaAdapter,
+    adapter_for,
+    max_crops,
+)
+from mmtok.timing import now
 
 
 @dataclass
@@ -56,11 +63,6 @@ class Request:
     attention_mask: torch.Tensor  # [B, L] of the (possibly shortened) prompt
     prompt_length: int
     contexts: list[SampleContext]
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 @dataclass
@@ -194,11 +196,9 @@ class _PrunedGenerate:
         embed = model.get_input_embeddings()
 
         with torch.no_grad():
-            sync(device)
-            t0 = time.perf_counter()
+            t0 = now(device)
             images = pruner.encode(adapter, pixel_values, image_sizes)
-            sync(device)
-            t1 = time.perf_counter()
+            t1 = now(device)
             if len(images) != batch:
                 raise ValueError(f"mmtok supports one image per sample; got {len(images)} images for {batch} samples")
             contexts, kept = [], []
@@ -215,9 +215,8 @@ class _PrunedGenerate:
                 )
                 contexts.append(ctx)
                 kept.append(pruner.reduce_image(adapter, images[b], ctx))
-            sync(device)
-            t2 = time.perf_counter()
-            embeds, mask, spans = _build_inputs(model, input_ids, attention_mask, kept)
+            t2 = now(device)
+            embeds, mask, spans = _build_inputs(model, [c.input_ids for c in contexts], kept)
 
         pruner.request = Request(spans=spans, attention_mask=mask, prompt_length=mask.shape[1], contexts=contexts)
         pruner.last_stats = {
@@ -255,17 +254,16 @@ def _length_as_new_tokens(model, input_ids, kwargs: dict) -> dict:
     return kwargs
 
 
-def _build_inputs(model, input_ids, attention_mask, image_tokens):
-    """Per sample: text embeddings with the image placeholder run replaced by `image_tokens[b]`,
-    then left-padded again (the pruned lengths can differ per sample)."""
+def _build_inputs(model, prompts: list[torch.Tensor], image_tokens):
+    """Per sample: the unpadded prompt's embeddings with the image placeholder run replaced by
+    `image_tokens[b]`, then left-padded again (the pruned lengths can differ per sample)."""
     embed = model.get_input_embeddings()
     image_id = model.config.image_token_id
     pad_id = model.generation_config.pad_token_id
     if pad_id is None:
         pad_id = 0
     rows, spans = [], []
-    for b, feats in enumerate(image_tokens):
-        ids = input_ids[b][attention_mask[b].bool()]
+    for b, (ids, feats) in enumerate(zip(prompts, image_tokens)):
         where = (ids == image_id).nonzero().flatten()
         if where.numel() == 0:
             raise ValueError(f"sample {b} has no image placeholder token (id {image_id})")
@@ -276,9 +274,10 @@ def _build_inputs(model, input_ids, attention_mask, image_tokens):
         rows.append(torch.cat([text[:start], feats.to(text.dtype), text[end:]], dim=0))
         spans.append(start)
     length = max(r.shape[0] for r in rows)
-    pad = embed(torch.tensor([pad_id], device=input_ids.device))[0]
+    device = prompts[0].device
+    pad = embed(torch.tensor([pad_id], device=device))[0]
     embeds = pad.expand(len(rows), length, pad.shape[0]).clone()
-    mask = torch.zeros(len(rows), length, dtype=attention_mask.dtype, device=input_ids.device)
+    mask = torch.zeros(len(rows), length, dtype=torch.long, device=device)
     out_spans = []
     for b, (row, feats) in enumerate(zip(rows, image_tokens)):
         offset = length - row.shape[0]

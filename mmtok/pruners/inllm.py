@@ -114,6 +114,9 @@ class Stage:
     spans: list[ImageSpan]
     shift: torch.Tensor  # [B] decode positions: incoming position id - shift
     changed: bool  # False while it equals stage 0 (then the layers' inputs are left untouched)
+    # Read once when the stage is built (prefill), so decode steps never wait on the device
+    all_valid: bool = False
+    any_shift: bool = False
 
     @property
     def rows(self) -> int:
@@ -313,7 +316,9 @@ class LayerDropper:
             shift = self.stages[0].valid.sum(1) - valid.sum(1)
         else:
             shift = torch.zeros(batch, dtype=torch.long, device=device)
-        return Stage(valid, origin, pos, spans, shift, changed=True), new_out
+        stage = Stage(valid, origin, pos, spans, shift, changed=True)
+        stage.all_valid, stage.any_shift = bool(valid.all()), bool(shift.any())
+        return stage, new_out
 
     def _report(self) -> None:
         """Vision tokens per layer (what each layer's input holds) into the core's stats."""
@@ -356,7 +361,7 @@ class LayerDropper:
         if hidden.shape[1] != stage.rows:
             raise RuntimeError(f"{self.pruner.name}: layer input has {hidden.shape[1]} rows, stage has {stage.rows}")
         valid, pos = stage.valid.to(hidden.device), stage.pos.to(hidden.device)
-        if self.mask_dtype is None and bool(valid.all()):
+        if self.mask_dtype is None and stage.all_valid:
             mask = None  # SDPA's is_causal, as the model itself does without padding
         else:
             causal = torch.ones(stage.rows, stage.rows, dtype=torch.bool, device=hidden.device).tril()
@@ -368,7 +373,7 @@ class LayerDropper:
         batch, device = hidden.shape[0], hidden.device
         valid, shift = stage.valid.to(device), stage.shift.to(device)
         new = past + q - self.prompt_length  # generated tokens the layer's keys cover
-        if mask_in is None and bool(valid.all()):
+        if mask_in is None and stage.all_valid:
             mask = None
         else:
             if mask_in is None:  # lower-right causal over the generated tokens
@@ -382,7 +387,7 @@ class LayerDropper:
             prompt = valid[:, None, None, :].expand(batch, 1, q, stage.rows)
             mask = self._styled(torch.cat([prompt, tail], dim=-1))
         pos = pos_in.to(device).expand(batch, -1)
-        if bool(shift.any()):
+        if stage.any_shift:
             pos = pos - shift[:, None]
             embeddings = self.lm.rotary_emb(hidden, pos)
         return mask, pos, embeddings
