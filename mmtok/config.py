@@ -29,6 +29,7 @@ GROUPS = ("model", "pruner", "benchmark", "experiment")
 
 PROMPT_FORMATS = ("hf", "vicuna_v1")
 IMAGE_PREPROCESS = ("crop", "pad")
+MULTI_IMAGE = ("error", "first", "middle")  # = mmtok.eval.prompts.MULTI_IMAGE (this module stays torch-free)
 WANDB_MODES = ("online", "offline", "disabled")
 DTYPES = ("float16", "bfloat16", "float32", "auto")
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
@@ -71,6 +72,7 @@ class BenchmarkConfig:
     testbed: Optional[str] = None  # pope | gqa | mme: build a small local dataset of this format
     testbed_n: int = 24  # testbed size (per POPE split)
     include_path: Optional[str] = None  # a folder of extra lmms-eval task YAMLs
+    multi_image: str = "error"  # the default for the top-level `multi_image` (seed: middle, mmmu: first)
 
 
 @dataclass
@@ -95,6 +97,7 @@ class RunConfig:
     max_new_tokens: int = 16
     prompt_format: str = "hf"  # hf (the checkpoint's chat template) | vicuna_v1 (original LLaVA)
     image_preprocess: str = "crop"  # crop (HF centre crop) | pad (original LLaVA pad-to-square)
+    multi_image: str = "error"  # documents with several images: error | first | middle (one image reaches the LLM)
     force: bool = False  # rerun even if runs.csv has a completed row for this config
     progress: bool = True
     results_dir: str = "results"
@@ -142,6 +145,8 @@ def validate(cfg: DictConfig, *, check_model: bool = True) -> None:
     for key, value, valid in (
         ("prompt_format", cfg.prompt_format, PROMPT_FORMATS),
         ("image_preprocess", cfg.image_preprocess, IMAGE_PREPROCESS),
+        ("multi_image", cfg.multi_image, MULTI_IMAGE),
+        ("benchmark.multi_image", cfg.benchmark.multi_image, MULTI_IMAGE),
         ("wandb.mode", cfg.wandb.mode, WANDB_MODES),
         ("model.dtype", cfg.model.dtype, DTYPES),
         ("model.attn_implementation", cfg.model.attn_implementation, ATTN_IMPLEMENTATIONS),

@@ -83,6 +83,12 @@ def identity(resolved: dict, pruner) -> dict:
     pruner's full parameter set (dataclass defaults included)."""
     ident = {k: v for k, v in resolved.items() if k not in OPERATIONAL_KEYS}
     ident["pruner"] = {"name": resolved["pruner"]["name"], "params": pruner.params()}
+    # benchmark.multi_image only supplies the default of the top-level multi_image (what acts);
+    # multi_image=error behaves as every run did before the option existed (single-image documents
+    # only), so it adds nothing to the hash and those runs' rows still resume.
+    ident["benchmark"] = {k: v for k, v in resolved["benchmark"].items() if k != "multi_image"}
+    if ident.get("multi_image") == "error":
+        del ident["multi_image"]
     if resolved["model"].get("tiny"):  # built from code: where the cache lives is not an identity
         ident["model"] = {k: v for k, v in resolved["model"].items() if k != "path"}
     return ident
@@ -172,28 +178,28 @@ def load(cfg: DictConfig):
     return loaded
 
 
-def add_prefill_flops(samples: list[dict], model, processor, prompt_format: str) -> None:
-    """Per sample: `text_tokens` (prompt without the image) and the analytic `prefill_flops` of the
-    LLM over text + equivalent vision tokens (kept tokens for pre-LLM methods)."""
-    from mmtok.eval.prompts import build_prompt
-    from mmtok.timing import prefill_flops
+def add_prefill_flops(samples: list[dict], model_config) -> None:
+    """Per sample: the analytic `prefill_flops` of the LLM (`mmtok.timing`), from the wrapper's
+    `text_tokens` (the prompt as tokenised for the model, without image placeholders and padding).
 
-    tok = processor.tokenizer
-    image_id = model.config.image_token_id
-    lengths: dict[str, int] = {}
+    In-LLM methods that report `layer_vision_tokens` (the vision tokens in each decoder layer's
+    input): the sum over layers of one layer's FLOPs at text + that layer's vision tokens (exact).
+    Otherwise every layer is charged text + `equivalent_tokens` (rounded; an in-LLM method without
+    the per-layer list) or text + `vision_tokens` (what the LLM received; pre-LLM methods).
+    """
+    from mmtok.timing import prefill_flops, prefill_flops_per_layer
+
     for s in samples:
         if s.get("prefill_flops") is not None:
             continue
-        q = s.get("question")
-        if q is None:
-            continue
-        if q not in lengths:
-            ids = tok(build_prompt(processor, q, prompt_format))["input_ids"]
-            lengths[q] = len(ids) - sum(1 for i in ids if i == image_id)
-        vision = s.get("equivalent_tokens")
-        vision = s.get("vision_tokens") if vision is None else vision
-        s["text_tokens"] = lengths[q]
-        s["prefill_flops"] = prefill_flops(model.config, int(round(lengths[q] + float(vision or 0))))
+        text = int(s["text_tokens"])
+        per_layer = s.get("layer_vision_tokens")
+        if per_layer is not None:
+            s["prefill_flops"] = prefill_flops_per_layer(model_config, [text + int(v) for v in per_layer])
+        else:
+            vision = s.get("equivalent_tokens")
+            vision = s["vision_tokens"] if vision is None else vision
+            s["prefill_flops"] = prefill_flops(model_config, int(round(text + float(vision))))
 
 
 def versions_and_git() -> dict[str, Any]:
@@ -291,6 +297,7 @@ def _execute(cfg: DictConfig, resolved: dict, pruner, key: str, csv_path: Path, 
             max_new_tokens=int(cfg.max_new_tokens),
             prompt_format=cfg.prompt_format,
             image_preprocess=cfg.image_preprocess,
+            multi_image=cfg.multi_image,
             summary=cfg.benchmark.summary,
             progress=bool(cfg.progress),
         )
@@ -302,7 +309,7 @@ def _execute(cfg: DictConfig, resolved: dict, pruner, key: str, csv_path: Path, 
         raise
 
     samples = [dict(s) for s in out.samples]
-    add_prefill_flops(samples, model, processor, cfg.prompt_format)
+    add_prefill_flops(samples, model.config)
     metrics = {k: float(v) for k, v in out.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     row.update(results.sample_aggregates(samples))
     for col in results.METRIC_COLUMNS:

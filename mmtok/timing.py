@@ -66,20 +66,47 @@ def prefill_flops(config, seq_len: int, *, causal: bool = False, logits_tokens: 
     computes prefill logits for the last position only, hence 1). Embedding look-ups, norms,
     rotary embeddings and softmax are not matmuls and are left out (they are O(L*d), negligible).
     """
-    text = getattr(config, "text_config", None) or config
+    text = _text_config(config)
+    return text.num_hidden_layers * layer_flops(text, seq_len, causal=causal) + lm_head_flops(text, logits_tokens)
+
+
+def prefill_flops_per_layer(config, seq_lens, *, causal: bool = False, logits_tokens: int = 1) -> int:
+    """`prefill_flops` when the sequence length changes from layer to layer (in-LLM pruning).
+
+    `seq_lens[l]`: the tokens decoder layer l processes (text + the vision tokens in its input);
+    one entry per decoder layer. Sum of `layer_flops` over the layers plus the LM head, so a
+    constant length L gives exactly `prefill_flops(config, L)`.
+    """
+    text = _text_config(config)
+    seq_lens = list(seq_lens)
+    if len(seq_lens) != text.num_hidden_layers:
+        raise ValueError(f"seq_lens has {len(seq_lens)} entries; the LLM has {text.num_hidden_layers} decoder layers")
+    return sum(layer_flops(text, L, causal=causal) for L in seq_lens) + lm_head_flops(text, logits_tokens)
+
+
+def layer_flops(config, seq_len: int, *, causal: bool = False) -> int:
+    """Analytic FLOPs of one decoder layer over `seq_len` tokens (the per-layer formula of `prefill_flops`)."""
+    text = _text_config(config)
     d = text.hidden_size
     h = text.num_attention_heads
     g = getattr(text, "num_key_value_heads", None) or h
     e = getattr(text, "head_dim", None) or d // h
     f = text.intermediate_size
-    layers = text.num_hidden_layers
-    vocab = text.vocab_size
     L = int(seq_len)
     if L < 1:
         raise ValueError(f"seq_len must be >= 1, got {seq_len}")
     pairs = L * (L + 1) // 2 if causal else L * L
-    per_layer = 2 * L * (d * h * e + 2 * d * g * e + h * e * d) + 2 * L * 3 * d * f + 2 * 2 * h * e * pairs
-    return layers * per_layer + 2 * logits_tokens * d * vocab
+    return 2 * L * (d * h * e + 2 * d * g * e + h * e * d) + 2 * L * 3 * d * f + 2 * 2 * h * e * pairs
+
+
+def lm_head_flops(config, logits_tokens: int = 1) -> int:
+    """FLOPs of the LM head for `logits_tokens` positions: 2 * logits_tokens * d * vocab."""
+    text = _text_config(config)
+    return 2 * logits_tokens * text.hidden_size * text.vocab_size
+
+
+def _text_config(config):
+    return getattr(config, "text_config", None) or config
 
 
 def reset_peak_memory(device: torch.device | str | None) -> None:

@@ -90,6 +90,42 @@ def test_benchmarks_map_to_real_lmms_eval_tasks():
     assert set(mapping) == {"pope", "gqa", "mme", "sqa", "mmbench", "textvqa", "seed", "mmmu", "vqav2"}
 
 
+def test_multi_image_defaults_per_benchmark():
+    """SEED video questions get their middle frame, MMMU multi-image questions their first image
+    (both benchmarks are in Table 1); every other benchmark refuses several images; the command line wins."""
+    got = {option: compose([f"benchmark={option}"]).multi_image for option in group_options("benchmark")}
+    assert got.pop("seed") == "middle" and got.pop("mmmu") == "first"
+    assert set(got.values()) == {"error"}
+    assert compose(["benchmark=seed", "multi_image=first"]).multi_image == "first"
+    assert compose(["benchmark=pope", "multi_image=middle"]).multi_image == "middle"
+    with open(ROOT / "results" / "paper" / "paper_tables.csv") as f:
+        notes = {r["note"] for r in csv.DictReader(f) if r["table"] == "table1" and r["benchmark"] == "seed"}
+    # Table 1 reports SEED-all (image + video questions); the image-only metric is a separate column
+    assert notes == {"seed=SEED-all (other tables use SEED-IMG)"}
+    assert compose(["benchmark=seed"]).benchmark.score == "seedbench_seed_all"
+
+
+def test_multi_image_error_keeps_the_old_run_identity():
+    """multi_image=error behaves as runs did before the option existed: same config hash; another
+    policy is another run; benchmark.multi_image (a default only) never enters the hash."""
+    from mmtok import results
+    from mmtok.runner import build_pruner_from, identity
+
+    def key(*overrides):
+        from omegaconf import OmegaConf
+
+        cfg = compose(list(overrides))
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        return identity(resolved, build_pruner_from(cfg)), results.config_hash(identity(resolved, build_pruner_from(cfg)))
+
+    ident, plain = key()
+    assert "multi_image" not in ident and "multi_image" not in ident["benchmark"]
+    assert key("multi_image=error")[1] == plain
+    assert key("multi_image=first")[1] != plain != key("multi_image=middle")[1]
+    assert key("benchmark=seed")[0]["multi_image"] == "middle"
+    assert key("benchmark=seed", "multi_image=first")[1] == key("benchmark=seed", "benchmark.multi_image=first")[1]
+
+
 def test_table1_experiment_sweeps_the_papers_grid():
     """experiment=table1 (+ table1_baseline) covers exactly the Table-1 rows of results/paper."""
     from hydra import compose as hydra_compose
@@ -135,6 +171,9 @@ def test_slurm_launcher_config_composes():
         (["batch_size=0"], "batch_size must be an integer >= 1"),
         (["prompt_format=llava"], "unknown prompt_format 'llava'; valid: hf, vicuna_v1"),
         (["image_preprocess=resize"], "unknown image_preprocess 'resize'; valid: crop, pad"),
+        (["multi_image=all"], "unknown multi_image 'all'; valid: error, first, middle"),
+        (["benchmark.multi_image=last"], "unknown multi_image 'last'; valid: error, first, middle"),
+        (["benchmark=seed", "benchmark.multi_image=last", "multi_image=first"], "unknown benchmark.multi_image 'last'"),
         (["wandb.mode=cloud"], "unknown wandb.mode 'cloud'; valid: online, offline, disabled"),
         (["device=gpu"], "unknown device 'gpu'; valid: cpu, cuda"),
         (["model.dtype=fp16"], "unknown model.dtype 'fp16'; valid: float16"),

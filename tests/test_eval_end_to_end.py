@@ -152,6 +152,8 @@ def test_evaluate_end_to_end(models, beds, family, bench, method):
         assert s["vision_tokens"] == expected
         parts = [s[k] for k in ("vision_s", "select_s", "prefill_s", "decode_s")]
         assert all(p >= 0 for p in parts) and s["total_s"] >= sum(parts) > 0
+        assert s["n_images"] == 1 and s["layer_vision_tokens"] is None  # pre-LLM: no per-layer list
+        assert s["text_tokens"] > 0 and s["prefill_tokens"] == s["text_tokens"] + s["vision_tokens"]
     CHECKS[bench](out)
 
 
@@ -252,27 +254,118 @@ def test_until_and_max_new_tokens_cap(models, beds):
     assert cut == full.split(stop)[0].strip() and stop not in cut
 
 
-def beds_image(beds):
+def beds_images(beds, n):
     import io
 
     import pyarrow.parquet as pq
     from PIL import Image
 
-    row = pq.read_table(beds["pope"].files[0], columns=["image"]).to_pydict()["image"][0]
-    return Image.open(io.BytesIO(row["bytes"]))
+    rows = pq.read_table(beds["pope"].files[0], columns=["image"]).to_pydict()["image"][:n]
+    return [Image.open(io.BytesIO(row["bytes"])).convert("RGB") for row in rows]
+
+
+def beds_image(beds):
+    return beds_images(beds, 1)[0]
+
+
+def vision_tower_inputs(model):
+    """A context manager collecting the pixel_values of every vision-tower call (a forward pre-hook)."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def hooked():
+        seen = []
+
+        def hook(module, args, kwargs):
+            seen.append((args[0] if args else kwargs["pixel_values"]).detach().clone())
+
+        handle = model.model.vision_tower.register_forward_pre_hook(hook, with_kwargs=True)
+        try:
+            yield seen
+        finally:
+            handle.remove()
+
+    return hooked()
 
 
 def test_prompt_format_and_padding_reach_the_model(models, beds):
-    """vicuna_v1: the LLM's prompt length is exactly that of the system-prompt template."""
-    processor = models["llava"][1]
-    out = run(
-        models, beds, "llava", "pope", build_pruner("none"), limit=3, prompt_format="vicuna_v1", image_preprocess="pad"
-    )
+    """vicuna_v1: the LLM's prompt length is exactly that of the system-prompt template; pad: the
+    vision tower receives the processor's pixels of the image padded to a square with the mean colour."""
+    from mmtok.eval.prompts import expand2square, mean_color
+
+    model, processor = models["llava"]
+    with vision_tower_inputs(model) as seen:
+        out = run(
+            models, beds, "llava", "pope", build_pruner("none"), limit=3, prompt_format="vicuna_v1", image_preprocess="pad"
+        )
     for s in out.samples:
         text = f"{VICUNA_V1_SYSTEM} USER: <image>\n{s['question']} ASSISTANT:"
         ids = processor.tokenizer(text)["input_ids"]  # "<image>" is one special token here
         assert s["prefill_tokens"] == len(ids) - 1 + 36
-    hf = run(models, beds, "llava", "pope", build_pruner("none"), limit=3)
+        assert s["text_tokens"] == len(ids) - 1  # the prompt without its image placeholder
+    images = beds_images(beds, 3)  # limit=3: docs 0, 1, 2 (in any order: longest prompts first)
+    padded = [processor(images=expand2square(im, mean_color(processor)), return_tensors="pt")["pixel_values"] for im in images]
+    cropped = [processor(images=im, return_tensors="pt")["pixel_values"] for im in images]
+    assert len(seen) == 3 and all(t.shape == padded[0].shape for t in seen)
+    # the tower saw each document's padded pixels and nothing else (documents may share an image)
+    assert all(any(torch.equal(t, p) for p in padded) for t in seen)
+    assert all(any(torch.equal(t, p) for t in seen) for p in padded)
+    # guard: these images are not square, so centre-cropping them gives other pixels
+    assert any(not torch.equal(c, p) for c, p in zip(cropped, padded))
+    with vision_tower_inputs(model) as seen:
+        hf = run(models, beds, "llava", "pope", build_pruner("none"), limit=3)
     for s in hf.samples:
         ids = processor.tokenizer(f"USER: <image>\n{s['question']} ASSISTANT:")["input_ids"]
         assert s["prefill_tokens"] == len(ids) - 1 + 36
+        assert s["text_tokens"] == len(ids) - 1
+    assert len(seen) == 3 and all(any(torch.equal(t, c) for c in cropped) for t in seen)
+    assert all(any(torch.equal(t, c) for t in seen) for c in cropped)
+
+
+TWO_IMAGES = '''"""doc_to_visual for a test task: every POPE document with two images (its own, then a blank one)."""
+
+from PIL import Image
+
+
+def two_images(doc):
+    image = doc["image"].convert("RGB")
+    return [image, Image.new("RGB", image.size, (0, 0, 0))]
+'''
+
+
+def test_multi_image_documents_follow_the_policy(models, beds, tmp_path):
+    """A task whose doc_to_visual returns two images: multi_image=error stops the evaluation with a
+    message naming the option; multi_image=first answers every question from the first image."""
+    from mmtok.eval.tasks import write_task_yaml
+
+    task = "mmtok_twoimg_pope"
+    path = write_task_yaml(tmp_path, "pope", task=task, data_files=[str(beds["pope"].files[0])])
+    (tmp_path / "mmtok_twoimg_utils.py").write_text(TWO_IMAGES)
+    with open(path, "a") as f:
+        f.write("doc_to_visual: !function mmtok_twoimg_utils.two_images\n")
+    model, processor = models["llava"]
+
+    def go(limit=None, **kw):
+        return evaluate(
+            model, processor, build_pruner("none"), tasks=[task], include_path=str(tmp_path), limit=limit,
+            max_new_tokens=1, progress=False, **kw
+        )  # fmt: skip
+
+    with pytest.raises(ValueError, match=rf"^{task} doc \d+ has 2 images and the LLM takes one: set multi_image=first"):
+        go()
+    with pytest.raises(ValueError, match="has 2 images"):
+        go(multi_image="error")
+    with vision_tower_inputs(model) as seen:
+        out = go(multi_image="first")
+    assert sorted(s["doc_id"] for s in out.samples) == list(range(N))
+    assert all(s["n_images"] == 2 and s["answer"] in ("yes", "no") for s in out.samples)
+    assert len(seen) == N and not any(torch.equal(t.amax(dim=(-2, -1)), t.amin(dim=(-2, -1))) for t in seen)
+    # the first image is the document's own: the same answers as the one-image task
+    single = run(models, beds, "llava", "pope", build_pruner("none"))
+    assert {s["doc_id"]: s["answer"] for s in out.samples} == {s["doc_id"]: s["answer"] for s in single.samples}
+    assert {s["n_images"] for s in single.samples} == {1}
+    with vision_tower_inputs(model) as seen:
+        middle = go(multi_image="middle", limit=2)
+    # index 2 // 2 = 1: the blank image (every channel constant after normalisation)
+    assert len(seen) == 2 and all(torch.equal(t.amax(dim=(-2, -1)), t.amin(dim=(-2, -1))) for t in seen)
+    assert [s["n_images"] for s in middle.samples] == [2, 2]

@@ -7,11 +7,11 @@ import pytest
 from PIL import Image
 
 from mmtok.eval.metrics import pope_split_metrics, summarize
-from mmtok.eval.prompts import VICUNA_V1_SYSTEM, build_prompt, expand2square, mean_color, preprocess_image
+from mmtok.eval.prompts import VICUNA_V1_SYSTEM, build_prompt, expand2square, mean_color, pick_image, preprocess_image
 from mmtok.eval.tasks import write_task_yaml
 from mmtok.eval.testbed import COLORS, MME_CATEGORIES, build_testbed
 from mmtok.models.tiny import build_tiny
-from mmtok.timing import peak_memory_bytes, prefill_flops
+from mmtok.timing import layer_flops, peak_memory_bytes, prefill_flops, prefill_flops_per_layer
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +59,26 @@ def test_pad_to_square_uses_the_mean_colour(processor):
     assert preprocess_image(square, processor, "pad").size == (20, 20)
 
 
+def test_multi_image_policy_picks_one_image():
+    images = [Image.new("RGB", (8, 8), c) for c in ("red", "green", "blue")]
+    with pytest.raises(ValueError) as info:
+        pick_image(images, "error", where="seedbench doc 7")
+    msg = str(info.value)
+    assert "\n" not in msg and msg.startswith("seedbench doc 7 has 3 images")
+    assert "multi_image=first" in msg and "multi_image=middle" in msg
+    assert pick_image(images, "first") is images[0]
+    assert pick_image(images, "middle") is images[1]
+    assert pick_image(images[:2], "middle") is images[1]  # index n // 2
+    for policy in ("error", "first", "middle"):  # one image: the policy does not matter
+        assert pick_image(images[2:], policy) is images[2]
+    with pytest.raises(ValueError, match="unknown multi_image 'last'; valid: error, first, middle"):
+        pick_image(images, "last")
+    with pytest.raises(ValueError, match=r"doc 1: expected PIL images, got 2 visual\(s\) \(Image, str\)"):
+        pick_image([images[0], "clip.mp4"], "first", where="doc 1")
+    with pytest.raises(ValueError, match="got 0 visual"):
+        pick_image([], "first")
+
+
 # -- FLOPs / memory -----------------------------------------------------------------------------
 def test_prefill_flops_hand_checked():
     from transformers import LlamaConfig, LlavaConfig
@@ -81,6 +101,24 @@ def test_prefill_flops_hand_checked():
     assert prefill_flops(LlavaConfig(text_config=text.to_dict()), 3) == 9088
     with pytest.raises(ValueError, match="seq_len must be >= 1"):
         prefill_flops(text, 0)
+
+
+def test_prefill_flops_per_layer_sums_the_layers():
+    from transformers import LlamaConfig, LlavaConfig
+
+    text = LlamaConfig(
+        vocab_size=100, hidden_size=8, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1
+    )
+    # one layer at L=3: 3744 (see above); at L=2: projections 2*2*192 = 768, MLP 2*2*3*8*16 = 1536,
+    # attention 2*2*8*4 = 128 -> 2432; LM head 1600
+    assert layer_flops(text, 3) == 3744 and layer_flops(text, 2) == 2432
+    assert prefill_flops_per_layer(text, [3, 2]) == 3744 + 2432 + 1600
+    assert prefill_flops_per_layer(text, [3, 3]) == prefill_flops(text, 3)
+    assert prefill_flops_per_layer(LlavaConfig(text_config=text.to_dict()), [3, 2], causal=True) == (
+        layer_flops(text, 3, causal=True) + layer_flops(text, 2, causal=True) + 1600
+    )
+    with pytest.raises(ValueError, match="seq_lens has 3 entries; the LLM has 2 decoder layers"):
+        prefill_flops_per_layer(text, [3, 2, 1])
 
 
 def test_peak_memory_is_none_on_cpu():

@@ -17,12 +17,13 @@ import yaml
 from mmtok import results
 from mmtok.config import ConfigError, compose
 from mmtok.runner import run
+from mmtok.timing import layer_flops, lm_head_flops, prefill_flops
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_FIELDS = {
     "task", "doc_id", "question", "answer", "target", "vision_tokens", "vision_tokens_full", "equivalent_tokens",
     "crops", "vision_s", "select_s", "prefill_s", "decode_s", "total_s", "new_tokens", "batch_size",
-    "text_tokens", "prefill_flops",
+    "text_tokens", "prefill_tokens", "prefill_flops", "n_images", "layer_vision_tokens",
 }  # fmt: skip
 BENCH_METRICS = {
     "pope": [c for c in results.METRIC_COLUMNS if c.startswith("pope_")],
@@ -108,7 +109,6 @@ def test_end_to_end_row_samples_and_wandb_agree(base, tmp_path, model, bench, pr
         assert all(s["crops"] == 1 and s["vision_tokens_full"] == 36 for s in samples)
     else:
         assert max(s["crops"] for s in samples) > 1
-    from mmtok.timing import prefill_flops
     from transformers import AutoConfig
 
     model_cfg = AutoConfig.from_pretrained(row["model_path"])
@@ -272,9 +272,39 @@ def test_in_llm_pruner_rows_log_equivalent_tokens(base, tmp_path):
     assert all(e is not None for e in eq)
     assert num(row["equivalent_tokens_mean"]) == pytest.approx(np.mean(eq))
     assert num(row["vision_tokens_mean"]) < num(row["equivalent_tokens_mean"]) <= 16.5
-    from mmtok.timing import prefill_flops
     from transformers import AutoConfig
 
     model_cfg = AutoConfig.from_pretrained(row["model_path"])
-    s = out.samples[0]
-    assert s["prefill_flops"] == prefill_flops(model_cfg, round(s["text_tokens"] + s["equivalent_tokens"]))
+    layers = model_cfg.text_config.num_hidden_layers
+    for s in out.samples:
+        # FLOPs per layer at the vision tokens that layer's input held (exact), from the wrapper's
+        # text_tokens; the layer average of that list is the equivalent token count
+        per_layer = s["layer_vision_tokens"]
+        assert len(per_layer) == layers and np.mean(per_layer) == pytest.approx(s["equivalent_tokens"])
+        assert per_layer[0] == s["vision_tokens_full"] and per_layer[-1] == s["vision_tokens"]
+        assert s["prefill_tokens"] == s["text_tokens"] + s["vision_tokens"]
+        assert s["prefill_flops"] == sum(layer_flops(model_cfg, s["text_tokens"] + v) for v in per_layer) + lm_head_flops(model_cfg)
+        # less than the unpruned prefill, more than keeping only the final tokens from layer 0
+        assert prefill_flops(model_cfg, s["text_tokens"] + s["vision_tokens"]) < s["prefill_flops"]
+        assert s["prefill_flops"] < prefill_flops(model_cfg, s["text_tokens"] + s["vision_tokens_full"])
+
+
+def test_prefill_flops_come_from_the_recorded_token_counts():
+    """The runner charges FLOPs from each sample's recorded counts (no re-tokenisation)."""
+    from transformers import LlamaConfig
+
+    from mmtok.runner import add_prefill_flops
+
+    cfg = LlamaConfig(vocab_size=100, hidden_size=8, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2)
+    samples = [
+        {"question": "ignored", "text_tokens": 5, "vision_tokens": 4, "equivalent_tokens": None, "layer_vision_tokens": None},
+        {"text_tokens": 5, "vision_tokens": 2, "equivalent_tokens": 3.0, "layer_vision_tokens": [4, 2]},
+        {"text_tokens": 5, "vision_tokens": 2, "equivalent_tokens": 2.6},  # in-LLM without the per-layer list
+        {"text_tokens": 5, "vision_tokens": 4, "prefill_flops": 7},  # already set: kept
+    ]
+    add_prefill_flops(samples, cfg)
+    assert samples[0]["prefill_flops"] == prefill_flops(cfg, 9)
+    assert samples[1]["prefill_flops"] == layer_flops(cfg, 9) + layer_flops(cfg, 7) + lm_head_flops(cfg)
+    assert samples[1]["prefill_flops"] != prefill_flops(cfg, 8)  # not the layer-average shortcut
+    assert samples[2]["prefill_flops"] == prefill_flops(cfg, 8)  # round(5 + 2.6)
+    assert samples[3]["prefill_flops"] == 7

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 
 from mmtok.eval.metrics import SUMMARIES, infer_summary, summarize
-from mmtok.eval.prompts import check_options
+from mmtok.eval.prompts import check_multi_image, check_options
 from mmtok.eval.wrapper import PrunedLlavaLM
 from mmtok.timing import device_name, peak_memory_bytes, reset_peak_memory
 
@@ -30,7 +30,10 @@ class EvalOutput:
         cut at the task's stop strings, stripped), target (what lmms-eval scored against),
         category (POPE split / MME category; None for GQA), vision_tokens (what the LLM received),
         vision_tokens_full (unpruned), equivalent_tokens (in-LLM methods, else None), crops,
+        n_images (images the document had; one reached the LLM, chosen by `multi_image`),
+        text_tokens (prompt tokens other than the image placeholders and padding),
         prefill_tokens (prompt length the LLM prefilled: text + kept vision tokens),
+        layer_vision_tokens (in-LLM methods: vision tokens in each decoder layer's input, else None),
         vision_s, select_s, prefill_s, decode_s, total_s (seconds, per batch: every sample of a
         batch carries its batch's values), new_tokens (generated, through EOS), batch_size.
     """
@@ -82,6 +85,7 @@ def evaluate(
     max_new_tokens: int = 16,
     prompt_format: str = "hf",
     image_preprocess: str = "crop",
+    multi_image: str = "error",
     summary: str | None = None,
     progress: bool = True,
 ) -> EvalOutput:
@@ -89,11 +93,13 @@ def evaluate(
 
     `summary`: "pope" | "gqa" | "mme" for every task, or None to infer each task's benchmark from
     its name (a task whose name names none gets lmms-eval's metrics as "<task>_<metric>").
-    Generation errors propagate (never an empty answer).
+    `multi_image`: "error" | "first" | "middle", for documents with several images
+    (`mmtok.eval.prompts.pick_image`). Generation errors propagate (never an empty answer).
     """
     from lmms_eval import evaluator
 
     check_options(prompt_format, image_preprocess)
+    check_multi_image(multi_image)
     if summary is not None and summary not in SUMMARIES:
         raise ValueError(f"unknown summary {summary!r}; valid: {', '.join(SUMMARIES)}")
     tasks = list(tasks)
@@ -112,6 +118,7 @@ def evaluate(
         max_new_tokens=max_new_tokens,
         prompt_format=prompt_format,
         image_preprocess=image_preprocess,
+        multi_image=multi_image,
         progress=progress,
     )
     manager = task_manager(include_path, tasks)

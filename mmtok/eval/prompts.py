@@ -1,6 +1,6 @@
 """Prompt formats and image preprocessing for the evaluation wrapper.
 
-Two choices shift absolute benchmark numbers, so both are explicit options:
+Three choices shift absolute benchmark numbers, so all are explicit options:
 
 prompt_format
     "hf"        the processor's own chat template (llava-hf checkpoints: "USER: <image>\\n{q} ASSISTANT:",
@@ -15,6 +15,18 @@ image_preprocess
                 original LLaVA-1.5 `expand2square`, `image_aspect_ratio="pad"`), then the processor
                 (whose centre crop is then a no-op).
 
+multi_image (documents with several images; the LLM here receives exactly one image per prompt)
+    "error"     refuse: a document whose task gives more than one image fails the run, naming the option.
+    "first"     use the first image. MMMU: the MMMU repository's evaluation of single-image models
+                (LLaVA included) feeds `image_1`, and lmms-eval's `mmmu_doc_to_visual` lists the
+                images the question references in name order (`image_1` first).
+    "middle"    use the image at index n // 2. SEED-Bench video questions: lmms-eval's
+                `seed_doc_to_visual` returns all frames it stores for the clip, whereas the original
+                LLaVA-1.5 SEED evaluation extracts the middle frame of each video; the middle stored
+                frame is the closest lmms-eval offers (an approximation: the stored frames are a
+                sample of the clip, not all of its frames).
+    Single-image documents are unaffected by the choice; each sample records `n_images`.
+
 The paper's LLaVA-1.5 numbers come from the original LLaVA code: use `vicuna_v1` + `pad`.
 Its LLaVA-NeXT numbers come from the original LLaVA-NeXT code, which uses `vicuna_v1` (Vicuna
 checkpoints) and "anyres" preprocessing, not pad-to-square: use `vicuna_v1` + `crop` there (HF's anyres
@@ -28,6 +40,7 @@ from PIL import Image
 
 PROMPT_FORMATS = ("hf", "vicuna_v1")
 IMAGE_PREPROCESS = ("crop", "pad")
+MULTI_IMAGE = ("error", "first", "middle")
 
 VICUNA_V1_SYSTEM = (
     "A chat between a curious human and an artificial intelligence assistant. "
@@ -40,6 +53,33 @@ def check_options(prompt_format: str, image_preprocess: str) -> None:
         raise ValueError(f"unknown prompt_format {prompt_format!r}; valid: {', '.join(PROMPT_FORMATS)}")
     if image_preprocess not in IMAGE_PREPROCESS:
         raise ValueError(f"unknown image_preprocess {image_preprocess!r}; valid: {', '.join(IMAGE_PREPROCESS)}")
+
+
+def check_multi_image(multi_image: str) -> None:
+    if multi_image not in MULTI_IMAGE:
+        raise ValueError(f"unknown multi_image {multi_image!r}; valid: {', '.join(MULTI_IMAGE)}")
+
+
+def pick_image(visuals, multi_image: str = "error", where: str = "document") -> Image.Image:
+    """The one image the LLM receives from a document's visuals (lmms-eval's `doc_to_visual` list).
+
+    `multi_image` decides for several images (see the module docstring); anything other than a
+    non-empty list of PIL images (videos as paths, audio, nothing) is refused whatever the policy.
+    `where` names the document in the (one-line) error messages.
+    """
+    check_multi_image(multi_image)
+    visuals = list(visuals or [])
+    if not visuals or not all(isinstance(v, Image.Image) for v in visuals):
+        kinds = ", ".join(sorted({type(v).__name__ for v in visuals})) or "nothing"
+        raise ValueError(f"{where}: expected PIL images, got {len(visuals)} visual(s) ({kinds})")
+    if len(visuals) == 1:
+        return visuals[0]
+    if multi_image == "error":
+        raise ValueError(
+            f"{where} has {len(visuals)} images and the LLM takes one: set multi_image=first or "
+            f"multi_image=middle to pick one (multi_image=error refuses such documents)"
+        )
+    return visuals[0] if multi_image == "first" else visuals[len(visuals) // 2]
 
 
 def image_token(processor) -> str:

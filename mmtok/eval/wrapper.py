@@ -9,6 +9,8 @@ Differences from lmms-eval's built-in HF wrappers, all deliberate:
 - Greedy decoding always (`do_sample=False`); `max_new_tokens` = the task's value capped by ours;
   the task's `until` strings truncate the decoded answer.
 - Every request is timed and recorded (`records`), one dict per request, for the results table.
+- One image per prompt: a document with several images goes through the `multi_image` policy
+  (`mmtok.eval.prompts.pick_image`: error | first | middle).
 """
 
 from __future__ import annotations
@@ -18,15 +20,14 @@ import json
 import torch
 from lmms_eval.api.instance import Instance
 from lmms_eval.api.model import lmms
-from PIL import Image
 from transformers import LogitsProcessorList
 
-from mmtok.eval.prompts import build_prompt, check_options, preprocess_image
+from mmtok.eval.prompts import build_prompt, check_multi_image, check_options, pick_image, preprocess_image
 from mmtok.timing import FirstTokenTimer, now
 
 
 class PrunedLlavaLM(lmms):
-    """Simple (non-chat) lmms-eval model: `generate_until` requests with one image each."""
+    """Simple (non-chat) lmms-eval model: `generate_until` requests, one image each reaching the LLM."""
 
     is_simple = True
 
@@ -40,10 +41,12 @@ class PrunedLlavaLM(lmms):
         max_new_tokens: int = 16,
         prompt_format: str = "hf",
         image_preprocess: str = "crop",
+        multi_image: str = "error",
         progress: bool = True,
     ):
         super().__init__()
         check_options(prompt_format, image_preprocess)
+        check_multi_image(multi_image)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if max_new_tokens < 1:
@@ -56,6 +59,7 @@ class PrunedLlavaLM(lmms):
         self.max_new_tokens = max_new_tokens
         self.prompt_format = prompt_format
         self.image_preprocess = image_preprocess
+        self.multi_image = multi_image
         self.progress = progress
         # Single process: a present-but-None accelerator stops the evaluator from creating one.
         self.accelerator = None
@@ -131,17 +135,19 @@ class PrunedLlavaLM(lmms):
         contexts = [b[0] for b in batch]
         gen_kwargs = dict(batch[0][1] or {})
         docs = [self.task_dict[task][split][doc_id] for (_, _, _, doc_id, task, split, _) in batch]
-        images = []
+        images, n_images = [], []
         for (_, _, doc_to_visual, doc_id, task, _, _), doc in zip(batch, docs):
-            visuals = doc_to_visual(doc)
-            if len(visuals) != 1 or not isinstance(visuals[0], Image.Image):
-                raise ValueError(f"{task} doc {doc_id}: expected exactly one PIL image, got {len(visuals)} visual(s)")
-            images.append(preprocess_image(visuals[0], self.processor, self.image_preprocess))
+            visuals = list(doc_to_visual(doc) or [])
+            image = pick_image(visuals, self.multi_image, where=f"{task} doc {doc_id}")
+            n_images.append(len(visuals))
+            images.append(preprocess_image(image, self.processor, self.image_preprocess))
         prompts = [build_prompt(self.processor, c, self.prompt_format) for c in contexts]
         inputs = self.processor(images=images, text=prompts, return_tensors="pt", padding=True, padding_side="left")
         inputs = inputs.to(device)
         inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
         image_id = self.model.config.image_token_id
+        # prompt tokens other than the image placeholders (the processor expands <image> to the
+        # full vision token count) and other than the batch's left padding
         text_tokens = ((inputs["input_ids"] != image_id) & inputs["attention_mask"].bool()).sum(dim=1).tolist()
 
         max_new = min(int(gen_kwargs.get("max_new_tokens", self.max_new_tokens)), self.max_new_tokens)
@@ -193,19 +199,27 @@ class PrunedLlavaLM(lmms):
                 "vision_tokens_full": int(s["vision_tokens_full"]),
                 "equivalent_tokens": s.get("equivalent_tokens"),
                 "crops": int(s["crops"]),
+                "n_images": n_images[k],  # images the document had (one reached the LLM)
                 "vision_s": vision_s,
                 "select_s": select_s,
                 "prefill_s": prefill_s,
                 "decode_s": decode_s,
                 "total_s": t_done - t0,
                 "new_tokens": counts[k],
+                "text_tokens": int(text_tokens[k]),
                 # the prompt as the LLM receives it: text tokens + the vision tokens kept
                 # (seq_len for `mmtok.timing.prefill_flops` with pre-LLM methods)
                 "prefill_tokens": int(text_tokens[k]) + int(s["vision_tokens"]),
+                # in-LLM methods: vision tokens in each decoder layer's input (else None)
+                "layer_vision_tokens": _int_list(s.get("layer_vision_tokens")),
                 "batch_size": len(batch),
             }
             results.append((index, answer, record))
         return results
+
+
+def _int_list(values) -> list[int] | None:
+    return None if values is None else [int(v) for v in values]
 
 
 def _gen_key(gen_kwargs) -> str:
