@@ -81,6 +81,7 @@ COLUMNS = (
     "max_new_tokens",
     "prompt_format",
     "image_preprocess",
+    "multi_image",
     # what it scored
     "n_samples",
     "score_metric",

@@ -232,6 +232,7 @@ def base_row(cfg: DictConfig, run_id: str, key: str, pruner, tasks: list[str], r
         "max_new_tokens": cfg.max_new_tokens,
         "prompt_format": cfg.prompt_format,
         "image_preprocess": cfg.image_preprocess,
+        "multi_image": cfg.multi_image,
         "score_metric": cfg.benchmark.score,
         "wandb_mode": cfg.wandb.mode,
         "run_dir": str(run_dir),
