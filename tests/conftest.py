@@ -97,3 +97,12 @@ def tiny_models(tiny_llava_path, tiny_llavanext_path):
     from tests._tiny import load
 
     return {"llava": load(tiny_llava_path, "llava"), "llava_next": load(tiny_llavanext_path, "llava_next")}
+
+
+@pytest.fixture(scope="session")
+def tiny_llava_eager(tiny_llava_path):
+    """The same tiny LLaVA-1.5 under eager attention: a test-only reference for attention weights
+    (`output_attentions`), which the pruners themselves never use."""
+    from transformers import LlavaForConditionalGeneration
+
+    return LlavaForConditionalGeneration.from_pretrained(tiny_llava_path, attn_implementation="eager").eval()

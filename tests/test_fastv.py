@@ -94,14 +94,11 @@ def test_pruned_layers_see_text_plus_r_with_original_positions(models, k):
     assert stats["equivalent_tokens"] == pytest.approx((k * N + (LAYERS - k) * r) / LAYERS)
 
 
-def test_scores_equal_eager_attention_of_the_last_token(models, tmp_path_factory):
+def test_scores_equal_eager_attention_of_the_last_token(models, tiny_llava_eager):
     """Reference: the unmodified model under eager attention with output_attentions (test only)."""
-    from transformers import LlavaForConditionalGeneration
 
     model, processor = models["llava"]
-    path = tmp_path_factory.mktemp("fastv_eager")
-    model.save_pretrained(path)
-    eager = LlavaForConditionalGeneration.from_pretrained(path, attn_implementation="eager").eval()
+    eager = tiny_llava_eager
     batch = inputs(processor, QUESTIONS[:2])  # left padding: the scoring row sees a 4-D mask
     k = 3
     pruner = FastVPruner(budget=6, budget_mode="kept", layer=k)

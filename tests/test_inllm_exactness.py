@@ -81,16 +81,14 @@ def test_fastv_first_token_equals_the_model_with_dropped_keys_masked(tiny_models
     assert torch.allclose(out.logits[0][0], ref, atol=1e-4, rtol=1e-4)
 
 
-def test_visionzip_cls_attention_equals_the_towers_own_weights(tiny_models, tmp_path):
-    from transformers import LlavaForConditionalGeneration
+def test_visionzip_cls_attention_equals_the_towers_own_weights(tiny_models, tiny_llava_eager):
 
     model, processor = tiny_models["llava"]
     batch = inputs(processor, QUESTIONS[:2])
     pruner = build_pruner("visionzip", budget=8)
     with torch.no_grad():
         images = pruner.encode(adapter_for(model), batch["pixel_values"], None)
-    model.save_pretrained(tmp_path)
-    eager = LlavaForConditionalGeneration.from_pretrained(tmp_path, attn_implementation="eager").eval()
+    eager = tiny_llava_eager
     with torch.no_grad():
         ref = eager.model.vision_tower(batch["pixel_values"], output_attentions=True).attentions[-2][:, :, 0]
     got = torch.stack([img.extras["cls_attention"][0] for img in images])

@@ -139,14 +139,11 @@ def _kept_columns(pruner, image_id, batch, length, step):
     return torch.stack(cols)[:, None, None, :]
 
 
-def test_eager_model_gets_additive_masks_and_same_tokens(models, tmp_path_factory):
+def test_eager_model_gets_additive_masks_and_same_tokens(models, tiny_llava_eager):
     """The rewritten masks follow the model's mask style (additive float under eager)."""
-    from transformers import LlavaForConditionalGeneration
 
     model, processor = models["llava"]
-    path = tmp_path_factory.mktemp("eager")
-    model.save_pretrained(path)
-    eager = LlavaForConditionalGeneration.from_pretrained(path, attn_implementation="eager").eval()
+    eager = tiny_llava_eager
     batch = inputs(processor, QUESTIONS[:2])
     outs = []
     for m in (model, eager):

@@ -125,14 +125,11 @@ def test_counts_per_layer_positions_and_cache(models):
         assert out.past_key_values.layers[i].keys.shape[-2] == rows + 2, i
 
 
-def test_scores_follow_rater_attention(models, tmp_path_factory):
+def test_scores_follow_rater_attention(models, tiny_llava_eager):
     """Layer-2 scores equal the eager model's attention (test-only reference) from the raters."""
-    from transformers import LlavaForConditionalGeneration
 
     model, processor = models["llava"]
-    path = tmp_path_factory.mktemp("sparsevlm_eager")
-    model.save_pretrained(path)
-    eager = LlavaForConditionalGeneration.from_pretrained(path, attn_implementation="eager").eval()
+    eager = tiny_llava_eager
     batch = inputs(processor, QUESTIONS[:1])
     pruner = SparseVLMPruner(counts=(20, 10, 5))
     with pruner(model, tokenizer=processor.tokenizer):
