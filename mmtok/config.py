@@ -21,15 +21,14 @@ from typing import Any, Dict, List, Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from mmtok.choices import IMAGE_PREPROCESS, MULTI_IMAGE, PROMPT_FORMATS
+
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = ROOT / "configs"
 
 # Config groups a user picks with `group=option`; their options are the YAML files in configs/<group>/.
 GROUPS = ("model", "pruner", "benchmark", "experiment")
 
-PROMPT_FORMATS = ("hf", "vicuna_v1")
-IMAGE_PREPROCESS = ("crop", "pad")
-MULTI_IMAGE = ("error", "first", "middle")  # = mmtok.eval.prompts.MULTI_IMAGE (this module stays torch-free)
 WANDB_MODES = ("online", "offline", "disabled")
 DTYPES = ("float16", "bfloat16", "float32", "auto")
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")

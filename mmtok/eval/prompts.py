@@ -38,9 +38,7 @@ from __future__ import annotations
 
 from PIL import Image
 
-PROMPT_FORMATS = ("hf", "vicuna_v1")
-IMAGE_PREPROCESS = ("crop", "pad")
-MULTI_IMAGE = ("error", "first", "middle")
+from mmtok.choices import IMAGE_PREPROCESS, MULTI_IMAGE, PROMPT_FORMATS
 
 VICUNA_V1_SYSTEM = (
     "A chat between a curious human and an artificial intelligence assistant. "
