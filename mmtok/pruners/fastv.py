@@ -29,13 +29,14 @@ import torch
 
 from mmtok.models.adapters import max_crops, tokens_per_crop
 from mmtok.pruners.inllm import Cut, InLLMPruner, LayerView
+from mmtok.selection import top_in_order
 
 BUDGET_MODES = ("equivalent", "kept")
 
 
 def fastv_keep(scores: torch.Tensor, r: int) -> torch.Tensor:
     """Indices of the `r` highest `scores` (ties to the lower index), in original order."""
-    return torch.sort(scores, descending=True, stable=True).indices[:r].sort().values
+    return top_in_order(scores, r)
 
 
 @dataclass

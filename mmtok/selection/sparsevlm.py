@@ -11,6 +11,8 @@ from fractions import Fraction
 
 import torch
 
+from mmtok.selection import top_in_order
+
 __all__ = [
     "COUNT_TABLES",
     "density_peak_clusters",
@@ -101,7 +103,7 @@ def density_peak_clusters(x: torch.Tensor, groups: int, k: int = NEIGHBOURS) -> 
     delta = torch.where(denser, d, torch.full_like(d, float("inf"))).min(dim=-1).values
     delta = torch.where(torch.isinf(delta), d.max(dim=-1).values, delta)
     gamma = rho * delta
-    centres = torch.sort(gamma, descending=True, stable=True).indices[:groups].sort().values
+    centres = top_in_order(gamma, groups)
     assign = d[:, centres].argmin(dim=-1)  # first (lower-numbered) centre on ties
     assign[centres] = torch.arange(groups, device=x.device)
     return assign
@@ -122,7 +124,7 @@ def recycle(tokens: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
     if n == 0:
         return tokens[:0]
     # kept in the tokens' own order so that the clusters come out in image order
-    top = torch.sort(scores.float(), descending=True, stable=True).indices[:n].sort().values
+    top = top_in_order(scores.float(), n)
     chosen = tokens[top].float()
     assign = density_peak_clusters(chosen, groups)
     sums = torch.zeros(groups, tokens.shape[1], device=tokens.device).index_add_(0, assign, chosen)

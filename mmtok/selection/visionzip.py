@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from mmtok.selection import top_in_order
+
 __all__ = ["visionzip_dominant_indices", "visionzip_merge", "visionzip_split", "visionzip_targets"]
 
 
@@ -51,9 +53,9 @@ def visionzip_dominant_indices(cls_attention: torch.Tensor, dominant: int) -> to
     if not 1 <= dominant <= total:
         raise ValueError(f"dominant must be in [1, {total}] (CLS included), got {dominant}")
     scores = cls_attention[:, 1:].float().sum(dim=0)
-    top = torch.sort(scores, descending=True, stable=True).indices[: dominant - 1] + 1
+    top = top_in_order(scores, dominant - 1) + 1
     cls = torch.zeros(1, dtype=torch.long, device=cls_attention.device)
-    return torch.cat([cls, top.sort().values])
+    return torch.cat([cls, top])
 
 
 def visionzip_targets(remaining: int, contextual: int) -> torch.LongTensor:
