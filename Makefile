@@ -6,31 +6,51 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.mmtok-installed
-# A CPU torch first: an unpinned torch from PyPI pulls a multi-GB CUDA build. On a GPU machine,
-# install the CUDA build of the same version into .venv yourself (the stamp keeps it).
-TORCH  ?= torch==2.13.0
+# The environment is installed from a lock alone (requirements/README.md). LOCK=cpu takes the CPU
+# torch wheel (2.13.0+cpu); on a CUDA machine `make venv LOCK=cuda` takes PyPI's CUDA build.
+LOCK   ?= cpu
+LOCKFILE := requirements/$(if $(filter cuda,$(LOCK)),lock-cuda.txt,lock.txt)
 ARGS   ?=
 
-.PHONY: help venv test run table1 bench clean distclean
+.PHONY: help venv lock lock-check lint format test run table1 bench clean distclean
 
 help:
-	@echo "make test    create .venv if missing, run the whole test suite"
-	@echo "make run     create .venv if missing, run the embedded default (tiny LLaVA, MMTok, local POPE, CPU, offline)"
+	@echo "make test    create .venv from the lock if missing, run the whole test suite"
+	@echo "make run     create .venv from the lock if missing, run the embedded default (tiny LLaVA, MMTok, local POPE, CPU, offline)"
+	@echo "make lock    recompile requirements/lock.txt and lock-cuda.txt from pyproject.toml (needs the registry)"
+	@echo "make lint    ruff check + ruff format --check"
 	@echo "make table1  the paper's Table-1 sweep on LLaVA-1.5-7B (GPU + pre-downloaded weights); ARGS='hydra/launcher=slurm ...'"
 	@echo "make bench   selection latency and time-to-first-token per pruner, side by side (scripts/bench_*.py)"
 	@echo "make clean   remove caches, Hydra outputs and the tiny checkpoints / testbeds (keeps .venv and results/)"
 
 venv: $(STAMP)
 
-# torchvision and timm are removed on purpose: PyPI's torchvision does not import beside the local
-# torch 2.13.0 wheel ("operator torchvision::nms does not exist") and then breaks transformers'
-# image processors; without it transformers uses its PIL image processors (README: "Environment").
-$(STAMP): pyproject.toml
+# Every package from the lock, hashes checked, no resolver (--no-deps): the same environment every
+# day. mmtok itself is installed editable without build isolation, so its build backend is the
+# locked setuptools too. The lock leaves out torchvision and timm on purpose (scripts/lock.py).
+$(STAMP): $(LOCKFILE) pyproject.toml
+	@$(PYTHON) scripts/lock.py --check
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install "$(TORCH)"
-	$(PY) -m pip install -e ".[test]" "$(TORCH)"   # torch repeated: nothing may swap it for a CUDA build
-	$(PY) -m pip uninstall -y torchvision timm
+	$(PY) -m pip install --require-hashes --no-deps -r $(LOCKFILE)
+	$(PY) -m pip install --no-deps --no-build-isolation -e .
+	@cp $(LOCKFILE) $(VENV)/mmtok-lock.txt
 	@touch $(STAMP)
+
+lock:
+	@test -x $(PY) || $(MAKE) venv
+	$(PY) scripts/lock.py
+	$(PY) scripts/lock.py --cuda
+
+lock-check:
+	@$(PYTHON) scripts/lock.py --check && echo "locks are current"
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: venv
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 test: venv
 	$(PY) -m pytest -q $(ARGS)

@@ -17,7 +17,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
@@ -48,29 +48,29 @@ class ConfigError(ValueError):
 class ModelConfig:
     name: str = MISSING  # the label in result rows (llava15_7b, ...)
     path: str = MISSING  # a hub id (llava-hf/llava-1.5-7b-hf) or a local checkpoint folder
-    tiny: Optional[str] = None  # llava | llava_next: build a tiny random checkpoint at `path` on first use
+    tiny: str | None = None  # llava | llava_next: build a tiny random checkpoint at `path` on first use
     dtype: str = "float16"
     attn_implementation: str = "sdpa"
     device: str = "cuda"  # the default for the top-level `device`
-    threads: Optional[int] = None  # the default for the top-level `threads`
+    threads: int | None = None  # the default for the top-level `threads`
     download: bool = False  # allow from_pretrained to download a hub id that is not in the HF cache
 
 
 @dataclass
 class PrunerConfig:
     name: str = MISSING  # a key of mmtok.pruners.PRUNERS
-    params: Dict[str, Any] = field(default_factory=dict)  # the pruner dataclass's fields (not budget)
+    params: dict[str, Any] = field(default_factory=dict)  # the pruner dataclass's fields (not budget)
 
 
 @dataclass
 class BenchmarkConfig:
     name: str = MISSING  # the label in result rows (pope, gqa, ...)
-    tasks: List[str] = field(default_factory=list)  # lmms-eval task names (empty for a testbed)
-    summary: Optional[str] = None  # pope | gqa | mme: the paper's aggregate metrics
-    score: Optional[str] = None  # the headline metric key (the paper's number), copied to `score`
-    testbed: Optional[str] = None  # pope | gqa | mme: build a small local dataset of this format
+    tasks: list[str] = field(default_factory=list)  # lmms-eval task names (empty for a testbed)
+    summary: str | None = None  # pope | gqa | mme: the paper's aggregate metrics
+    score: str | None = None  # the headline metric key (the paper's number), copied to `score`
+    testbed: str | None = None  # pope | gqa | mme: build a small local dataset of this format
     testbed_n: int = 24  # testbed size (per POPE split)
-    include_path: Optional[str] = None  # a folder of extra lmms-eval task YAMLs
+    include_path: str | None = None  # a folder of extra lmms-eval task YAMLs
     multi_image: str = "error"  # the default for the top-level `multi_image` (seed: middle, mmmu: first)
 
 
@@ -78,8 +78,8 @@ class BenchmarkConfig:
 class WandbConfig:
     mode: str = "offline"  # online | offline | disabled; offline writes into the run folder
     project: str = "mmtok"
-    entity: Optional[str] = None
-    tags: List[str] = field(default_factory=list)
+    entity: str | None = None
+    tags: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -87,10 +87,10 @@ class RunConfig:
     model: ModelConfig = MISSING
     pruner: PrunerConfig = MISSING
     benchmark: BenchmarkConfig = MISSING
-    budget: Optional[int] = None  # vision tokens kept before the LLM; null keeps all
-    limit: Optional[int] = None  # samples per lmms-eval task; null = the whole benchmark
+    budget: int | None = None  # vision tokens kept before the LLM; null keeps all
+    limit: int | None = None  # samples per lmms-eval task; null = the whole benchmark
     device: str = "cpu"
-    threads: Optional[int] = None  # torch CPU threads (torch.set_num_threads); null = torch's default
+    threads: int | None = None  # torch CPU threads (torch.set_num_threads); null = torch's default
     seed: int = 0
     batch_size: int = 1
     max_new_tokens: int = 16
@@ -177,7 +177,8 @@ def is_hub_id(path: str) -> bool:
 
 def hub_offline() -> bool:
     return any(
-        os.environ.get(v, "").strip().upper() in ("1", "ON", "YES", "TRUE") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+        os.environ.get(v, "").strip().upper() in ("1", "ON", "YES", "TRUE")
+        for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
     )
 
 
@@ -202,7 +203,10 @@ def check_model_source(model: DictConfig) -> None:
         return
     if os.path.isdir(path):
         if not os.path.isfile(os.path.join(path, "config.json")):
-            raise ConfigError(f"model path {path!r} (model={model.name}) has no config.json; point model.path at a HF checkpoint folder")
+            raise ConfigError(
+                f"model path {path!r} (model={model.name}) has no config.json; "
+                f"point model.path at a HF checkpoint folder"
+            )
         return
     if not is_hub_id(path):
         raise ConfigError(
@@ -218,8 +222,9 @@ def check_model_source(model: DictConfig) -> None:
             f"{how} on a machine with network (same HF_HOME), or pass model.path=<local folder>"
         )
     if not model.download:
+        hf_home = os.environ.get("HF_HOME", "~/.cache/huggingface")
         raise ConfigError(
-            f"model {path!r} is not in the local HF cache (HF_HOME={os.environ.get('HF_HOME', '~/.cache/huggingface')}); "
+            f"model {path!r} is not in the local HF cache (HF_HOME={hf_home}); "
             f"{how}, pass model.download=true to let this run fetch it, or pass model.path=<local folder>"
         )
 
@@ -372,6 +377,10 @@ def schema_keys(dotted: str) -> list[str]:
         sub = {f.name: f.type for f in fields(node)}.get(part) if is_dataclass(node) else None
         sub = globals().get(sub, sub) if isinstance(sub, str) else sub
         if not is_dataclass(sub):
-            return [] if not is_dataclass(node) or part in {f.name for f in fields(node)} else [f.name for f in fields(node)]
+            return (
+                []
+                if not is_dataclass(node) or part in {f.name for f in fields(node)}
+                else [f.name for f in fields(node)]
+            )
         node = sub
     return [f.name for f in fields(node)]

@@ -21,8 +21,9 @@ import json
 import math
 import os
 import subprocess
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -146,7 +147,11 @@ def library_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
-    for col, dist in (("torch_version", "torch"), ("transformers_version", "transformers"), ("lmms_eval_version", "lmms_eval")):
+    for col, dist in (
+        ("torch_version", "torch"),
+        ("transformers_version", "transformers"),
+        ("lmms_eval_version", "lmms_eval"),
+    ):
         try:
             out[col] = version(dist)
         except PackageNotFoundError:
@@ -182,7 +187,8 @@ def sample_aggregates(samples: list[dict]) -> dict[str, Any]:
     out["vision_tokens_full_mean"] = float(np.mean(full)) if full else None
     # Pre-LLM methods: the LLM sees the kept tokens at every layer, so equivalent = kept.
     eq = _numbers(
-        s.get("equivalent_tokens") if s.get("equivalent_tokens") is not None else s.get("vision_tokens") for s in samples
+        s.get("equivalent_tokens") if s.get("equivalent_tokens") is not None else s.get("vision_tokens")
+        for s in samples
     )
     out["equivalent_tokens_mean"] = float(np.mean(eq)) if eq else None
     flops = _numbers(s.get("prefill_flops") for s in samples)
@@ -228,7 +234,8 @@ def append_row(csv_path: str | Path, row: dict) -> int:
             header = existing.split("\n", 1)[0]
             if header.strip() != _header_line().strip():
                 raise ResultsError(
-                    f"{csv_path} has other columns than this version writes; move it aside or pass results_dir=<another folder>"
+                    f"{csv_path} has other columns than this version writes; "
+                    f"move it aside or pass results_dir=<another folder>"
                 )
             if not existing.endswith("\n"):
                 existing += "\n"

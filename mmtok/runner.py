@@ -99,12 +99,20 @@ def check_device(device: str) -> None:
 
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ConfigError(f"device {device!r} is not available here (no CUDA GPU visible); pass device=cpu (with model.dtype=float32)")
+            raise ConfigError(
+                f"device {device!r} is not available here (no CUDA GPU visible); "
+                "pass device=cpu (with model.dtype=float32)"
+            )
         index = int(device.split(":")[1]) if ":" in device else 0
         if index >= torch.cuda.device_count():
-            raise ConfigError(f"device {device!r} does not exist; valid: {', '.join(f'cuda:{i}' for i in range(torch.cuda.device_count()))}")
+            raise ConfigError(
+                f"device {device!r} does not exist; "
+                f"valid: {', '.join(f'cuda:{i}' for i in range(torch.cuda.device_count()))}"
+            )
     elif device == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("device 'mps' is not available here; valid: cpu" + (", cuda" if torch.cuda.is_available() else ""))
+        raise ConfigError(
+            "device 'mps' is not available here; valid: cpu" + (", cuda" if torch.cuda.is_available() else "")
+        )
 
 
 def check_budget_fits(pruner, cfg: DictConfig) -> None:
@@ -137,8 +145,8 @@ def resolve_tasks(cfg: DictConfig) -> tuple[list[str], str | None]:
         return list(bench.tasks), bench.include_path
     from filelock import FileLock
 
-    from mmtok.eval.testbed import build_testbed
     from mmtok.eval.tasks import benchmark as testbed_format
+    from mmtok.eval.testbed import build_testbed
 
     folder = Path(cfg.cache_dir) / "testbed" / f"{bench.testbed}-n{bench.testbed_n}"
     task = testbed_format(bench.testbed).task
@@ -320,7 +328,10 @@ def _execute(cfg: DictConfig, resolved: dict, pruner, key: str, csv_path: Path, 
     row["wall_s"] = float(out.wall_s)
     row["device"] = out.device
     if out.peak_memory_bytes is not None:
-        row["peak_memory_bytes"], row["peak_memory_source"] = int(out.peak_memory_bytes), "torch.cuda.max_memory_allocated"
+        row["peak_memory_bytes"], row["peak_memory_source"] = (
+            int(out.peak_memory_bytes),
+            "torch.cuda.max_memory_allocated",
+        )
     else:
         from mmtok.timing import process_peak_rss_bytes
 
@@ -343,7 +354,10 @@ def _execute(cfg: DictConfig, resolved: dict, pruner, key: str, csv_path: Path, 
             summary={**summary, **metrics},
         )
     except Exception as exc:  # the results are on disk already; do not lose the row over wandb
-        print(f"[mmtok] warning: wandb logging failed ({type(exc).__name__}: {exc}); the run folder and row are written", file=sys.stderr)
+        print(
+            f"[mmtok] warning: wandb logging failed ({type(exc).__name__}: {exc}); the run folder and row are written",
+            file=sys.stderr,
+        )
     results.write_json(run_dir / "row.json", row)
     number = results.append_row(csv_path, row)
 
@@ -364,4 +378,3 @@ def main_job(cfg: DictConfig) -> None:
     except (ConfigError, ModelSourceError, results.ResultsError) as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         sys.exit(2)
-

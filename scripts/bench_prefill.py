@@ -26,7 +26,11 @@ from mmtok.pruners import build_pruner
 def load(path, device, dtype):
     from transformers import AutoConfig, AutoProcessor, LlavaForConditionalGeneration, LlavaNextForConditionalGeneration
 
-    cls = LlavaNextForConditionalGeneration if AutoConfig.from_pretrained(path).model_type == "llava_next" else LlavaForConditionalGeneration
+    cls = (
+        LlavaNextForConditionalGeneration
+        if AutoConfig.from_pretrained(path).model_type == "llava_next"
+        else LlavaForConditionalGeneration
+    )
     return cls.from_pretrained(path, dtype=dtype).to(device).eval(), AutoProcessor.from_pretrained(path)
 
 
@@ -53,7 +57,9 @@ def main():
     question = "Is there a red car next to the person on the left side of the street?"
     conv = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
     image = Image.fromarray((np.random.RandomState(0).rand(480, 640, 3) * 255).astype("uint8"))
-    batch = processor(images=[image], text=[processor.apply_chat_template(conv, add_generation_prompt=True)], return_tensors="pt").to(device)
+    batch = processor(
+        images=[image], text=[processor.apply_chat_template(conv, add_generation_prompt=True)], return_tensors="pt"
+    ).to(device)
     configs = [parse(s) for s in args.pruners]
 
     def first_token(pruner):

@@ -66,7 +66,10 @@ def main():
     paper = paper_ms()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"device: {name}, dtype: {args.dtype}, repeats: {args.repeats}, text rows: {args.words}")
-    print(f"{'n_in':>5} {'k_out':>5} {'mmtok ms':>9} {'divprune ms':>11} {'random ms':>9} {'mmtok/divprune':>14} {'paper A6000 ms':>14}")
+    print(
+        f"{'n_in':>5} {'k_out':>5} {'mmtok ms':>9} {'divprune ms':>11} {'random ms':>9}"
+        f" {'mmtok/divprune':>14} {'paper A6000 ms':>14}"
+    )
     for crops, n, k_total in CASES:
         k = k_total // crops
         text = torch.randn(args.words, 4096, generator=gen).to(device, dtype)

@@ -9,7 +9,8 @@ from PIL import Image
 QUESTIONS = [
     "Is there a cat in the image?\nAnswer the question using a single word or phrase.",
     "What color is the car on the left?",
-    "How many people are there? A. one B. two C. three D. four\nAnswer with the option's letter from the given choices directly.",
+    "How many people are there? A. one B. two C. three D. four\n"
+    "Answer with the option's letter from the given choices directly.",
 ]
 # Different sizes and aspect ratios so LLaVA-NeXT picks different anyres grids (5 and 3 crops).
 IMAGE_SIZES = [(60, 90), (40, 100), (90, 70)]
@@ -36,9 +37,7 @@ def prompt(processor, question):
 
 def inputs(processor, questions=QUESTIONS, imgs=None):
     imgs = images()[: len(questions)] if imgs is None else imgs
-    return processor(
-        images=imgs, text=[prompt(processor, q) for q in questions], return_tensors="pt", padding=True
-    )
+    return processor(images=imgs, text=[prompt(processor, q) for q in questions], return_tensors="pt", padding=True)
 
 
 def generate(model, batch, max_new_tokens=6):

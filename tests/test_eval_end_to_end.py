@@ -296,7 +296,14 @@ def test_prompt_format_and_padding_reach_the_model(models, beds):
     model, processor = models["llava"]
     with vision_tower_inputs(model) as seen:
         out = run(
-            models, beds, "llava", "pope", build_pruner("none"), limit=3, prompt_format="vicuna_v1", image_preprocess="pad"
+            models,
+            beds,
+            "llava",
+            "pope",
+            build_pruner("none"),
+            limit=3,
+            prompt_format="vicuna_v1",
+            image_preprocess="pad",
         )
     for s in out.samples:
         text = f"{VICUNA_V1_SYSTEM} USER: <image>\n{s['question']} ASSISTANT:"
@@ -304,7 +311,9 @@ def test_prompt_format_and_padding_reach_the_model(models, beds):
         assert s["prefill_tokens"] == len(ids) - 1 + 36
         assert s["text_tokens"] == len(ids) - 1  # the prompt without its image placeholder
     images = beds_images(beds, 3)  # limit=3: docs 0, 1, 2 (in any order: longest prompts first)
-    padded = [processor(images=expand2square(im, mean_color(processor)), return_tensors="pt")["pixel_values"] for im in images]
+    padded = [
+        processor(images=expand2square(im, mean_color(processor)), return_tensors="pt")["pixel_values"] for im in images
+    ]
     cropped = [processor(images=im, return_tensors="pt")["pixel_values"] for im in images]
     assert len(seen) == 3 and all(t.shape == padded[0].shape for t in seen)
     # the tower saw each document's padded pixels and nothing else (documents may share an image)

@@ -107,7 +107,12 @@ def test_prefill_flops_per_layer_sums_the_layers():
     from transformers import LlamaConfig, LlavaConfig
 
     text = LlamaConfig(
-        vocab_size=100, hidden_size=8, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1
+        vocab_size=100,
+        hidden_size=8,
+        intermediate_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
     )
     # one layer at L=3: 3744 (see above); at L=2: projections 2*2*192 = 768, MLP 2*2*3*8*16 = 1536,
     # attention 2*2*8*4 = 128 -> 2432; LM head 1600
@@ -181,7 +186,7 @@ def test_testbeds_are_deterministic(tmp_path):
         a = build_testbed(tmp_path / "a", name, n=12, seed=3)
         b = build_testbed(tmp_path / "b", name, n=12, seed=3)
         c = build_testbed(tmp_path / "c", name, n=12, seed=4)
-        for fa, fb, fc in zip(a.files, b.files, c.files):
+        for fa, fb, _fc in zip(a.files, b.files, c.files):
             assert _table(fa).equals(_table(fb))
         assert not _table(a.files[0]).equals(_table(c.files[0]))
 

@@ -53,7 +53,9 @@ def test_fastv_first_token_equals_the_model_with_dropped_keys_masked(tiny_models
     k = 3
     pruner = FastVPruner(budget=6, budget_mode="kept", layer=k)
     with pruner(model), torch.no_grad():
-        out = model.generate(**batch, max_new_tokens=1, do_sample=False, output_logits=True, return_dict_in_generate=True)
+        out = model.generate(
+            **batch, max_new_tokens=1, do_sample=False, output_logits=True, return_dict_in_generate=True
+        )
     keep = pruner.last_trace[0]["keep"][0]
     ids = batch["input_ids"][0]
     length = ids.shape[0]

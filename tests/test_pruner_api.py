@@ -44,8 +44,14 @@ def test_none_takes_no_budget():
 def test_unsupported_model_class():
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=10, hidden_size=8, intermediate_size=8, num_hidden_layers=1, num_attention_heads=1))
-    with pytest.raises(TypeError, match="unsupported model class LlamaForCausalLM; valid: LlavaForConditionalGeneration, LlavaNextForConditionalGeneration"):
+    model = LlamaForCausalLM(
+        LlamaConfig(vocab_size=10, hidden_size=8, intermediate_size=8, num_hidden_layers=1, num_attention_heads=1)
+    )
+    with pytest.raises(
+        TypeError,
+        match="unsupported model class LlamaForCausalLM; valid: LlavaForConditionalGeneration, "
+        "LlavaNextForConditionalGeneration",
+    ):
         with build_pruner("random", budget=4)(model):
             pass
 
@@ -53,7 +59,9 @@ def test_unsupported_model_class():
 def test_next_budget_below_one_per_crop(next_model):
     model, processor = next_model
     with build_pruner("random", budget=4)(model):
-        with pytest.raises(ValueError, match=r"budget 4 is below one token per crop for llava_next \(5 crops\); use budget >= 5"):
+        with pytest.raises(
+            ValueError, match=r"budget 4 is below one token per crop for llava_next \(5 crops\); use budget >= 5"
+        ):
             generate(model, inputs(processor, QUESTIONS[:1]))
 
 
@@ -121,7 +129,7 @@ def test_paper_layout_is_base_then_stitched_raster(next_model):
     for tile in range(rows * cols):
         r, c = divmod(tile, cols)
         picks += [(r * side + 0, c * side + 0, tile, 0), (r * side + 5, c * side + 5, tile, 35)]
-    for y, x, tile, tok in sorted(picks):
+    for _y, _x, tile, tok in sorted(picks):
         expected.append(image.proj[1 + tile, tok])
     assert torch.equal(got, torch.stack(expected))
 
@@ -164,8 +172,13 @@ def _ctx(adapter, model, processor, question):
 
     ids = processor.tokenizer(question, return_tensors="pt").input_ids[0]
     return SampleContext(
-        index=0, input_ids=ids, question=question, tokenizer=processor.tokenizer,
-        embed_tokens=model.get_input_embeddings(), seed=0, adapter=adapter,
+        index=0,
+        input_ids=ids,
+        question=question,
+        tokenizer=processor.tokenizer,
+        embed_tokens=model.get_input_embeddings(),
+        seed=0,
+        adapter=adapter,
     )
 
 
@@ -185,7 +198,9 @@ def test_mmtok_wiring_uses_question_rows_projected_and_pre_projector_features(ne
     text = model.get_input_embeddings().weight[torch.tensor(ids[1:])]
     with torch.no_grad():
         tower = model.model.vision_tower(
-            processor(images=[images()[1]], text=["<image>"], return_tensors="pt")["pixel_values"][0][: image.num_crops],
+            processor(images=[images()[1]], text=["<image>"], return_tensors="pt")["pixel_values"][0][
+                : image.num_crops
+            ],
             output_hidden_states=True,
         )
         pre = tower.hidden_states[-2][:, 1:]

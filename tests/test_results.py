@@ -157,4 +157,9 @@ def test_wandb_offline_roundtrip(tmp_path):
     assert rec["history"]["pope_f1_avg"] == 0.75 and rec["history"]["pope_random_acc"] == 0.5
     assert rec["summary"]["total_s_mean"] == 0.125 and rec["summary"]["pope_f1_avg"] == 0.75
     assert rec["config"]["budget"] == {"value": 16} or rec["config"]["budget"] == 16
-    assert results.log_wandb(tmp_path, mode="disabled", project="x", entity=None, tags=[], name="n", config={}, metrics={}, summary={}) is None
+    assert (
+        results.log_wandb(
+            tmp_path, mode="disabled", project="x", entity=None, tags=[], name="n", config={}, metrics={}, summary={}
+        )
+        is None
+    )

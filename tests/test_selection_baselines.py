@@ -181,9 +181,7 @@ def test_visionzip_hand_computed_unassigned_and_averaged_targets():
     # remaining [1, 2, 4, 6], 3 contextual -> stride 1, targets 1, 2, 4; only token 6 is merged,
     # into target 2 (cos 0.763 beats 0.719 and 0.695); targets 1 and 4 stay alone.
     out = visionzip_merge(FEATS, CLS_ATTN, KEYS, dominant=3, contextual=3)
-    expected = torch.tensor(
-        [[1.0, 1.0], [4.0, 16.0], [6.0, 36.0], [2.0, 4.0], [3.0 + 7.0, 9.0 + 49.0], [5.0, 25.0]]
-    )
+    expected = torch.tensor([[1.0, 1.0], [4.0, 16.0], [6.0, 36.0], [2.0, 4.0], [3.0 + 7.0, 9.0 + 49.0], [5.0, 25.0]])
     torch.testing.assert_close(out, expected)
     # CLS only as dominant: remaining [1..6], one target (token 1) takes the mean of all others.
     out = visionzip_merge(FEATS, CLS_ATTN, KEYS, dominant=1, contextual=1)

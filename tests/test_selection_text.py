@@ -101,9 +101,7 @@ def test_question_token_ids_multi_subword_and_letters(tok):
 
 def test_question_token_ids_fallbacks(tok):
     # All stop words: the question after step 2, word-split on whitespace.
-    assert question_token_ids(f"<image>\nWhat is it?\n{SHORT}", tok) == _manual_ids(
-        tok, ["What", "is", "it?"]
-    )
+    assert question_token_ids(f"<image>\nWhat is it?\n{SHORT}", tok) == _manual_ids(tok, ["What", "is", "it?"])
     # A question that is only a post-prompt still yields its words rather than nothing.
     assert question_token_ids(f"<image>\n{SHORT}", tok) == _manual_ids(tok, SHORT.split())
     # Only the placeholder: no text at all, so no text rows (MMTok falls back to vision-only).

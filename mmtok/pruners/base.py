@@ -121,8 +121,7 @@ class Pruner:
         if k < 1:
             family = "llava_next" if crops > 1 else "llava"
             raise ValueError(
-                f"budget {self.budget} is below one token per crop for {family} "
-                f"({crops} crops); use budget >= {crops}"
+                f"budget {self.budget} is below one token per crop for {family} ({crops} crops); use budget >= {crops}"
             )
         return k
 

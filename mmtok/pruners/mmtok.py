@@ -42,9 +42,7 @@ class MMTokPruner(Pruner):
 
     def select(self, image: ImageCrops, k: int, ctx: SampleContext) -> CropSelection:
         text = self.text_embeddings(ctx)
-        idx = mmtok_select(
-            text, image.proj, image.pre[:, 1:], k, alpha=self.alpha, tau_t=self.tau_t, tau_v=self.tau_v
-        )
+        idx = mmtok_select(text, image.proj, image.pre[:, 1:], k, alpha=self.alpha, tau_t=self.tau_t, tau_v=self.tau_v)
         return CropSelection(indices=list(idx))
 
 

@@ -18,4 +18,6 @@ class RandomPruner(Pruner):
     def select(self, image: ImageCrops, k: int, ctx: SampleContext) -> CropSelection:
         gen = torch.Generator().manual_seed(self.sample_seed(ctx))
         n, device = image.tokens_per_crop, image.proj.device
-        return CropSelection(indices=[random_select(n, k, generator=gen, device=device) for _ in range(image.num_crops)])
+        return CropSelection(
+            indices=[random_select(n, k, generator=gen, device=device) for _ in range(image.num_crops)]
+        )

@@ -37,9 +37,7 @@ def cosine_distance(features: torch.Tensor) -> torch.Tensor:
     return 0.5 * (dist + dist.transpose(-1, -2))
 
 
-def divprune_select(
-    features: torch.Tensor, k: int, *, exclude: torch.Tensor | None = None
-) -> torch.LongTensor:
+def divprune_select(features: torch.Tensor, k: int, *, exclude: torch.Tensor | None = None) -> torch.LongTensor:
     """Indices of k tokens chosen by greedy max-min cosine diversity, sorted ascending.
 
     features: `[n, D]` (result `[k]`) or `[B, n, D]` (result `[B, k]`), the projected tokens.
