@@ -324,3 +324,34 @@ def test_qwen_features_match_plain_loop(tiny_qwen):
         native = model.model.get_image_features(batch["pixel_values"], batch["image_grid_thw"]).pooler_output
     for image, ref in zip(got, native, strict=True):
         assert torch.equal(image.merged, ref)
+
+
+def test_two_images_in_one_sample(tiny_qwen):
+    """Kept indices run over all of a sample's image tokens in sequence order; keep-all equals native."""
+    model, processor = tiny_qwen
+    conv = [{"role": "user", "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": QUESTIONS[1]}]}]
+    imgs = images(SIZES)
+    batch = processor(
+        images=[imgs[0], imgs[1], imgs[2]],
+        text=[processor.apply_chat_template(conv, add_generation_prompt=True), _prompt(processor, QUESTIONS[2])],
+        return_tensors="pt",
+        padding=True,
+    )
+    eos = _eos(model)
+    with torch.no_grad():
+        full = Q.build_request(model, batch)
+    assert full.image_token_counts == [24 + 15, 35]
+    native = _native(model, batch)
+    ours = _ours(model, full)
+    for n, o in zip(native, ours, strict=True):
+        assert _until_eos(o, eos) == _until_eos(n, eos)
+    kept = [torch.tensor([3, 23, 24, 38]), torch.tensor([0, 34])]  # both images of sample 0 keep tokens
+    pruned = Q.keep_image_tokens(full, kept)
+    got = _ours(model, pruned)
+    for b in range(2):
+        assert _until_eos(got[b], eos) == _reference(model, pruned, full, b)
+    real = pruned.attention_mask[0].bool()
+    image_pos = pruned.position_ids[:, 0, real][:, pruned.image_mask[0, real]]
+    full_real = full.attention_mask[0].bool()
+    full_image_pos = full.position_ids[:, 0, full_real][:, full.image_mask[0, full_real]]
+    assert torch.equal(image_pos, full_image_pos[:, kept[0]])
