@@ -215,6 +215,9 @@ def test_pruned_generation_equals_no_cache_reference(tiny_qwen):
     for b in range(3):
         assert _until_eos(ours[b], eos) == refs[b]
     assert max(len(r) for r in refs) >= 6
+    # the image tokens matter: dropping two thirds of them changes what the model says
+    keep_all = _ours(model, full)
+    assert [_until_eos(k, eos) for k in keep_all] != refs
     # the decode offset matters: continuing at the pruned length instead of the unpruned position differs
     wrong = [_reference(model, pruned, full, b, next_position=int(pruned.attention_mask[b].sum())) for b in range(3)]
     assert wrong != refs
@@ -355,3 +358,30 @@ def test_two_images_in_one_sample(tiny_qwen):
     full_real = full.attention_mask[0].bool()
     full_image_pos = full.position_ids[:, 0, full_real][:, full.image_mask[0, full_real]]
     assert torch.equal(image_pos, full_image_pos[:, kept[0]])
+
+
+def test_release_budget_and_text_rules(tiny_qwen):
+    model, processor = tiny_qwen
+    assert [Q.retain_count(n, 0.2) for n in (24, 17, 37, 4)] == [4, 3, 7, 0]  # products off integers
+    assert Q.retain_count(35, 1.0) == 35
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        Q.retain_count(35, 0.0)
+    tok = processor.tokenizer
+    question = "Is there a cat in the image?\nAnswer the question using a single word or phrase."
+    rows = Q.release_question_embeddings(model, tok, question)
+    words = ["Question:", "Is", "there", "a", "cat", "in", "the", "image?", "Answer", "the", "question", "using"]
+    words += ["a", "single", "word", "or", "phrase."]
+    ids = [i for w in words for i in tok.encode(w, add_special_tokens=False)]
+    assert torch.equal(rows, model.get_input_embeddings().weight[ids])
+
+
+def test_pruning_to_zero_image_tokens_keeps_the_text(tiny_qwen):
+    """k = 0 (the release drops every image token): the text keeps its positions and decoding still works."""
+    model, processor = tiny_qwen
+    with torch.no_grad():
+        full = Q.build_request(model, _batch(processor))
+    pruned = Q.keep_image_tokens(full, [torch.tensor([], dtype=torch.long)] * 3)
+    assert pruned.image_token_counts == [0, 0, 0]
+    got = _ours(model, pruned)
+    for b in range(3):
+        assert _until_eos(got[b], _eos(model)) == _reference(model, pruned, full, b)

@@ -25,6 +25,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+# MMTok's defaults on Qwen2.5-VL in the authors' release (LLaVA: tau_t 0.02).
+RELEASE_QWEN_MMTOK = {"alpha": 0.5, "tau_t": 0.01, "tau_v": 0.2}
+
 
 @dataclass
 class QwenImageTokens:
@@ -180,3 +183,30 @@ def generate(model: nn.Module, request: QwenRequest, **generate_kwargs) -> torch
         position_ids=request.position_ids,
         **generate_kwargs,
     )
+
+
+def retain_count(num_tokens: int, retain_ratio: float) -> int:
+    """The release's Qwen budget: k = int(ratio x image tokens) (Qwen's token count follows the image size).
+
+    int() truncates, so a small image at a small ratio can get k = 0; the release then drops every
+    image token of the request, and `keep_image_tokens` with an empty index list does the same.
+    """
+    if not 0.0 < retain_ratio <= 1.0:
+        raise ValueError(f"retain_ratio must be in (0, 1], got {retain_ratio}")
+    return int(retain_ratio * num_tokens)
+
+
+def release_question_embeddings(model: nn.Module, tokenizer, question: str) -> torch.Tensor:
+    """MMTok's text side on Qwen as the release prepares it: input-embedding rows of "Question: <question>".
+
+    Unlike its LLaVA path there is no cleaning: no stop words or benchmark post-prompts removed,
+    punctuation kept. The text is split on whitespace and tokenized as pre-split words (with a
+    byte-level tokenizer each word is encoded on its own, without the leading-space marker); a
+    leading BOS would be dropped (Qwen's tokenizer adds none). One row per sub-word.
+    """
+    words = f"Question: {question}".split()
+    ids = tokenizer(words, is_split_into_words=True)["input_ids"]
+    if len(ids) > 1 and tokenizer.bos_token_id is not None and ids[0] == tokenizer.bos_token_id:
+        ids = ids[1:]
+    table = model.get_input_embeddings().weight
+    return table[torch.tensor(ids, device=table.device)]
