@@ -1,0 +1,212 @@
+"""Qwen2.5-VL (`Qwen2_5_VLForConditionalGeneration`, transformers 5.23): image tokens and pruned requests.
+
+The building blocks a Qwen family adapter consumes; nothing here patches or subclasses the model.
+
+    images = encode_images(model, batch["pixel_values"], batch["image_grid_thw"])
+    request = build_request(model, batch, images)            # full sequence, 3-row M-RoPE positions
+    request = keep_image_tokens(request, kept)               # kept: per sample, indices into its image tokens
+    new_tokens = generate(model, request, max_new_tokens=8)  # decode continues at the unpruned next position
+
+Why this path and not `model.generate(**batch)` with a hook: in 5.23 `generate` runs the image
+encoder before prefill (it pops `pixel_values`) and builds 4-row position ids (a text row + the 3
+M-RoPE rows). A 4-row tensor whose text row has gaps (what slicing out pruned tokens produces) is
+read as packed sequences, and without `mm_token_type_ids` `get_rope_index` is skipped and M-RoPE
+silently degrades to 1-D positions. Here the 3 M-RoPE rows come from `get_rope_index` on the full
+sequence, are sliced together with the embeddings, and go to `generate` as `position_ids`;
+`generate` then extends every row by +1 per step from the last prompt token. Text after the image
+keeps its original positions, so the last prompt position is the unpruned sequence's last one and
+decoding continues exactly where the unpruned model would (the `rope_deltas` continuation).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+# MMTok's defaults on Qwen2.5-VL in the authors' release (LLaVA: tau_t 0.02).
+RELEASE_QWEN_MMTOK = {"alpha": 0.5, "tau_t": 0.01, "tau_v": 0.2}
+
+
+@dataclass
+class QwenImageTokens:
+    """One image as Qwen2.5-VL's vision tower sees it, everything in raster order of the merged grid."""
+
+    merged: torch.Tensor  # [n, D_llm] patch-merger outputs: the tokens the LLM receives
+    vit: torch.Tensor  # [n, D_vis] last ViT block before the merger, mean over each 2x2 merge unit
+    grid: tuple[int, int, int]  # (t, h, w) of the merged grid: n = t * h * w
+
+    @property
+    def num_tokens(self) -> int:
+        return self.merged.shape[0]
+
+
+@dataclass
+class QwenRequest:
+    """Left-padded LLM inputs for `generate(inputs_embeds=..., attention_mask=..., position_ids=...)`."""
+
+    inputs_embeds: torch.Tensor  # [B, L, D_llm]
+    attention_mask: torch.Tensor  # [B, L] 1 = real token, 0 = left padding
+    position_ids: torch.Tensor  # [3, B, L] M-RoPE (t, h, w) rows; padding at 0
+    image_mask: torch.Tensor  # [B, L] True at image tokens
+    next_position: torch.Tensor  # [B] where decoding starts: the UNPRUNED sequence's max position + 1
+
+    @property
+    def image_token_counts(self) -> list[int]:
+        return self.image_mask.sum(-1).tolist()
+
+
+def window_index(model: nn.Module, image_grid_thw: torch.Tensor) -> torch.Tensor:
+    """The vision tower's window order: position p of its (merge-unit) sequence holds raster unit `index[p]`."""
+    from transformers.vision_utils import get_vision_window_index
+
+    vis = model.model.visual
+    index, _ = get_vision_window_index(
+        image_grid_thw.cpu(),
+        spatial_merge_size=vis.spatial_merge_size,
+        window_size=vis.window_size,
+        patch_size=vis.patch_size,
+    )
+    return index
+
+
+def encode_images(model: nn.Module, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> list[QwenImageTokens]:
+    """Run the vision tower once for all images; per image, the merged tokens and the 2x2-averaged ViT features.
+
+    The authors' release (MMTok on Qwen) takes the last block's hidden states, which the tower
+    keeps in window order, averages each consecutive group of `merge**2` rows (one merge unit:
+    the processor emits patches unit by unit) and applies the same window-to-raster permutation as
+    the merger output. 5.23 returns those hidden states as `last_hidden_state`.
+    """
+    vis = model.model.visual
+    unit = vis.spatial_merge_size**2
+    out = model.model.get_image_features(pixel_values.to(vis.dtype), image_grid_thw, return_dict=True)
+    hidden = out.last_hidden_state  # [patches, D_vis], window order
+    vit = hidden.reshape(hidden.shape[0] // unit, unit, -1).mean(dim=1)
+    reverse = torch.argsort(window_index(model, image_grid_thw)).to(vit.device)
+    vit = vit[reverse]
+    sizes = (image_grid_thw.prod(-1) // unit).tolist()
+    merge = vis.spatial_merge_size
+    grids = [(int(t), int(h) // merge, int(w) // merge) for t, h, w in image_grid_thw.tolist()]
+    return [
+        QwenImageTokens(merged=m, vit=v, grid=g)
+        for m, v, g in zip(out.pooler_output, torch.split(vit, sizes), grids, strict=True)
+    ]
+
+
+def build_request(model: nn.Module, batch, images: list[QwenImageTokens] | None = None) -> QwenRequest:
+    """The full (unpruned) request for a processor batch: embeddings with the image tokens in, 3-row positions.
+
+    `batch` is the processor output (input_ids, attention_mask, mm_token_type_ids, pixel_values,
+    image_grid_thw). Pass `images` to reuse an `encode_images` result (or substitute features).
+    """
+    inner = model.model
+    input_ids = batch["input_ids"]
+    attention_mask = batch["attention_mask"]
+    if batch.get("mm_token_type_ids") is None:
+        raise ValueError(
+            "Qwen2.5-VL inputs need `mm_token_type_ids` (the processor returns them); without them "
+            "get_rope_index is skipped and M-RoPE positions are lost"
+        )
+    if images is None:
+        images = encode_images(model, batch["pixel_values"], batch["image_grid_thw"])
+    embeds = inner.get_input_embeddings()(input_ids)
+    image_mask = input_ids == model.config.image_token_id
+    feats = torch.cat([im.merged for im in images], dim=0).to(embeds.device, embeds.dtype)
+    if int(image_mask.sum()) != feats.shape[0]:
+        raise ValueError(f"{int(image_mask.sum())} image placeholders but {feats.shape[0]} image tokens")
+    embeds = embeds.masked_scatter(image_mask.unsqueeze(-1), feats)
+    position_ids, deltas = inner.get_rope_index(
+        input_ids,
+        mm_token_type_ids=batch["mm_token_type_ids"],
+        image_grid_thw=batch["image_grid_thw"],
+        attention_mask=attention_mask,
+    )
+    lengths = attention_mask.sum(-1)
+    return QwenRequest(
+        inputs_embeds=embeds,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        image_mask=image_mask & attention_mask.bool(),
+        next_position=(lengths + deltas.view(-1).to(lengths.device)).long(),
+    )
+
+
+def keep_image_tokens(request: QwenRequest, kept: list[torch.Tensor]) -> QwenRequest:
+    """Drop image tokens: sample b keeps text and image tokens `kept[b]` (indices into its image tokens, in
+    sequence order over all its images), each with its ORIGINAL 3-row position; then left-pad again."""
+    batch = request.inputs_embeds.shape[0]
+    if len(kept) != batch:
+        raise ValueError(f"kept indices for {len(kept)} samples, batch has {batch}")
+    rows = []
+    for b in range(batch):
+        real = request.attention_mask[b].bool()
+        is_image = request.image_mask[b]
+        n_image = int(is_image.sum())
+        idx = torch.as_tensor(kept[b], dtype=torch.long, device=is_image.device)
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n_image):
+            raise ValueError(f"sample {b}: kept indices must lie in [0, {n_image}), got {idx.tolist()}")
+        if idx.unique().numel() != idx.numel():
+            raise ValueError(f"sample {b}: kept indices repeat")
+        keep_image = torch.zeros(n_image, dtype=torch.bool, device=is_image.device)
+        keep_image[idx] = True
+        keep = real & ~is_image
+        keep[is_image.nonzero().view(-1)[keep_image]] = True
+        rows.append(keep.nonzero().view(-1))  # ascending: sequence order, whatever order `kept` has
+    width = max(r.numel() for r in rows)
+    dim = request.inputs_embeds.shape[-1]
+    embeds = request.inputs_embeds.new_zeros(batch, width, dim)
+    mask = request.attention_mask.new_zeros(batch, width)
+    pos = request.position_ids.new_zeros(3, batch, width)
+    image_mask = torch.zeros(batch, width, dtype=torch.bool, device=request.image_mask.device)
+    for b, r in enumerate(rows):
+        start = width - r.numel()  # left padding, as the processor pads
+        embeds[b, start:] = request.inputs_embeds[b, r]
+        mask[b, start:] = 1
+        pos[:, b, start:] = request.position_ids[:, b, r]
+        image_mask[b, start:] = request.image_mask[b, r]
+    return QwenRequest(embeds, mask, pos, image_mask, request.next_position.clone())
+
+
+def generate(model: nn.Module, request: QwenRequest, **generate_kwargs) -> torch.Tensor:
+    """Greedy (or any) decoding from a request; returns only the new tokens [B, T]."""
+    # `generate` continues every position row with last + 1; the last prompt token is text with its
+    # original position, so this equals the unpruned `next_position` - checked, not assumed.
+    last = request.position_ids[:, :, -1]
+    if not bool((last == (request.next_position - 1).to(last.device)).all()):
+        raise ValueError("the request does not end with a text token at its original position")
+    model.model.rope_deltas = None  # stale deltas of an earlier native call are never read on this path
+    return model.generate(
+        inputs_embeds=request.inputs_embeds,
+        attention_mask=request.attention_mask,
+        position_ids=request.position_ids,
+        **generate_kwargs,
+    )
+
+
+def retain_count(num_tokens: int, retain_ratio: float) -> int:
+    """The release's Qwen budget: k = int(ratio x image tokens) (Qwen's token count follows the image size).
+
+    int() truncates, so a small image at a small ratio can get k = 0; the release then drops every
+    image token of the request, and `keep_image_tokens` with an empty index list does the same.
+    """
+    if not 0.0 < retain_ratio <= 1.0:
+        raise ValueError(f"retain_ratio must be in (0, 1], got {retain_ratio}")
+    return int(retain_ratio * num_tokens)
+
+
+def release_question_embeddings(model: nn.Module, tokenizer, question: str) -> torch.Tensor:
+    """MMTok's text side on Qwen as the release prepares it: input-embedding rows of "Question: <question>".
+
+    Unlike its LLaVA path there is no cleaning: no stop words or benchmark post-prompts removed,
+    punctuation kept. The text is split on whitespace and tokenized as pre-split words (with a
+    byte-level tokenizer each word is encoded on its own, without the leading-space marker); a
+    leading BOS would be dropped (Qwen's tokenizer adds none). One row per sub-word.
+    """
+    words = f"Question: {question}".split()
+    ids = tokenizer(words, is_split_into_words=True)["input_ids"]
+    if len(ids) > 1 and tokenizer.bos_token_id is not None and ids[0] == tokenizer.bos_token_id:
+        ids = ids[1:]
+    table = model.get_input_embeddings().weight
+    return table[torch.tensor(ids, device=table.device)]
