@@ -214,6 +214,41 @@ def test_preflight_checks_every_value_of_a_sweep():
     preflight(["-m", "pruner=mmtok,random", "budget=8,16"])
 
 
+@pytest.mark.parametrize("position", [0, 1, 2, 3])
+def test_a_bad_sweep_value_fails_wherever_it_sits(position):
+    budgets = ["8", "16", "32"]
+    budgets.insert(position, "0")
+    with pytest.raises(ConfigError, match=r"budget must be a positive integer .*got 0 \(sweep cell .*budget=0") as info:
+        preflight(["-m", "model=tiny_llava", "pruner=mmtok,random", f"budget={','.join(budgets)}"])
+    assert "\n" not in str(info.value)
+    benches = ["pope_local", "gqa_local", "mme_local"]
+    benches.insert(position, "popx")
+    with pytest.raises(ConfigError, match="unknown benchmark 'popx'; valid: gqa, gqa_local"):
+        preflight(["-m", "model=tiny_llava", f"benchmark={','.join(benches)}"])
+
+
+def test_a_bad_value_in_a_large_grid_is_found_value_by_value():
+    """Beyond FULL_GRID_CHECK cells each value is checked with the other keys at their first value."""
+    from mmtok.config import FULL_GRID_CHECK, sweep_cells
+
+    budgets = ",".join(str(b) for b in range(1, FULL_GRID_CHECK + 1))
+    args = ["model=tiny_llava", "pruner=mmtok,random", f"budget={budgets}"]
+    assert len(sweep_cells(args)) == 2 * FULL_GRID_CHECK - 1 - (FULL_GRID_CHECK - 1)  # 1 + 1 + (N - 1)
+    with pytest.raises(ConfigError, match="got 0"):
+        preflight(["-m", *args[:-1], f"budget={budgets},0"])
+
+
+def test_an_experiments_own_sweep_is_preflighted():
+    """experiment=table1 sweeps budget in its YAML; a command-line budget list replaces it, and a
+    bad value there fails before job 0."""
+    from mmtok.config import sweep_axes
+
+    fixed, axes = sweep_axes(["experiment=table1"])
+    assert axes["budget"] == ["budget=192", "budget=128", "budget=64"] and len(axes["benchmark"]) == 9
+    with pytest.raises(ConfigError, match="got 0"):
+        preflight(["-m", "experiment=table1", "model=tiny_llava", "budget=64,0"])
+
+
 def test_hub_model_offline_is_a_one_line_error(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
@@ -230,6 +265,8 @@ CLI_CASES = [
     ("unknown-pruner", ["pruner=mmtk"], {}, "unknown pruner 'mmtk'; valid: "),
     ("unknown-benchmark", ["benchmark=popee"], {}, "unknown benchmark 'popee'; valid: gqa, gqa_local, mmbench"),
     ("unknown-in-sweep", ["-m", "benchmark=pope_local,gqq"], {}, "unknown benchmark 'gqq'; valid: "),
+    # the bad value last: job 0 (budget=8) must not run first
+    ("bad-last-in-sweep", ["-m", "model=tiny_llava", "budget=8,0"], {}, "budget must be a positive integer"),
     (
         "budget-zero",
         ["budget=0"],
