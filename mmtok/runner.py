@@ -8,7 +8,8 @@
 
 Order of work (every check that can fail on user input comes before the model loads):
 1. validate the config (mmtok.config.validate) and build the pruner (its parameters are checked);
-2. resume: a completed row with the same config hash in runs.csv → skip (unless force=true);
+2. resume: a completed run with the same config hash (its folder's row.json, or runs.csv) → skip
+   (unless force=true);
 3. check the device, build the local testbed / tiny checkpoint if needed, load the model;
 4. evaluate through lmms-eval (mmtok.eval.evaluate) with the pruner injected;
 5. write the run folder (samples.jsonl, config.yaml, metrics.json, row.json), log to wandb, and
@@ -260,8 +261,9 @@ def run(cfg: DictConfig) -> RunOutcome:
     found = None if cfg.force else results.find_completed(csv_path, key)
     if found is not None:
         number, row = found
+        where = f"{csv_path} row {number}" if number else f"{row['run_dir']}/row.json"
         log(
-            f"skipped: this config (hash {key}) already has a completed row: {csv_path} row {number} "
+            f"skipped: this config (hash {key}) already has a completed row: {where} "
             f"(run {row['run_id']}, folder {row['run_dir']}); pass force=true to run it again"
         )
         return RunOutcome("skipped", row["run_id"], key, row, number, csv_path, Path(row["run_dir"]))
