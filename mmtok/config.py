@@ -72,6 +72,9 @@ class BenchmarkConfig:
     testbed_n: int = 24  # testbed size (per POPE split)
     include_path: str | None = None  # a folder of extra lmms-eval task YAMLs
     multi_image: str = "error"  # the default for the top-level `multi_image` (seed: middle, mmmu: first)
+    # The generation cap of the task's own lmms-eval 0.7.3 YAML (1024, llava_hf's default, where the
+    # YAML sets none): the paper protocol's `max_new_tokens` (experiment files interpolate it).
+    task_max_new_tokens: int = 1024
 
 
 @dataclass
@@ -97,6 +100,9 @@ class RunConfig:
     prompt_format: str = "hf"  # hf (the checkpoint's chat template) | vicuna_v1 (original LLaVA)
     image_preprocess: str = "crop"  # crop (HF centre crop) | pad (original LLaVA pad-to-square)
     multi_image: str = "error"  # documents with several images: error | first | middle (one image reaches the LLM)
+    # Cells one job runs in turn on one loaded model: "none" (keep all) or "<pruner>@<budget>"; empty
+    # = the single run of pruner/budget. Each cell writes its own run folder and resumes on its own.
+    cells: list[str] = field(default_factory=list)
     force: bool = False  # rerun even if runs.csv has a completed row for this config
     progress: bool = True
     results_dir: str = "results"
@@ -113,7 +119,27 @@ def register() -> None:
 register()
 
 # Keys that do not change what a run measures (left out of the resume hash).
-OPERATIONAL_KEYS = ("force", "progress", "results_dir", "cache_dir", "wandb")
+OPERATIONAL_KEYS = ("force", "progress", "results_dir", "cache_dir", "wandb", "cells")
+
+_CELL_RE = re.compile(r"^([a-z0-9_]+)(?:@(\d+))?$")
+
+
+def parse_cell(cell: str) -> tuple[str, int | None]:
+    """ "mmtok@64" → ("mmtok", 64); "none" → ("none", None). One-line ConfigError otherwise."""
+    m = _CELL_RE.match(str(cell).strip())
+    pruners = group_options("pruner")
+    if m is None:
+        raise ConfigError(f"bad cell {cell!r}; write <pruner>@<budget> (e.g. mmtok@64) or none")
+    name, budget = m.group(1), m.group(2)
+    if name not in pruners:
+        raise ConfigError(f"unknown pruner {name!r} in cell {cell!r}; valid: {_choices(pruners)}")
+    if name == "none":
+        if budget is not None:
+            raise ConfigError(f"cell {cell!r}: pruner none keeps every token; write it as none")
+        return name, None
+    if budget is None or int(budget) < 1:
+        raise ConfigError(f"cell {cell!r} needs a budget >= 1: {name}@<budget>")
+    return name, int(budget)
 
 
 # -- option lists ---------------------------------------------------------------------------------
@@ -165,6 +191,9 @@ def validate(cfg: DictConfig, *, check_model: bool = True) -> None:
         raise ConfigError(f"MME questions come in pairs (acc+ scores both): limit must be even; got {cfg.limit}")
     if bench.testbed is None and not bench.tasks:
         raise ConfigError(f"benchmark {bench.name!r} names no lmms-eval tasks (benchmark.tasks) and no testbed")
+    positive("benchmark.task_max_new_tokens", cfg.benchmark.task_max_new_tokens, "an integer >= 1", False)
+    for cell in cfg.cells:
+        parse_cell(cell)
     if not str(cfg.pruner.name).strip():
         raise ConfigError(f"pruner.name is empty; valid: {_choices(group_options('pruner'))}")
     if check_model:
