@@ -233,14 +233,20 @@ def test_a_bad_value_in_a_large_grid_is_found_value_by_value():
 
 
 def test_an_experiments_own_sweep_is_preflighted():
-    """experiment=table1 sweeps budget in its YAML; a command-line budget list replaces it, and a
-    bad value there fails before job 0."""
+    """experiment=table1 sweeps benchmark in its YAML (a command-line list replaces it) and pins its
+    cells; a bad value in either fails before job 0."""
     from mmtok.config import sweep_axes
 
     fixed, axes = sweep_axes(["experiment=table1"])
-    assert axes["budget"] == ["budget=192", "budget=128", "budget=64"] and len(axes["benchmark"]) == 9
-    with pytest.raises(ConfigError, match="got 0"):
-        preflight(["-m", "experiment=table1", "model=tiny_llava", "budget=64,0"])
+    assert list(axes) == ["benchmark"] and len(axes["benchmark"]) == 9
+    _, axes = sweep_axes(["experiment=table1", "benchmark=pope,gqa"])
+    assert axes == {"benchmark": ["benchmark=pope", "benchmark=gqa"]}
+    with pytest.raises(ConfigError, match="unknown benchmark 'gqq'"):
+        preflight(["-m", "experiment=tiny", "benchmark=pope_local,gqa_local,gqq"])
+    with pytest.raises(ConfigError, match=r"cell 'mmtok@0' needs a budget >= 1"):
+        preflight(["-m", "experiment=tiny", "cells=[none,mmtok@8,mmtok@0]"])
+    with pytest.raises(ConfigError, match=r"unknown pruner 'mmtk' in cell 'mmtk@8'; valid: divprune, fastv"):
+        preflight(["-m", "experiment=tiny", "cells=[none,mmtk@8]"])
 
 
 def test_hub_model_offline_is_a_one_line_error(monkeypatch, tmp_path):
