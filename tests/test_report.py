@@ -121,6 +121,9 @@ def test_tiny_sweep_to_table_kill_rerun_and_a_column_added_later(tmp_path, mmtok
         recs = list(csv.DictReader(f))
     gqa = [r for r in recs if r["column"] == "gqa"]
     assert len(gqa) == 3 and all(r["run_id"] for r in gqa) and gqa[0]["paper"] == "61.9"
+    assert report.main(["plots", "--only", "tiny", *overrides]) == 0
+    for png in ("tiny_budget.png", "tiny_latency.png"):
+        assert (res / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # 4. a column added after these runs: an older version wrote runs.csv and row.json without
     # `multi_image`; a new run widens the index, old rows still resume and still fill the table.
