@@ -109,16 +109,19 @@ class Cell:
     model: str
     results_dir: Path
     row: dict[str, Any] | None = None  # the completed run, if any
+    job: list[str] = field(default_factory=list)  # the job's overrides (one job per model x benchmark)
 
 
-def job_overrides(experiment: str, overrides: Iterable[str] = ()) -> list[list[str]]:
-    """One override list per job of `experiment` (its sweep axes crossed, command-line lists included)."""
-    fixed, axes = sweep_axes([f"experiment={experiment}", *overrides])
+def job_overrides(experiment: str | None, overrides: Iterable[str] = ()) -> list[list[str]]:
+    """One override list per job of the sweep (its axes crossed, command-line lists included)."""
+    head = [f"experiment={experiment}"] if experiment else []
+    fixed, axes = sweep_axes([*head, *overrides])
     return [fixed + list(c) for c in itertools.product(*axes.values())] if axes else [fixed]
 
 
-def experiment_cells(experiment: str, overrides: Iterable[str] = ()) -> list[Cell]:
-    """Every cell of `experiment` with its config hash and completed row (None when it has none)."""
+def experiment_cells(experiment: str | None, overrides: Iterable[str] = ()) -> list[Cell]:
+    """Every cell of the sweep (`experiment` + overrides) with its config hash and completed row
+    (None when it has none): what a job of the sweep would run or skip."""
     from omegaconf import OmegaConf
 
     from mmtok import results
@@ -140,8 +143,29 @@ def experiment_cells(experiment: str, overrides: Iterable[str] = ()) -> list[Cel
             key = results.config_hash(identity(OmegaConf.to_container(c, resolve=True), build_pruner_from(c)))
             name, budget = parse_cell(cell)
             row = completed[str(rdir)].get(key)
-            out.append(Cell(experiment, cfg.benchmark.name, cell, name, budget, key, cfg.model.name, rdir, row))
+            cell_exp = experiment or "-"
+            out.append(Cell(cell_exp, cfg.benchmark.name, cell, name, budget, key, cfg.model.name, rdir, row, job))
     return out
+
+
+def pending_sweep(overrides: list[str]) -> tuple[list[str], int, int, int]:
+    """(overrides narrowed to the jobs that still have a missing cell, jobs in all, jobs pending,
+    cells missing). Each swept key keeps the values some pending job has (exact for one swept key,
+    e.g. an experiment's benchmark axis); a job whose cells are all done is not launched at all."""
+    fixed, axes = sweep_axes(overrides)
+    cells = experiment_cells(None, overrides)
+    jobs = list(dict.fromkeys(tuple(c.job) for c in cells))
+    pending = list(dict.fromkeys(tuple(c.job) for c in cells if c.row is None))
+    missing = sum(c.row is None for c in cells)
+    if not axes or not pending:
+        return overrides, len(jobs), len(pending), missing
+    narrowed = []
+    for key, values in axes.items():
+        keep = [v for v in values if any(v in job for job in pending)]
+        prefix, _, _ = keep[0].partition("=")
+        narrowed.append(f"{prefix}={','.join(v.split('=', 1)[1] for v in keep)}")
+    rest = [o for o in overrides if o.lstrip("+~").split("=", 1)[0] not in axes]
+    return rest + narrowed, len(jobs), len(pending), missing
 
 
 def value(row: dict | None, metric: str) -> float | None:
