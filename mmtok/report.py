@@ -160,7 +160,7 @@ def pending_sweep(overrides: list[str]) -> tuple[list[str], int, int, int]:
     if not axes or not pending:
         return overrides, len(jobs), len(pending), missing
     narrowed = []
-    for key, values in axes.items():
+    for values in axes.values():
         keep = [v for v in values if any(v in job for job in pending)]
         prefix, _, _ = keep[0].partition("=")
         narrowed.append(f"{prefix}={','.join(v.split('=', 1)[1] for v in keep)}")
