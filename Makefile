@@ -64,6 +64,14 @@ format: venv
 test: venv
 	$(PY) -m pytest -q $(ARGS)
 
+# A real one-node SLURM (tests/test_slurm.py): as root, installs Debian's slurmctld, slurmd,
+# slurm-client and munge when missing; without root the test skips with its reason.
+SLURM_PACKAGES := slurmctld slurmd slurm-client munge
+test-slurm: venv
+	@if [ "$$(id -u)" = 0 ] && ! (command -v sbatch && test -x /usr/sbin/slurmctld && test -x /usr/sbin/munged) >/dev/null; then \
+	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(SLURM_PACKAGES); fi
+	MMTOK_SLURM_TEST=1 $(PY) -m pytest -q -rs tests/test_slurm.py $(ARGS)
+
 run: venv
 	$(PY) run.py $(ARGS)
 

@@ -153,8 +153,24 @@ def test_slurm_launcher_config_composes():
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = hydra_compose(config_name="config", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
+        mine = hydra_compose(
+            config_name="config",
+            overrides=[
+                "hydra/launcher=slurm",
+                "hydra.launcher.partition=p",
+                "hydra.launcher.account=a",
+                "hydra.launcher.gpus_per_node=2",
+                "hydra.launcher.timeout_min=30",
+                "hydra.launcher.mem_gb=8",
+                "hydra.launcher.array_parallelism=3",
+            ],  # fmt: skip
+            return_hydra_config=True,
+        )
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
-    assert cfg.hydra.launcher.gpus_per_node == 1
+    assert cfg.hydra.launcher.gpus_per_node == 1 and cfg.hydra.launcher.account is None
+    got = {k: mine.hydra.launcher[k] for k in ("partition", "account", "gpus_per_node", "timeout_min", "mem_gb")}
+    assert got == {"partition": "p", "account": "a", "gpus_per_node": 2, "timeout_min": 30, "mem_gb": 8}
+    assert mine.hydra.launcher.array_parallelism == 3
 
 
 # -- validation (in-process) ----------------------------------------------------------------------
