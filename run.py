@@ -46,6 +46,8 @@ def plan_sweep(argv: list[str]) -> list[str] | None:
 
     flags = [a for a in argv if a.startswith("-")]
     narrowed, jobs, pending, missing = pending_sweep([a for a in argv if not a.startswith("-")])
+    if jobs < 0:
+        return argv
     if not pending:
         print(f"[mmtok] nothing to run: every cell of the {jobs} job(s) has a completed run", flush=True)
         return None
@@ -57,6 +59,8 @@ def report_sweep(argv: list[str]) -> int:
     from mmtok.report import pending_sweep
 
     _, jobs, pending, missing = pending_sweep([a for a in argv if not a.startswith("-")])
+    if jobs < 0:
+        return 0
     if missing:
         print(f"[mmtok] sweep ended with {missing} cell(s) missing in {pending} job(s) (from the run folders)")
         return 1

@@ -150,8 +150,17 @@ def experiment_cells(experiment: str | None, overrides: Iterable[str] = ()) -> l
 
 def pending_sweep(overrides: list[str]) -> tuple[list[str], int, int, int]:
     """(overrides narrowed to the jobs that still have a missing cell, jobs in all, jobs pending,
-    cells missing). Each swept key keeps the values some pending job has (exact for one swept key,
-    e.g. an experiment's benchmark axis); a job whose cells are all done is not launched at all."""
+    cells missing); the counts are -1 when the sweep cannot be expanded here (launched unchanged).
+    Each swept key keeps the values some pending job has (exact for one swept key, e.g. an
+    experiment's benchmark axis); a job whose cells are all done is not launched at all."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    for ov in OverridesParser.create().parse_overrides(overrides):
+        if ov.is_sweep_override():
+            try:
+                list(ov.sweep_string_iterator())
+            except Exception:  # glob()/range() over groups: only Hydra can expand it; launch as given
+                return overrides, -1, -1, -1
     fixed, axes = sweep_axes(overrides)
     cells = experiment_cells(None, overrides)
     jobs = list(dict.fromkeys(tuple(c.job) for c in cells))
