@@ -99,6 +99,7 @@ def test_tiny_sweep_to_table_kill_rerun_and_a_column_added_later(tmp_path, mmtok
     log, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, log[-3000:]
     assert log.count("[mmtok] done: ") == total - done_before and log.count("[mmtok] skipped: ") == done_before
+    assert f"[mmtok] {total - done_before} missing cell(s) in " in log  # planned from the run folders
     assert len(completed_folders(res)) == total
 
     # 3. the table: the paper's Table-1 layout, paper numbers in place, our cells filled, the rest missing
