@@ -101,7 +101,7 @@ def plot_latency(name: str, cells: list, folder: Path, title: str) -> Path:
         ax.text(0.5, 0.5, "no completed runs yet", ha="center", va="center", transform=ax.transAxes)
     ax.set_ylabel("ms per sample (mean)")
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
     ax.tick_params(axis="x", labelrotation=45, labelsize=8)
     fig.tight_layout()
     folder.mkdir(parents=True, exist_ok=True)
