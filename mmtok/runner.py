@@ -421,12 +421,12 @@ def run_cells(cfg: DictConfig) -> list[CellResult]:
 
 
 def main_job(cfg: DictConfig) -> None:
-    """hydra.main's task: user errors → one line on stderr and exit code 2; a job of cells exits 1
-    when any cell failed (the others are written)."""
+    """hydra.main's task: user errors → one line on stderr and exit code 2. A job of cells returns
+    normally even when a cell failed (its failed row is written): exiting would stop the basic
+    launcher's remaining jobs; run.py's end-of-sweep status (from the cells' files) exits 1 instead."""
     try:
         if cfg.cells:
-            if any(r.status == "failed" for r in run_cells(cfg)):
-                sys.exit(1)
+            run_cells(cfg)
         else:
             run(cfg)
     except (ConfigError, ModelSourceError, results.ResultsError) as exc:

@@ -208,3 +208,19 @@ def _parse(cell):
     from mmtok.config import parse_cell
 
     return parse_cell(cell)
+
+
+def test_a_failed_cell_leaves_the_other_jobs_running_and_the_sweep_reports_it(run_cli, tmp_path, tiny_llavanext_path):
+    """mmtok@2 cannot give LLaVA-NeXT one token per crop (checked from the checkpoint, so after the
+    preflight): both jobs still run their other cell, and the end-of-sweep status, read from the
+    run folders, names the missing cells and exits 1."""
+    args = ["experiment=tiny", "model=tiny_llavanext", "benchmark=pope_local,gqa_local", "cells=[mmtok@2,none]"]
+    res = run_cli([*args, *TINY[:2], "wandb.mode=disabled", "progress=false", "results_dir=res"], cwd=tmp_path)
+    assert res.returncode == 1, res.stdout[-2000:] + res.stderr[-2000:]
+    assert res.stderr.count("cell mmtok@2 failed: ConfigError: ") == 2
+    rows = [json.loads(p.read_text()) for p in (tmp_path / "res").glob("runs/*/row.json")]
+    assert sorted((r["benchmark"], r["pruner"], r["status"]) for r in rows) == [
+        ("gqa_local", "none", "completed"),
+        ("pope_local", "none", "completed"),
+    ]
+    assert "[mmtok] sweep ended with 2 cell(s) missing in 2 job(s) (from the run folders)" in res.stdout
