@@ -12,14 +12,23 @@ LOCK   ?= cpu
 LOCKFILE := requirements/$(if $(filter cuda,$(LOCK)),lock-cuda.txt,lock.txt)
 ARGS   ?=
 
-.PHONY: help venv lock lock-check lint format test run table1 bench clean distclean
+TABLES := table1 table17 table18 table19 table5 table8
+# The experiments that fill each table (table5 has a LLaVA-1.5 and a LLaVA-NeXT half).
+EXPERIMENTS_table5 := table5 table5_next
+
+.PHONY: help venv lock lock-check lint format test test-slurm run bench clean distclean tables index plots status $(TABLES) tiny
 
 help:
 	@echo "make test    create .venv from the lock if missing, run the whole test suite"
 	@echo "make run     create .venv from the lock if missing, run the embedded default (tiny LLaVA, MMTok, local POPE, CPU, offline)"
 	@echo "make lock    recompile requirements/lock.txt and lock-cuda.txt from pyproject.toml (needs the registry)"
 	@echo "make lint    ruff check + ruff format --check"
-	@echo "make table1  the paper's Table-1 sweep on LLaVA-1.5-7B (GPU + pre-downloaded weights); ARGS='hydra/launcher=slurm ...'"
+	@echo "make table1  run the Table-1 sweep (resumes; GPU + pre-downloaded weights), then write results/tables/table1.md/.csv"
+	@echo "             likewise table17 table18 table19 table5 table8; ARGS='hydra/launcher=slurm hydra.launcher.partition=...'"
+	@echo "make tiny    the tiny stand-in sweep on CPU (about a minute), then results/tables/tiny.md"
+	@echo "make tables  write every table from the runs that exist (starts nothing); make plots: PNGs beside them"
+	@echo "make index   rebuild results/runs.csv from the run folders; make status: which cells are missing"
+	@echo "make test-slurm  install Debian's slurm + munge (root), start a one-node cluster, submit a tiny sweep"
 	@echo "make bench   selection latency and time-to-first-token per pruner, side by side (scripts/bench_*.py)"
 	@echo "make clean   remove caches, Hydra outputs and the tiny checkpoints / testbeds (keeps .venv and results/)"
 
@@ -55,12 +64,34 @@ format: venv
 test: venv
 	$(PY) -m pytest -q $(ARGS)
 
+# A real one-node SLURM (tests/test_slurm.py): as root, installs Debian's slurmctld, slurmd,
+# slurm-client and munge when missing; without root the test skips with its reason.
+SLURM_PACKAGES := slurmctld slurmd slurm-client munge
+test-slurm: venv
+	@if [ "$$(id -u)" = 0 ] && ! (command -v sbatch && test -x /usr/sbin/slurmctld && test -x /usr/sbin/munged) >/dev/null; then \
+	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(SLURM_PACKAGES); fi
+	MMTOK_SLURM_TEST=1 $(PY) -m pytest -q -rs tests/test_slurm.py $(ARGS)
+
 run: venv
 	$(PY) run.py $(ARGS)
 
-table1: venv
-	$(PY) run.py experiment=table1 $(ARGS)
-	$(PY) run.py experiment=table1_baseline $(ARGS)
+# make <table>: the sweep (a completed cell is skipped, so a rerun runs only the missing ones), then the
+# table from whatever finished; the sweep's exit status is kept (a failed cell fails the target).
+$(TABLES) tiny: venv
+	@status=0; for e in $(or $(EXPERIMENTS_$@),$@); do $(PY) run.py experiment=$$e $(ARGS) || status=$$?; done; \
+	$(PY) -m mmtok.report tables --only $@ $(ARGS); exit $$status
+
+tables: venv
+	$(PY) -m mmtok.report tables $(ARGS)
+
+plots: venv
+	$(PY) -m mmtok.report plots $(ARGS)
+
+index: venv
+	$(PY) -m mmtok.report index $(ARGS)
+
+status: venv
+	$(PY) -m mmtok.report status $(ARGS)
 
 bench: venv
 	$(PY) scripts/bench_selection.py

@@ -32,10 +32,62 @@ def main(cfg: DictConfig) -> None:
     main_job(cfg)
 
 
+def is_sweep(argv: list[str]) -> bool:
+    """`-m`, or an experiment file (they set hydra.mode: MULTIRUN)."""
+    if "-m" in argv or "--multirun" in argv:
+        return True
+    return any(a.startswith("experiment=") and a != "experiment=null" for a in argv)
+
+
+def plan_sweep(argv: list[str]) -> list[str] | None:
+    """The command line narrowed to the jobs that still have a missing cell (each cell's own result
+    files decide, not the launcher's report); None when every cell is done."""
+    from mmtok.report import pending_sweep
+
+    flags = [a for a in argv if a.startswith("-")]
+    narrowed, jobs, pending, missing = pending_sweep([a for a in argv if not a.startswith("-")])
+    if jobs < 0:
+        return argv
+    if not pending:
+        print(f"[mmtok] nothing to run: every cell of the {jobs} job(s) has a completed run", flush=True)
+        return None
+    print(f"[mmtok] {missing} missing cell(s) in {pending} of {jobs} job(s); launching those jobs", flush=True)
+    return flags + narrowed
+
+
+def report_sweep(argv: list[str]) -> int:
+    from mmtok.report import pending_sweep
+
+    _, jobs, pending, missing = pending_sweep([a for a in argv if not a.startswith("-")])
+    if jobs < 0:
+        return 0
+    if missing:
+        print(f"[mmtok] sweep ended with {missing} cell(s) missing in {pending} job(s) (from the run folders)")
+        return 1
+    print(f"[mmtok] sweep complete: every cell of the {jobs} job(s) has a completed run (from the run folders)")
+    return 0
+
+
 if __name__ == "__main__":
+    argv = original = sys.argv[1:]
     try:
-        preflight(sys.argv[1:])
+        preflight(argv)
+        sweep = is_sweep(argv) and not any(a.startswith("-") and a not in ("-m", "--multirun") for a in argv)
+        if sweep:
+            argv = plan_sweep(argv)
+            if argv is None:
+                sys.exit(0)
+            sys.argv[1:] = argv
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         sys.exit(2)
-    main()
+    if not sweep:
+        main()
+    else:
+        try:
+            main()
+        except SystemExit as exc:  # hydra exits after a multirun; the cells' files say how it went
+            if exc.code not in (0, None):
+                report_sweep(original)
+                raise
+        sys.exit(report_sweep(original))

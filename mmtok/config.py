@@ -72,6 +72,9 @@ class BenchmarkConfig:
     testbed_n: int = 24  # testbed size (per POPE split)
     include_path: str | None = None  # a folder of extra lmms-eval task YAMLs
     multi_image: str = "error"  # the default for the top-level `multi_image` (seed: middle, mmmu: first)
+    # The generation cap of the task's own lmms-eval 0.7.3 YAML (1024, llava_hf's default, where the
+    # YAML sets none): the paper protocol's `max_new_tokens` (experiment files interpolate it).
+    task_max_new_tokens: int = 1024
 
 
 @dataclass
@@ -97,6 +100,9 @@ class RunConfig:
     prompt_format: str = "hf"  # hf (the checkpoint's chat template) | vicuna_v1 (original LLaVA)
     image_preprocess: str = "crop"  # crop (HF centre crop) | pad (original LLaVA pad-to-square)
     multi_image: str = "error"  # documents with several images: error | first | middle (one image reaches the LLM)
+    # Cells one job runs in turn on one loaded model: "none" (keep all) or "<pruner>@<budget>"; empty
+    # = the single run of pruner/budget. Each cell writes its own run folder and resumes on its own.
+    cells: list[str] = field(default_factory=list)
     force: bool = False  # rerun even if runs.csv has a completed row for this config
     progress: bool = True
     results_dir: str = "results"
@@ -113,7 +119,27 @@ def register() -> None:
 register()
 
 # Keys that do not change what a run measures (left out of the resume hash).
-OPERATIONAL_KEYS = ("force", "progress", "results_dir", "cache_dir", "wandb")
+OPERATIONAL_KEYS = ("force", "progress", "results_dir", "cache_dir", "wandb", "cells")
+
+_CELL_RE = re.compile(r"^([a-z0-9_]+)(?:@(\d+))?$")
+
+
+def parse_cell(cell: str) -> tuple[str, int | None]:
+    """ "mmtok@64" → ("mmtok", 64); "none" → ("none", None). One-line ConfigError otherwise."""
+    m = _CELL_RE.match(str(cell).strip())
+    pruners = group_options("pruner")
+    if m is None:
+        raise ConfigError(f"bad cell {cell!r}; write <pruner>@<budget> (e.g. mmtok@64) or none")
+    name, budget = m.group(1), m.group(2)
+    if name not in pruners:
+        raise ConfigError(f"unknown pruner {name!r} in cell {cell!r}; valid: {_choices(pruners)}")
+    if name == "none":
+        if budget is not None:
+            raise ConfigError(f"cell {cell!r}: pruner none keeps every token; write it as none")
+        return name, None
+    if budget is None or int(budget) < 1:
+        raise ConfigError(f"cell {cell!r} needs a budget >= 1: {name}@<budget>")
+    return name, int(budget)
 
 
 # -- option lists ---------------------------------------------------------------------------------
@@ -165,6 +191,9 @@ def validate(cfg: DictConfig, *, check_model: bool = True) -> None:
         raise ConfigError(f"MME questions come in pairs (acc+ scores both): limit must be even; got {cfg.limit}")
     if bench.testbed is None and not bench.tasks:
         raise ConfigError(f"benchmark {bench.name!r} names no lmms-eval tasks (benchmark.tasks) and no testbed")
+    positive("benchmark.task_max_new_tokens", cfg.benchmark.task_max_new_tokens, "an integer >= 1", False)
+    for cell in cfg.cells:
+        parse_cell(cell)
     if not str(cfg.pruner.name).strip():
         raise ConfigError(f"pruner.name is empty; valid: {_choices(group_options('pruner'))}")
     if check_model:
@@ -316,34 +345,98 @@ _MULTIRUN_FLAGS = {"-m", "--multirun"}
 def preflight(argv: list[str], config_dir: Path = CONFIG_DIR) -> None:
     """Everything that can be checked from the command line alone, before hydra.main runs.
 
-    Sweep lists (`-m budget=64,128`) are checked per group option; the composed config is checked
-    for the first value of each sweep. Hydra's own flags (--help, --cfg, ...) skip the compose step.
+    A sweep (`-m budget=64,0`, or an experiment's `hydra.sweeper.params`) is checked value by value
+    before job 0 starts: every combination when the grid has at most `FULL_GRID_CHECK` cells,
+    otherwise every value of every swept key with the other keys at their first value (so a bad
+    value fails wherever it sits in the list). Hydra's own flags (--help, --cfg, ...) skip this.
     """
     flags = [a for a in argv if a.startswith("-")]
     overrides = [a for a in argv if not a.startswith("-")]
     check_groups(overrides, config_dir)
     if any(f not in _MULTIRUN_FLAGS for f in flags):
         return
+    cells = sweep_cells(overrides, config_dir)
+    _, axes = sweep_axes(overrides, config_dir) if len(cells) > 1 else ([], {})
+    for cell in cells:
+        try:
+            validate(compose(cell, config_dir))
+        except ConfigError as exc:
+            where = [o for o in cell if o in {v for vs in axes.values() for v in vs}]
+            raise ConfigError(f"{exc} (sweep cell {' '.join(where)})" if where else str(exc)) from None
+
+
+# A grid of at most this many cells is checked cell by cell (~50 ms each); a larger one value by value.
+FULL_GRID_CHECK = 64
+
+
+def sweep_axes(overrides: list[str], config_dir: Path = CONFIG_DIR) -> tuple[list[str], dict[str, list[str]]]:
+    """(fixed overrides, {swept key: [override per value]}): the command line's sweeps plus the
+    composed experiment's `hydra.sweeper.params` (the command line wins for a key both set)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    first = []
-    for ov in OverridesParser.create().parse_overrides(overrides):
-        key = ov.key_or_group
-        if key == "hydra" or key.startswith(("hydra.", "hydra/")):
-            continue
-        if ov.is_sweep_override():
-            try:
-                values = list(ov.sweep_string_iterator())
-            except Exception:
+    parser = OverridesParser.create()
+
+    def split(lines: list[str], fixed: list[str], axes: dict[str, list[str]]) -> None:
+        for ov in parser.parse_overrides(lines):
+            key = ov.key_or_group
+            if key == "hydra" or key.startswith(("hydra.", "hydra/")):
                 continue
-            if not values:
-                continue
-            prefix = {"ADD": "+", "FORCE_ADD": "++"}.get(ov.type.name, "")
-            first.append(f"{prefix}{key}={values[0]}")
-        else:
-            first.append(ov.input_line)
-    cfg = compose(first, config_dir)
-    validate(cfg)
+            if ov.is_sweep_override():
+                try:
+                    values = list(ov.sweep_string_iterator())
+                except Exception:  # glob() and friends need Hydra's loader; Hydra checks those itself
+                    continue
+                prefix = {"ADD": "+", "FORCE_ADD": "++"}.get(ov.type.name, "")
+                axes[key] = [f"{prefix}{key}={v}" for v in values]
+            else:
+                fixed.append(ov.input_line)
+
+    fixed: list[str] = []
+    axes: dict[str, list[str]] = {}
+    split(overrides, fixed, axes)
+    experiment = [o for o in fixed if o.lstrip("+").split("=", 1)[0] == "experiment"]
+    if experiment and not experiment[-1].endswith("=null"):
+        params = _compose_hydra(experiment, config_dir).hydra.sweeper.params or {}
+        exp_fixed: list[str] = []
+        exp_axes: dict[str, list[str]] = {}
+        split([f"{k}={v}" for k, v in params.items()], exp_fixed, exp_axes)
+        given = set(axes) | {o.lstrip("+~").split("=", 1)[0] for o in fixed}
+        axes = {**{k: v for k, v in exp_axes.items() if k not in given}, **axes}
+        fixed = [o for o in exp_fixed if o.split("=", 1)[0] not in given] + fixed
+    check_groups(fixed + [v for vs in axes.values() for v in vs], config_dir)
+    return fixed, axes
+
+
+def sweep_cells(overrides: list[str], config_dir: Path = CONFIG_DIR) -> list[list[str]]:
+    """The override lists preflight composes and validates for a (possibly swept) command line."""
+    import itertools
+    import math
+
+    fixed, axes = sweep_axes(overrides, config_dir)
+    if any(not vs for vs in axes.values()):
+        raise ConfigError(f"empty sweep for {', '.join(k for k, vs in axes.items() if not vs)}")
+    if math.prod(len(vs) for vs in axes.values()) <= FULL_GRID_CHECK:
+        return [fixed + list(c) for c in itertools.product(*axes.values())]
+    first = {k: vs[0] for k, vs in axes.items()}
+    cells = [fixed + list(first.values())]
+    for key, values in axes.items():
+        for v in values[1:]:
+            cells.append(fixed + [v if k == key else f for k, f in first.items()])
+    return cells
+
+
+def _compose_hydra(overrides: list[str], config_dir: Path) -> DictConfig:
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():
+        GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+            return hydra_compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    except Exception as exc:
+        raise ConfigError(one_line(exc)) from None
 
 
 # -- one-line errors from Hydra / OmegaConf --------------------------------------------------------

@@ -7,9 +7,11 @@
 - `<results_dir>/runs/<run_id>/`: `config.yaml` (the resolved config), `samples.jsonl` (one record
   per answered question), `metrics.json` (every metric lmms-eval produced), `row.json` (the CSV row),
   and `wandb/` (the offline wandb run, when wandb.mode=offline).
+- The run folders are the source of truth: `runs.csv` is an index of their row.json files, rebuilt
+  by `rebuild_index` (`make index`); a column added later widens the index instead of orphaning it.
 - Resume: `config_hash` hashes the resolved config without the operational keys (force, progress,
   results_dir, cache_dir, wandb) and with the pruner's full parameters; `find_completed` finds a
-  completed row with that hash.
+  completed run with that hash (in a run folder or the index).
 """
 
 from __future__ import annotations
@@ -211,14 +213,38 @@ def _cell(value: Any) -> str:
     return str(value).replace("\r", " ").replace("\n", " ")
 
 
-def _header_line() -> str:
+def _csv_line(values: Iterable[Any]) -> str:
     buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerow(COLUMNS)
+    csv.writer(buf, lineterminator="\n").writerow(list(values))
     return buf.getvalue()
 
 
+def _header_line() -> str:
+    return _csv_line(COLUMNS)
+
+
+def index_columns(extra: Iterable[str] = ()) -> tuple[str, ...]:
+    """This version's COLUMNS, then any other column an older/newer index or row carried (sorted)."""
+    return (*COLUMNS, *sorted(set(extra) - set(COLUMNS)))
+
+
+def _write_index(csv_path: Path, header: tuple[str, ...], rows: Iterable[dict]) -> None:
+    tmp = csv_path.with_name(f".{csv_path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8", newline="") as f:
+        f.write(_csv_line(header))
+        for row in rows:
+            f.write(_csv_line(_cell(row.get(c)) for c in header))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, csv_path)
+
+
 def append_row(csv_path: str | Path, row: dict) -> int:
-    """Append `row` (keys ⊆ COLUMNS) to runs.csv under its lock; returns its 1-based data-row number."""
+    """Append `row` (keys ⊆ COLUMNS) to runs.csv under its lock; returns its 1-based data-row number.
+
+    runs.csv is an index of the run folders (each holds its own row.json), not the source of truth:
+    a file written by a version with other columns is rewritten under the union of both headers
+    (old rows keep their values, new columns stay empty for them), never refused or dropped."""
     from filelock import FileLock
 
     unknown = set(row) - set(COLUMNS)
@@ -226,29 +252,49 @@ def append_row(csv_path: str | Path, row: dict) -> int:
         raise ResultsError(f"row has columns that runs.csv does not document: {', '.join(sorted(unknown))}")
     csv_path = Path(csv_path)
     csv_path.parent.mkdir(parents=True, exist_ok=True)
-    buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerow([_cell(row.get(c)) for c in COLUMNS])
     with FileLock(str(csv_path) + ".lock", timeout=600):
         existing = csv_path.read_text(encoding="utf-8") if csv_path.exists() else ""
-        if existing:
-            header = existing.split("\n", 1)[0]
-            if header.strip() != _header_line().strip():
-                raise ResultsError(
-                    f"{csv_path} has other columns than this version writes; "
-                    f"move it aside or pass results_dir=<another folder>"
-                )
+        header_line = existing.split("\n", 1)[0] if existing else ""
+        if existing and header_line.strip() == _header_line().strip():
             if not existing.endswith("\n"):
                 existing += "\n"
-        else:
-            existing = _header_line()
-        n_rows = sum(1 for _ in csv.DictReader(io.StringIO(existing))) + 1
-        tmp = csv_path.with_name(f".{csv_path.name}.{os.getpid()}.tmp")
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
-            f.write(existing + buf.getvalue())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, csv_path)
-    return n_rows
+            n_rows = sum(1 for _ in csv.DictReader(io.StringIO(existing))) + 1
+            tmp = csv_path.with_name(f".{csv_path.name}.{os.getpid()}.tmp")
+            with open(tmp, "w", encoding="utf-8", newline="") as f:
+                f.write(existing + _csv_line(_cell(row.get(c)) for c in COLUMNS))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, csv_path)
+            return n_rows
+        old = list(csv.DictReader(io.StringIO(existing))) if existing else []
+        old_header = next(csv.reader(io.StringIO(header_line)), []) if existing else []
+        if existing and not {"run_id", "config_hash", "status"} <= set(old_header):
+            raise ResultsError(
+                f"{csv_path} is not a runs index (no run_id/config_hash/status columns); "
+                f"move it aside or pass results_dir=<another folder>"
+            )
+        _write_index(csv_path, index_columns(old_header), [*old, row])
+        return len(old) + 1
+
+
+def rebuild_index(results_dir: str | Path) -> tuple[Path, int]:
+    """Rewrite `<results_dir>/runs.csv` from the run folders' row.json files (`make index`).
+
+    Rows of the old index whose folder is gone are kept (nothing is lost); the header is the union
+    of this version's columns and every column any row carries. Returns (path, number of rows)."""
+    from filelock import FileLock
+
+    results_dir = Path(results_dir)
+    csv_path = results_dir / "runs.csv"
+    results_dir.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(csv_path) + ".lock", timeout=600):
+        folder_rows = folder_row_list(results_dir)
+        seen = {r.get("run_id") for r in folder_rows}
+        kept = [r for r in read_rows(csv_path) if r.get("run_id") not in seen]
+        rows = sorted([*kept, *folder_rows], key=lambda r: (str(r.get("time") or ""), str(r.get("run_id") or "")))
+        extra = {k for r in rows for k in r}
+        _write_index(csv_path, index_columns(extra), rows)
+    return csv_path, len(rows)
 
 
 def read_rows(csv_path: str | Path) -> list[dict[str, str]]:
@@ -259,12 +305,45 @@ def read_rows(csv_path: str | Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def find_completed(csv_path: str | Path, key: str) -> tuple[int, dict[str, str]] | None:
-    """(1-based row number, row) of the last completed row whose config_hash is `key`."""
-    found = None
-    for i, row in enumerate(read_rows(csv_path), start=1):
-        if row.get("config_hash") == key and row.get("status") == "completed":
-            found = (i, row)
+def folder_row_list(results_dir: str | Path) -> list[dict[str, Any]]:
+    """Every run folder's row.json under `<results_dir>/runs/` (the source of truth), oldest first.
+    A completed row counts only when its folder also holds metrics.json and samples.jsonl."""
+    out = []
+    for path in sorted(Path(results_dir).glob("runs/*/row.json")):
+        try:
+            row = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # a half-copied folder: not a result
+        if row.get("status") == "completed" and not all(
+            (path.parent / f).exists() for f in ("metrics.json", "samples.jsonl")
+        ):
+            continue
+        out.append(row)
+    return sorted(out, key=lambda r: (str(r.get("time") or ""), str(r.get("run_id") or "")))
+
+
+def all_rows(results_dir: str | Path) -> list[dict[str, Any]]:
+    """The run folders' rows plus index rows that have no folder (older or copied-in results)."""
+    results_dir = Path(results_dir)
+    rows = folder_row_list(results_dir)
+    seen = {r.get("run_id") for r in rows}
+    return [*(r for r in read_rows(results_dir / "runs.csv") if r.get("run_id") not in seen), *rows]
+
+
+def find_completed(csv_path: str | Path, key: str) -> tuple[int, dict[str, Any]] | None:
+    """(1-based row number in runs.csv, or 0 when the index lacks it; row) of the latest completed
+    run whose config_hash is `key`, from the run folders next to `csv_path` and the index itself
+    (so a rebuilt, reordered or stale index never makes a finished run look missing)."""
+    csv_path = Path(csv_path)
+    positions = {r.get("run_id"): i for i, r in enumerate(read_rows(csv_path), start=1)}
+    found, best = None, None
+    for row in all_rows(csv_path.parent):
+        if row.get("config_hash") != key or row.get("status") != "completed":
+            continue
+        pos = positions.get(row.get("run_id"), 0)
+        order = (0, pos, "") if pos else (1, 0, str(row.get("time") or ""))
+        if best is None or order >= best:
+            found, best = (pos, row), order
     return found
 
 

@@ -8,7 +8,8 @@
 
 Order of work (every check that can fail on user input comes before the model loads):
 1. validate the config (mmtok.config.validate) and build the pruner (its parameters are checked);
-2. resume: a completed row with the same config hash in runs.csv → skip (unless force=true);
+2. resume: a completed run with the same config hash (its folder's row.json, or runs.csv) → skip
+   (unless force=true);
 3. check the device, build the local testbed / tiny checkpoint if needed, load the model;
 4. evaluate through lmms-eval (mmtok.eval.evaluate) with the pruner injected;
 5. write the run folder (samples.jsonl, config.yaml, metrics.json, row.json), log to wandb, and
@@ -86,7 +87,10 @@ def identity(resolved: dict, pruner) -> dict:
     # benchmark.multi_image only supplies the default of the top-level multi_image (what acts);
     # multi_image=error behaves as every run did before the option existed (single-image documents
     # only), so it adds nothing to the hash and those runs' rows still resume.
-    ident["benchmark"] = {k: v for k, v in resolved["benchmark"].items() if k != "multi_image"}
+    # benchmark.task_max_new_tokens likewise only feeds max_new_tokens (which is hashed).
+    ident["benchmark"] = {
+        k: v for k, v in resolved["benchmark"].items() if k not in ("multi_image", "task_max_new_tokens")
+    }
     if ident.get("multi_image") == "error":
         del ident["multi_image"]
     if resolved["model"].get("tiny"):  # built from code: where the cache lives is not an identity
@@ -260,8 +264,9 @@ def run(cfg: DictConfig) -> RunOutcome:
     found = None if cfg.force else results.find_completed(csv_path, key)
     if found is not None:
         number, row = found
+        where = f"{csv_path} row {number}" if number else f"{row['run_dir']}/row.json"
         log(
-            f"skipped: this config (hash {key}) already has a completed row: {csv_path} row {number} "
+            f"skipped: this config (hash {key}) already has a completed row: {where} "
             f"(run {row['run_id']}, folder {row['run_dir']}); pass force=true to run it again"
         )
         return RunOutcome("skipped", row["run_id"], key, row, number, csv_path, Path(row["run_dir"]))
@@ -371,10 +376,59 @@ def _execute(cfg: DictConfig, resolved: dict, pruner, key: str, csv_path: Path, 
     return RunOutcome("completed", run_id, key, row, number, csv_path, run_dir, samples, metrics)
 
 
+def cell_config(cfg: DictConfig, cell: str) -> DictConfig:
+    """The config of one cell of a job: the job's config with the cell's pruner (its YAML in
+    configs/pruner/, or the job's own pruner node, overrides included, when the names match) and budget."""
+    from mmtok.config import CONFIG_DIR, parse_cell
+
+    name, budget = parse_cell(cell)
+    out = cfg.copy()
+    if name != cfg.pruner.name:
+        node = OmegaConf.load(CONFIG_DIR / "pruner" / f"{name}.yaml")
+        node = node.pruner if "pruner" in node else node  # none.yaml is a _global_ file
+        from mmtok.config import PrunerConfig
+
+        out.pruner = OmegaConf.merge(OmegaConf.structured(PrunerConfig), node)
+    out.budget = budget
+    out.cells = []
+    return out
+
+
+@dataclass
+class CellResult:
+    cell: str
+    status: str  # completed | skipped | failed
+    error: str | None = None
+    outcome: RunOutcome | None = None
+
+
+def run_cells(cfg: DictConfig) -> list[CellResult]:
+    """Run the job's cells in turn on one loaded model (the load cache keeps it between cells). A
+    failing cell is recorded (its failed row, when it got that far) and the next cell still runs."""
+    out = []
+    for cell in cfg.cells:
+        log(f"cell {cell} ({cfg.model.name}, {cfg.benchmark.name})")
+        try:
+            outcome = run(cell_config(cfg, cell))
+            out.append(CellResult(cell, outcome.status, outcome=outcome))
+        except Exception as exc:
+            msg = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            print(f"[mmtok] cell {cell} failed: {msg}", file=sys.stderr, flush=True)
+            out.append(CellResult(cell, "failed", msg))
+    done = sum(r.status != "failed" for r in out)
+    log(f"job done: {done}/{len(out)} cells completed or already done")
+    return out
+
+
 def main_job(cfg: DictConfig) -> None:
-    """hydra.main's task: user errors → one line on stderr and exit code 2."""
+    """hydra.main's task: user errors → one line on stderr and exit code 2. A job of cells returns
+    normally even when a cell failed (its failed row is written): exiting would stop the basic
+    launcher's remaining jobs; run.py's end-of-sweep status (from the cells' files) exits 1 instead."""
     try:
-        run(cfg)
+        if cfg.cells:
+            run_cells(cfg)
+        else:
+            run(cfg)
     except (ConfigError, ModelSourceError, results.ResultsError) as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         sys.exit(2)

@@ -129,28 +129,22 @@ def test_multi_image_error_keeps_the_old_run_identity():
 
 
 def test_table1_experiment_sweeps_the_papers_grid():
-    """experiment=table1 (+ table1_baseline) covers exactly the Table-1 rows of results/paper."""
+    """experiment=table1 covers exactly the Table-1 cells of results/paper, plus our random rows."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
+    from mmtok.config import parse_cell
+
     with open(ROOT / "results" / "paper" / "paper_tables.csv") as f:
         rows = [r for r in csv.DictReader(f) if r["table"] == "table1" and r["benchmark"] != "avg_retained_pct"]
-    paper = {(r["method"], r["budget"], r["benchmark"]) for r in rows}
+    paper = {(r["method"], None if r["method"] == "none" else int(r["budget"]), r["benchmark"]) for r in rows}
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        grid = set()
-        for exp in ("table1", "table1_baseline"):
-            cfg = hydra_compose(config_name="config", overrides=[f"experiment={exp}"], return_hydra_config=True)
-            assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
-            assert (cfg.model.name, cfg.prompt_format, cfg.image_preprocess) == ("llava15_7b", "vicuna_v1", "pad")
-            params = cfg.hydra.sweeper.params
-            pruners = params.get("pruner", cfg.pruner.name).split(",")
-            budgets = str(params.get("budget", "576")).split(",")
-            for p in pruners:
-                for b in budgets:
-                    for bench in params["benchmark"].split(","):
-                        grid.add((p, b, bench))
-    assert grid == paper
+        cfg = hydra_compose(config_name="config", overrides=["experiment=table1"], return_hydra_config=True)
+    assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
+    assert (cfg.model.name, cfg.prompt_format, cfg.image_preprocess) == ("llava15_7b", "vicuna_v1", "pad")
+    grid = {(*parse_cell(c), b) for c in cfg.cells for b in cfg.hydra.sweeper.params["benchmark"].split(",")}
+    assert paper <= grid and {p for p, _, _ in grid - paper} == {"random"}
 
 
 def test_slurm_launcher_config_composes():
@@ -159,8 +153,24 @@ def test_slurm_launcher_config_composes():
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = hydra_compose(config_name="config", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
+        mine = hydra_compose(
+            config_name="config",
+            overrides=[
+                "hydra/launcher=slurm",
+                "hydra.launcher.partition=p",
+                "hydra.launcher.account=a",
+                "hydra.launcher.gpus_per_node=2",
+                "hydra.launcher.timeout_min=30",
+                "hydra.launcher.mem_gb=8",
+                "hydra.launcher.array_parallelism=3",
+            ],  # fmt: skip
+            return_hydra_config=True,
+        )
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
-    assert cfg.hydra.launcher.gpus_per_node == 1
+    assert cfg.hydra.launcher.gpus_per_node == 1 and cfg.hydra.launcher.account is None
+    got = {k: mine.hydra.launcher[k] for k in ("partition", "account", "gpus_per_node", "timeout_min", "mem_gb")}
+    assert got == {"partition": "p", "account": "a", "gpus_per_node": 2, "timeout_min": 30, "mem_gb": 8}
+    assert mine.hydra.launcher.array_parallelism == 3
 
 
 # -- validation (in-process) ----------------------------------------------------------------------
@@ -214,6 +224,47 @@ def test_preflight_checks_every_value_of_a_sweep():
     preflight(["-m", "pruner=mmtok,random", "budget=8,16"])
 
 
+@pytest.mark.parametrize("position", [0, 1, 2, 3])
+def test_a_bad_sweep_value_fails_wherever_it_sits(position):
+    budgets = ["8", "16", "32"]
+    budgets.insert(position, "0")
+    with pytest.raises(ConfigError, match=r"budget must be a positive integer .*got 0 \(sweep cell .*budget=0") as info:
+        preflight(["-m", "model=tiny_llava", "pruner=mmtok,random", f"budget={','.join(budgets)}"])
+    assert "\n" not in str(info.value)
+    benches = ["pope_local", "gqa_local", "mme_local"]
+    benches.insert(position, "popx")
+    with pytest.raises(ConfigError, match="unknown benchmark 'popx'; valid: gqa, gqa_local"):
+        preflight(["-m", "model=tiny_llava", f"benchmark={','.join(benches)}"])
+
+
+def test_a_bad_value_in_a_large_grid_is_found_value_by_value():
+    """Beyond FULL_GRID_CHECK cells each value is checked with the other keys at their first value."""
+    from mmtok.config import FULL_GRID_CHECK, sweep_cells
+
+    budgets = ",".join(str(b) for b in range(1, FULL_GRID_CHECK + 1))
+    args = ["model=tiny_llava", "pruner=mmtok,random", f"budget={budgets}"]
+    assert len(sweep_cells(args)) == 1 + 1 + (FULL_GRID_CHECK - 1)  # the first cell, then each other value
+    with pytest.raises(ConfigError, match="got 0"):
+        preflight(["-m", *args[:-1], f"budget={budgets},0"])
+
+
+def test_an_experiments_own_sweep_is_preflighted():
+    """experiment=table1 sweeps benchmark in its YAML (a command-line list replaces it) and pins its
+    cells; a bad value in either fails before job 0."""
+    from mmtok.config import sweep_axes
+
+    fixed, axes = sweep_axes(["experiment=table1"])
+    assert list(axes) == ["benchmark"] and len(axes["benchmark"]) == 9
+    _, axes = sweep_axes(["experiment=table1", "benchmark=pope,gqa"])
+    assert axes == {"benchmark": ["benchmark=pope", "benchmark=gqa"]}
+    with pytest.raises(ConfigError, match="unknown benchmark 'gqq'"):
+        preflight(["-m", "experiment=tiny", "benchmark=pope_local,gqa_local,gqq"])
+    with pytest.raises(ConfigError, match=r"cell 'mmtok@0' needs a budget >= 1"):
+        preflight(["-m", "experiment=tiny", "cells=[none,mmtok@8,mmtok@0]"])
+    with pytest.raises(ConfigError, match=r"unknown pruner 'mmtk' in cell 'mmtk@8'; valid: divprune, fastv"):
+        preflight(["-m", "experiment=tiny", "cells=[none,mmtk@8]"])
+
+
 def test_hub_model_offline_is_a_one_line_error(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
@@ -230,6 +281,8 @@ CLI_CASES = [
     ("unknown-pruner", ["pruner=mmtk"], {}, "unknown pruner 'mmtk'; valid: "),
     ("unknown-benchmark", ["benchmark=popee"], {}, "unknown benchmark 'popee'; valid: gqa, gqa_local, mmbench"),
     ("unknown-in-sweep", ["-m", "benchmark=pope_local,gqq"], {}, "unknown benchmark 'gqq'; valid: "),
+    # the bad value last: job 0 (budget=8) must not run first
+    ("bad-last-in-sweep", ["-m", "model=tiny_llava", "budget=8,0"], {}, "budget must be a positive integer"),
     (
         "budget-zero",
         ["budget=0"],

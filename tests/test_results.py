@@ -163,3 +163,50 @@ def test_wandb_offline_roundtrip(tmp_path):
         )
         is None
     )
+
+
+# -- run folders are the source of truth; runs.csv is an index ------------------------------------
+def _folder(results_dir: Path, run_id: str, *, complete: bool = True, **row) -> Path:
+    d = results_dir / "runs" / run_id
+    d.mkdir(parents=True)
+    row = {"run_id": run_id, "status": "completed", "config_hash": f"h-{run_id}", "time": run_id, **row}
+    if complete:
+        results.write_samples(d / "samples.jsonl", [{"answer": "yes"}])
+        results.write_json(d / "metrics.json", {"m": 1.0})
+    results.write_json(d / "row.json", row)
+    return d
+
+
+def test_an_index_written_with_other_columns_is_widened_not_refused(tmp_path):
+    """An older version wrote runs.csv without `multi_image` and with a column this one dropped:
+    appending keeps every old row and value under the union of both headers."""
+    path = tmp_path / "runs.csv"
+    old_header = [c for c in results.COLUMNS if c != "multi_image"] + ["retired_metric"]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, old_header)
+        w.writeheader()
+        w.writerow({"run_id": "old", "config_hash": "h0", "status": "completed", "score": "0.5", "retired_metric": "7"})
+    assert results.append_row(path, _row(1, multi_image="first")) == 2
+    rows = results.read_rows(path)
+    assert [r["run_id"] for r in rows] == ["old", "v1"]
+    assert rows[0]["retired_metric"] == "7" and rows[0]["multi_image"] == "" and rows[0]["score"] == "0.5"
+    assert rows[1]["multi_image"] == "first" and rows[1]["retired_metric"] == ""
+    assert next(csv.reader(open(path)))[-1] == "retired_metric"
+    assert results.find_completed(path, "h0")[1]["run_id"] == "old"  # the old row still resumes
+    assert results.append_row(path, _row(2)) == 3  # and the widened file takes further rows
+
+
+def test_the_index_is_rebuilt_from_the_run_folders(tmp_path):
+    _folder(tmp_path, "r1", score=0.25)
+    _folder(tmp_path, "r2", new_column="x")  # a column a later version added
+    _folder(tmp_path, "r3", complete=False)  # row.json without samples/metrics: not a result
+    _folder(tmp_path, "r4", status="failed", complete=False)
+    results.append_row(tmp_path / "runs.csv", _row(9, run_id="copied-in", time="r0"))  # no folder: kept
+    path, n = results.rebuild_index(tmp_path)
+    rows = results.read_rows(path)
+    assert n == 4 and [r["run_id"] for r in rows] == ["copied-in", "r1", "r2", "r4"]
+    assert rows[1]["score"] == "0.25" and rows[2]["new_column"] == "x" and rows[3]["status"] == "failed"
+    (tmp_path / "runs.csv").unlink()  # a lost index does not make finished runs look missing
+    r1 = json.loads((tmp_path / "runs/r1/row.json").read_text())
+    assert results.find_completed(tmp_path / "runs.csv", "h-r1") == (0, r1)
+    assert results.find_completed(tmp_path / "runs.csv", "h-r3") is None
