@@ -4,10 +4,13 @@
   (`softmax(V T^T)` over text, averaged over vision tokens) is above the mean (`text_raters`).
 * At each pruning layer (default 2, 6, 15) the attention of the rater rows to the current vision
   tokens is recomputed from the layer input, averaged over heads and raters; the top-k vision
-  tokens of the layer's OUTPUT stay (in order). Of the pruned ones, the top 30% by score are
-  clustered (density-peak k-NN, `density_peak_clusters`) and each cluster's mean (of the layer
-  output) is inserted right after the kept vision tokens; recycled tokens count as vision tokens
-  for later pruning layers.
+  tokens of the layer's OUTPUT stay (in order). Recycling follows the release exactly
+  (`mmtok.selection.sparsevlm.recycle`): of the m pruned tokens, the top `int(0.3 m) + 1` by score
+  are clustered into `int(n / 10) + 1` groups by the release's density-peak k-NN (`cluster_num`
+  neighbours, self included; the densest token's distance is the matrix maximum), and each
+  cluster's normalised sum (of the layer output) is inserted right after the kept vision tokens,
+  clusters in centre-score order; recycled tokens count as vision tokens for later pruning layers.
+  One deliberate difference: no `rand * 1e-6` noise on the densities (deterministic instead).
 * Positions are renumbered contiguously after every drop; a decode token's position in a layer is
   that layer's cached length.
 * k per layer: `counts` if given, else `layer_counts(budget, N)` — the v1.5 tables for N=576
