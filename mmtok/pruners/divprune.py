@@ -19,11 +19,13 @@ import torch
 
 from mmtok.models.adapters import CropSelection, ImageCrops
 from mmtok.pruners.base import Pruner, SampleContext
+from mmtok.pruners.registry import register
 from mmtok.selection.divprune import ARITHMETICS, divprune_select
 
 SCOPES = ("global", "crop")
 
 
+@register
 @dataclass
 class DivPrunePruner(Pruner):
     scope: str = "global"

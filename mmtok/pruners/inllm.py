@@ -104,6 +104,15 @@ class Cut:
     extra: torch.Tensor | None = None
 
 
+def keep_vision(span: ImageSpan, rows: int, keep: torch.Tensor, extra: torch.Tensor | None = None) -> Cut:
+    """The `Cut` that keeps every row outside the vision `span` of a `rows`-row stage, the vision
+    tokens `keep` (ascending indices into the span) and, right after them, the new tokens `extra`."""
+    device = keep.device
+    end = span.start + span.length
+    kept = [torch.arange(span.start, device=device), span.start + keep, torch.arange(end, rows, device=device)]
+    return Cut(keep=torch.cat(kept), extra=extra)
+
+
 @dataclass
 class Stage:
     """The prompt rows that the layers of one stage see (see the module docstring)."""
@@ -159,6 +168,12 @@ class InLLMPruner(Pruner):
 
     def cut(self, step: int, view: LayerView) -> list[Cut]:
         """Per sample, what survives the output of prune layer number `step`."""
+        raise NotImplementedError
+
+    def layer_schedule(self, n: int, config) -> list[int]:
+        """Vision tokens in the input of every decoder layer, for an image span of `n` tokens in a
+        model with this HF `config`, as the method's rule for `budget` prescribes. The contract
+        tests count what each layer really receives and compare."""
         raise NotImplementedError
 
     def llm_hooks(self, model: nn.Module, adapter: LlavaAdapter) -> list:

@@ -25,10 +25,12 @@ from typing import ClassVar
 
 import torch
 
-from mmtok.pruners.inllm import Cut, InLLMPruner, LayerView
-from mmtok.selection.sparsevlm import layer_counts, recycle, text_raters
+from mmtok.pruners.inllm import Cut, InLLMPruner, LayerView, keep_vision
+from mmtok.pruners.registry import register
+from mmtok.selection.sparsevlm import layer_counts, recycle, recycled_groups, text_raters
 
 
+@register
 @dataclass
 class SparseVLMPruner(InLLMPruner):
     layers: tuple[int, ...] = (2, 6, 15)  # decoder layers whose output is pruned
@@ -62,6 +64,17 @@ class SparseVLMPruner(InLLMPruner):
             return (n,) * len(self.layers)
         return layer_counts(self.budget, n)
 
+    def layer_schedule(self, n: int, config) -> list[int]:
+        vision, schedule = n, []
+        counts = self.layer_counts(n)
+        for i in range(config.text_config.num_hidden_layers):
+            schedule.append(vision)
+            if i in self.layers:
+                k = min(counts[self.layers.index(i)], vision)
+                if k < vision:  # the pruned tokens come back as recycled clusters
+                    vision = k + recycled_groups(vision - k)[1]
+        return schedule
+
     def cut(self, step: int, view: LayerView) -> list[Cut]:
         stage = view.stage
         if view.hidden.shape[0] != 1:
@@ -91,10 +104,4 @@ class SparseVLMPruner(InLLMPruner):
         )
         if k >= span.length:
             return [Cut()]
-        device, end = keep.device, span.start + span.length
-        kept_rows = [
-            torch.arange(span.start, device=device),
-            span.start + keep,
-            torch.arange(end, stage.rows, device=device),
-        ]
-        return [Cut(keep=torch.cat(kept_rows), extra=extra)]
+        return [keep_vision(span, stage.rows, keep, extra)]

@@ -20,6 +20,7 @@ import torch
 
 from mmtok.models.adapters import CropSelection, ImageCrops, LlavaAdapter
 from mmtok.pruners.base import Pruner, SampleContext
+from mmtok.pruners.registry import register
 from mmtok.selection.visionzip import (
     NEXT_TILES,
     release_next_order,
@@ -40,6 +41,7 @@ def cls_attention_and_keys(attn: torch.nn.Module, x: torch.Tensor) -> tuple[torc
     return probs, k.mean(dim=1)
 
 
+@register
 @dataclass
 class VisionZipPruner(Pruner):
     """Budget per crop is split dominant:contextual as in the paper (64 = 54+10, 128 = 108+20,
@@ -48,6 +50,7 @@ class VisionZipPruner(Pruner):
     next_tiles: str = "crop"  # LLaVA-NeXT: "crop" (crop order) or "release" (the authors' arrangement)
 
     name: ClassVar[str] = "visionzip"
+    merges: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
