@@ -42,8 +42,11 @@ class Method:
     def merges(self) -> bool:
         return self.cls.merges
 
-    def build(self, family: str, per_crop: int = 8):
-        """Default parameters, `per_crop` tokens per crop of the family's largest split."""
+    def build(self, family: str, per_crop: int | None = None):
+        """Default parameters, `per_crop` tokens per crop of the family's largest split: 8 for
+        pre-LLM methods; 16 for in-LLM ones, whose budget is a layer average (a staged method's
+        first layers always see all 36 tokens of a tiny crop)."""
+        per_crop = per_crop or (16 if self.in_llm else 8)
         return build_pruner(self.name, budget=per_crop * MAX_CROPS[family])
 
 
@@ -143,8 +146,7 @@ def _img(i):
 @pytest.mark.parametrize("name", [n for n in BATCHED if n != "none"])
 def test_batch_equals_one_by_one(models, family, name):
     model, processor = models[family]
-    budget = 8 * MAX_CROPS[family]
-    pruner = build_pruner(name, budget=budget)
+    pruner = Method(name, PRUNERS[name]).build(family)
     batch = inputs(processor)
     with pruner(model, tokenizer=processor.tokenizer, questions=QUESTIONS):
         together = generate(model, batch)
@@ -174,7 +176,7 @@ def test_deterministic_and_model_unmodified(models, name):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     hooks = lambda: [(n, list(m._forward_pre_hooks), list(m._forward_hooks)) for n, m in model.named_modules()]  # noqa: E731
     hooks_before = hooks()
-    pruner = build_pruner(name, budget=40)
+    pruner = Method(name, PRUNERS[name]).build("llava_next")
     batch = inputs(processor, QUESTIONS[:1])
     runs = []
     for _ in range(2):
@@ -283,7 +285,7 @@ def test_in_llm_schedule_follows_the_budget(models, family, method):
     model, _ = models[family]
     config = model.config
     n = TOKENS_PER_CROP * MAX_CROPS[family]
-    small, large = method.build(family, 8), method.build(family, 16)
+    small, large = method.build(family, 16), method.build(family, 24)
     s, big = small.layer_schedule(n, config), large.layer_schedule(n, config)
     assert all(b >= a for a, b in zip(s, big)) and sum(big) > sum(s), (method.name, s, big)
     assert method.cls.keep_all().layer_schedule(n, config) == [n] * config.text_config.num_hidden_layers

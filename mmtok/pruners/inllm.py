@@ -144,11 +144,21 @@ class LayerView:
     stage: Stage
     embeds: torch.Tensor  # layer-0 input (the prompt embeddings) [B, L, D]
     num_layers: int
+    next_layer: nn.Module | None = None  # the decoder layer that receives `out` (None after the last)
 
     def attention(self, rows: torch.Tensor) -> torch.Tensor:
         """Head-averaged attention [B, r, P] of `rows` [B, r], recomputed in this layer."""
         return attention_rows(
             self.layer, self.hidden, rows, self.kwargs["position_embeddings"], self.kwargs.get("attention_mask")
+        )
+
+    def next_attention(self, rows: torch.Tensor) -> torch.Tensor:
+        """Head-averaged attention [B, r, P] of `rows` [B, r] in the NEXT layer, from this layer's
+        output (the rows, positions and mask are the same until the cut is applied)."""
+        if self.next_layer is None:
+            raise ValueError(f"layer {self.index} is the last decoder layer: there is no next layer to score with")
+        return attention_rows(
+            self.next_layer, self.out, rows, self.kwargs["position_embeddings"], self.kwargs.get("attention_mask")
         )
 
 
@@ -276,6 +286,7 @@ class LayerDropper:
                 stage=stage,
                 embeds=self.embeds,
                 num_layers=len(self.layers),
+                next_layer=self.layers[index + 1] if index + 1 < len(self.layers) else None,
             )
             with torch.no_grad():
                 cuts = self.pruner.cut(step, view)
