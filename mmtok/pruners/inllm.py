@@ -92,6 +92,17 @@ def attention_rows(
     return torch.softmax(logits, dim=-1).mean(dim=1)
 
 
+def rotary_keys(layer: nn.Module, hidden: torch.Tensor, position_embeddings) -> torch.Tensor:
+    """The keys [B, S, kv_heads * head_dim] decoder `layer` computes from its input `hidden`
+    (input_layernorm, k_proj, rotary with the layer's cos/sin), heads concatenated per token."""
+    attn = layer.self_attn
+    batch, seq, _ = hidden.shape
+    k = attn.k_proj(layer.input_layernorm(hidden)).view(batch, seq, -1, attn.head_dim).transpose(1, 2)
+    cos, sin = (t.expand(batch, -1, -1).unsqueeze(1) for t in position_embeddings)
+    k = k * cos + _rotate_half(k) * sin
+    return k.transpose(1, 2).reshape(batch, seq, -1)
+
+
 @dataclass
 class Cut:
     """One sample's decision at a prune layer, in that layer's row coordinates.
@@ -145,6 +156,7 @@ class LayerView:
     embeds: torch.Tensor  # layer-0 input (the prompt embeddings) [B, L, D]
     num_layers: int
     next_layer: nn.Module | None = None  # the decoder layer that receives `out` (None after the last)
+    final_norm: nn.Module | None = None  # the LLM's last RMSNorm (DART compares normalised states)
 
     def attention(self, rows: torch.Tensor) -> torch.Tensor:
         """Head-averaged attention [B, r, P] of `rows` [B, r], recomputed in this layer."""
@@ -287,6 +299,7 @@ class LayerDropper:
                 embeds=self.embeds,
                 num_layers=len(self.layers),
                 next_layer=self.layers[index + 1] if index + 1 < len(self.layers) else None,
+                final_norm=self.lm.norm,
             )
             with torch.no_grad():
                 cuts = self.pruner.cut(step, view)
