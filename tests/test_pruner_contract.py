@@ -1,11 +1,16 @@
 """One contract for every registered pruner, on tiny LLaVA-1.5 and LLaVA-NeXT checkpoints.
 
-Keep-all identity, exact kept-token counts at the LLM input, batch == one-by-one, determinism,
-an unmodified model afterwards. A new pruner is covered by adding it to the registry (and, if it
-is in-LLM, saying below how to make it keep everything).
+Keep-all identity, exact kept-token counts at the LLM input (pre-LLM) or per decoder layer along the
+method's schedule (in-LLM), batch == one-by-one, determinism, an unmodified model afterwards.
+
+`METHODS` is the table that drives it (kvpress-style): every registered method with its default
+parameters, its traits read from the class. A new method is covered by registering it; exclusions
+go by declared trait (`in_llm`, `supports_batch`, `merges`), never by name.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -18,6 +23,41 @@ TOKENS_PER_CROP = 36  # tiny tower: 48 px / 8 px patches
 MAX_CROPS = {"llava": 1, "llava_next": 5}
 
 
+@dataclass(frozen=True)
+class Method:
+    """One row of the table: a registered method with its default parameters."""
+
+    name: str
+    cls: type
+
+    @property
+    def in_llm(self) -> bool:
+        return self.cls.in_llm
+
+    @property
+    def batched(self) -> bool:
+        return self.cls.supports_batch
+
+    @property
+    def merges(self) -> bool:
+        return self.cls.merges
+
+    def build(self, family: str, per_crop: int | None = None):
+        """Default parameters, `per_crop` tokens per crop of the family's largest split: 8 for
+        pre-LLM methods; 16 for in-LLM ones, whose budget is a layer average (a staged method's
+        first layers always see all 36 tokens of a tiny crop)."""
+        per_crop = per_crop or (16 if self.in_llm else 8)
+        return build_pruner(self.name, budget=per_crop * MAX_CROPS[family])
+
+
+METHODS = [Method(name, cls) for name, cls in PRUNERS.items()]
+PRUNING = [m for m in METHODS if m.name != "none"]  # "none" has no budget to honour
+
+
+def ids(methods):
+    return [pytest.param(m, id=m.name) for m in methods]
+
+
 @pytest.fixture(scope="module")
 def models(tiny_models):
     return tiny_models
@@ -25,16 +65,27 @@ def models(tiny_models):
 
 def keep_all(name: str, family: str):
     """A pruner configured so that it keeps every vision token."""
-    if name == "none":
-        return build_pruner("none")
-    if PRUNERS[name].in_llm:
-        return build_pruner(name, budget=100_000)  # in-LLM: kept counts >= the image span
+    cls = PRUNERS[name]
+    if name == "none" or cls.in_llm:
+        return cls.keep_all()  # the method's own declaration of "keep everything"
     # per-crop budget == crop size; "hf" layout = HF's own packing for LLaVA-NeXT
     return build_pruner(name, budget=TOKENS_PER_CROP * MAX_CROPS[family], next_layout="hf")
 
 
-PRE_LLM = [n for n, c in PRUNERS.items() if not c.in_llm and n != "none"]
-BATCHED = [n for n, c in PRUNERS.items() if c.supports_batch]
+PRE_LLM = [m.name for m in METHODS if not m.in_llm and m.name != "none"]
+IN_LLM = [m for m in METHODS if m.in_llm]
+BATCHED = [m.name for m in METHODS if m.batched]
+
+
+def until_eos(tokens: torch.Tensor, eos) -> list[int]:
+    """Generated ids up to and including the first EOS (padding after it is not the method's)."""
+    stops = {eos} if isinstance(eos, int) else set(eos or ())
+    out = []
+    for t in tokens.tolist():
+        out.append(t)
+        if t in stops:
+            break
+    return out
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -95,8 +146,7 @@ def _img(i):
 @pytest.mark.parametrize("name", [n for n in BATCHED if n != "none"])
 def test_batch_equals_one_by_one(models, family, name):
     model, processor = models[family]
-    budget = 8 * MAX_CROPS[family]
-    pruner = build_pruner(name, budget=budget)
+    pruner = Method(name, PRUNERS[name]).build(family)
     batch = inputs(processor)
     with pruner(model, tokenizer=processor.tokenizer, questions=QUESTIONS):
         together = generate(model, batch)
@@ -106,8 +156,9 @@ def test_batch_equals_one_by_one(models, family, name):
         with pruner(model, tokenizer=processor.tokenizer, questions=[q]):
             alone = generate(model, single)
         assert kept[i] == pruner.last_stats["samples"][0]["vision_tokens"]
-        # the batched row is left-padded; compare the generated tokens only
-        assert together[i].tolist() == alone[0].tolist(), (name, family, i)
+        # the batched row is left-padded and padded again after its EOS: compare up to EOS
+        eos = model.generation_config.eos_token_id
+        assert until_eos(together[i], eos) == until_eos(alone[0], eos), (name, family, i)
 
 
 @pytest.mark.parametrize("name", [n for n, c in PRUNERS.items() if not c.supports_batch])
@@ -125,7 +176,7 @@ def test_deterministic_and_model_unmodified(models, name):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     hooks = lambda: [(n, list(m._forward_pre_hooks), list(m._forward_hooks)) for n, m in model.named_modules()]  # noqa: E731
     hooks_before = hooks()
-    pruner = build_pruner(name, budget=40)
+    pruner = Method(name, PRUNERS[name]).build("llava_next")
     batch = inputs(processor, QUESTIONS[:1])
     runs = []
     for _ in range(2):
@@ -162,7 +213,7 @@ def assert_selecting_every_token_is_identity(name, model, processor):
     for i, q in enumerate(QUESTIONS):
         batch = inputs(processor, [q], imgs=_img(i))
         with torch.no_grad():
-            image = adapter.encode(batch["pixel_values"], batch.get("image_sizes"))[0]
+            image = pruner.encode(adapter, batch["pixel_values"], batch.get("image_sizes"))[0]  # tower signals too
             ids = batch["input_ids"][0]
             ctx = SampleContext(0, ids, q, processor.tokenizer, model.get_input_embeddings(), 0, adapter)
             sel = pruner.select(image, TOKENS_PER_CROP, ctx)
@@ -173,10 +224,68 @@ def assert_selecting_every_token_is_identity(name, model, processor):
             assert torch.equal(adapter.assemble(image, sel, "hf"), adapter.full_sequence(image))
 
 
-SUBSET = [n for n in PRE_LLM if n != "visionzip"]  # visionzip merges: k = n is not the identity
+SUBSET = [n for n in PRE_LLM if not PRUNERS[n].merges]  # merging methods: k = n is not the identity
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("name", SUBSET)
 def test_selecting_every_token_is_identity(models, family, name):
     assert_selecting_every_token_is_identity(name, *models[family])
+
+
+def _decoder_rows(model):
+    """Rows each decoder layer receives in the first (prefill) pass, via forward pre-hooks."""
+    layers = model.model.language_model.layers
+    seen: dict[int, int] = {}
+
+    def hook_for(i):
+        def hook(module, args, kwargs):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            seen.setdefault(i, hidden.shape[1])
+
+        return hook
+
+    handles = [layer.register_forward_pre_hook(hook_for(i), with_kwargs=True) for i, layer in enumerate(layers)]
+    return seen, handles
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("method", ids(IN_LLM))
+def test_in_llm_layers_receive_the_schedule(models, family, method):
+    """Every decoder layer's input holds exactly the vision tokens the method's schedule gives for
+    the budget; the reported per-layer counts and equivalent tokens are those counts."""
+    model, processor = models[family]
+    layers = model.config.text_config.num_hidden_layers
+    for q in range(len(QUESTIONS)):
+        batch = inputs(processor, QUESTIONS[q : q + 1], imgs=None if q == 0 else _img(q))
+        n_text = int((batch["input_ids"] != model.config.image_token_id).sum())
+        pruner = method.build(family)
+        seen, handles = _decoder_rows(model)
+        try:
+            with pruner(model, tokenizer=processor.tokenizer, questions=QUESTIONS[q : q + 1]):
+                generate(model, batch, max_new_tokens=2)
+        finally:
+            for h in handles:
+                h.remove()
+        stats = pruner.last_stats["samples"][0]
+        n = stats["vision_tokens_full"]
+        counted = [seen[i] - n_text for i in range(layers)]
+        assert counted == pruner.layer_schedule(n, model.config), (method.name, family, q)
+        assert counted[0] == n and counted[-1] < n, "the schedule must prune on the tiny models"
+        assert stats["layer_vision_tokens"] == counted
+        assert stats["equivalent_tokens"] == pytest.approx(sum(counted) / layers)
+        assert stats["vision_tokens"] <= counted[-1]  # less if the last layer's output is pruned too
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("method", ids(IN_LLM))
+def test_in_llm_schedule_follows_the_budget(models, family, method):
+    """A larger budget never keeps fewer tokens at any layer and keeps more in total; keep-all
+    keeps the whole span at every layer."""
+    model, _ = models[family]
+    config = model.config
+    n = TOKENS_PER_CROP * MAX_CROPS[family]
+    small, large = method.build(family, 16), method.build(family, 24)
+    s, big = small.layer_schedule(n, config), large.layer_schedule(n, config)
+    assert all(b >= a for a, b in zip(s, big)) and sum(big) > sum(s), (method.name, s, big)
+    assert method.cls.keep_all().layer_schedule(n, config) == [n] * config.text_config.num_hidden_layers

@@ -11,6 +11,7 @@ from mmtok.pruners.sparsevlm import SparseVLMPruner
 from mmtok.selection.sparsevlm import (
     density_peak_clusters,
     layer_counts,
+    pairwise_distance,
     recycle,
     recycled_groups,
     text_raters,
@@ -60,25 +61,103 @@ def test_layer_counts_tables_and_rule():
 
 def test_density_peak_clusters_hand_case():
     x = torch.tensor([[0.0], [1.0], [2.0], [10.0], [11.0], [12.5]])
-    # d = |xi - xj| (D=1). k=2 nearest neighbours: mean squared distances
-    #   0: (1+4)/2=2.5  1: (1+1)/2=1  2: 2.5  10: (1+6.25)/2=3.625  11: (1+2.25)/2=1.625  12.5: 4.25
-    # rho = exp(-that): 1 is densest (delta = max distance 11.5, gamma = 4.23), 11 next (delta 10 to
-    # point 1, gamma 1.97), then 0 and 2 tie (gamma e^-2.5 * 1; 0 wins the tie), 10 and 12.5 below.
-    assert density_peak_clusters(x, 2, k=2).tolist() == [0, 0, 0, 1, 1, 1]
-    # three centres 0, 1 and 11: point 2 is nearer to centre 1 than to centre 0
-    assert density_peak_clusters(x, 3, k=2).tolist() == [0, 1, 1, 2, 2, 2]
-    assert density_peak_clusters(x, 6, k=2).tolist() == [0, 1, 2, 3, 4, 5]
+    # d = |xi - xj| (D=1). groups=2 nearest (self included): mean squared distance to self + nearest
+    #   0: 1/2  1: 1/2  2: 1/2  10: 1/2  11: 1/2  12.5: 2.25/2 -> rho = e^-0.5 for all but 12.5
+    # nobody is strictly denser than the five tied rows: their delta is the matrix max 12.5, gamma
+    # 12.5 e^-0.5 (tie -> rows 0 and 1 are the centres, in that order); 12.5's delta is 1.5.
+    # every row joins its nearest centre (0 or 1): 0 -> 0, the rest -> 1
+    assert density_peak_clusters(x, 2).tolist() == [0, 1, 1, 1, 1, 1]
+    x = torch.tensor([[0.0], [1.0], [1.5], [10.0], [11.0], [13.0]])
+    # groups=2: rho_i = exp(-nn_i^2 / 2), nn = 1, .5, .5, 1, 1, 2 -> rows 1 and 2 densest (tied)
+    # delta: rows 1, 2 -> max 13 (gamma 13 e^-.125); 0 -> 1; 10 -> 8.5; 11 -> 9.5; 13 -> 2
+    # gamma: 1 & 2: 11.47 (tie -> 1 first, then 2), 11: 9.5 e^-.5 = 5.76, 10: 8.5 e^-.5 = 5.16
+    assert density_peak_clusters(x, 2).tolist() == [0, 0, 1, 1, 1, 1]
+    # groups=3 (self + 2 nearest): mean sq = 0: 3.25/3, 1: 1.25/3, 1.5: 2.5/3, 10: 10/3, 11: 5/3, 13: 13/3
+    # delta: 1 -> 13 (densest), 1.5 -> .5, 0 -> 1, 11 -> 9.5, 10 -> 1, 13 -> 2
+    # gamma: 1: 8.57, 11: 1.79, 0: .338, 1.5: .217, ... -> centres 1, 11, 0 (ids 0, 1, 2)
+    assert density_peak_clusters(x, 3).tolist() == [2, 0, 0, 1, 1, 1]
+    # groups=6 (all rows): sum sq = 393.25, 326.25, 297.25, 263.25, 316.25, 458.25 -> density order
+    # 10, 1.5, 11, 1, 0, 13; delta 13, 8.5, 1, .5, 1, 2 -> gamma in the same order: ids by it
+    assert density_peak_clusters(x, 6).tolist() == [4, 3, 1, 0, 2, 5]
+    with pytest.raises(ValueError, match="groups must be <= 6"):
+        density_peak_clusters(x, 7)
 
 
 def test_recycle_means_of_the_top_scored_pruned_tokens():
     assert recycled_groups(0) == (0, 0)
-    assert recycled_groups(10) == (3, 1)  # ceil(30% of 10) = 3 tokens, 3 // 10 + 1 = 1 cluster
-    assert recycled_groups(34) == (11, 2)  # ceil(10.2) = 11 tokens, 2 clusters
+    assert recycled_groups(1) == (1, 1)
+    assert recycled_groups(10) == (4, 1)  # int(3.0000000000000004) + 1 = 4 tokens, int(0.4) + 1 = 1 cluster
+    assert recycled_groups(34) == (11, 2)  # int(10.2) + 1 = 11 tokens, int(1.1) + 1 = 2 clusters
+    assert recycled_groups(273) == (82, 9)  # LLaVA-1.5 at 128, layer 2: 576 - 303 pruned
     tokens = torch.tensor([[0.0, 0.0], [5.0, 5.0], [1.0, 1.0], [9.0, 9.0], [2.0, 0.0], [7.0, 7.0], [0.0, 3.0]])
     scores = torch.tensor([0.1, 0.9, 0.2, 0.8, 0.05, 0.7, 0.0])
-    # 7 pruned -> top 3 by score: rows 1, 3, 5 -> one cluster -> their mean
-    torch.testing.assert_close(recycle(tokens, scores), torch.tensor([[7.0, 7.0]]))
+    # 7 pruned -> int(2.1) + 1 = 3 top by score: rows 1, 3, 5 -> one cluster -> sum / (3 + 1e-6)
+    torch.testing.assert_close(recycle(tokens, scores), torch.tensor([[21.0, 21.0]]) / (3 + 1e-6))
     assert recycle(tokens[:0], scores[:0]).shape == (0, 2)
+
+
+def _release_cluster_and_merge(x: torch.Tensor, cluster_num: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A plain re-implementation of the release's `cluster_and_merge` (batch 1, without its
+    `rand * 1e-6` density noise): (cluster id per row, merged tokens)."""
+    n, c = x.shape
+    dist = torch.zeros(n, n, dtype=x.dtype)
+    for i in range(n):
+        for j in range(n):
+            dist[i, j] = (x[i] - x[j]).norm(p=2)
+    dist = dist / (c**0.5)
+    density = torch.empty(n, dtype=x.dtype)
+    for i in range(n):
+        nearest = sorted(dist[i].tolist())[:cluster_num]
+        density[i] = torch.tensor(nearest, dtype=x.dtype).pow(2).mean().neg().exp()
+    dist_max = dist.max()
+    parent = torch.empty(n, dtype=x.dtype)
+    for i in range(n):
+        denser = [dist[i, j] for j in range(n) if density[j] > density[i]]
+        parent[i] = min(denser) if denser else dist_max
+    score = (parent * density).tolist()
+    centres = sorted(range(n), key=lambda i: (-score[i], i))[:cluster_num]
+    assign = []
+    for i in range(n):
+        to_centre = [float(dist[ctr, i]) for ctr in centres]
+        assign.append(to_centre.index(min(to_centre)))
+    for g, ctr in enumerate(centres):
+        assign[ctr] = g
+    merged = torch.zeros(cluster_num, c, dtype=x.dtype)
+    for g in range(cluster_num):
+        members = [i for i in range(n) if assign[i] == g]
+        for i in members:
+            merged[g] += x[i] * (1 / (len(members) + 1e-6))
+    return torch.tensor(assign), merged
+
+
+def _release_recycle(tokens: torch.Tensor, scores: torch.Tensor) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+    """The release's recycling step on the pruned tokens (image order) and their scores."""
+    m = tokens.shape[0]
+    n = int(m * 0.3) + 1
+    top = sorted(range(m), key=lambda i: (-float(scores[i]), i))[:n]
+    cluster_num = int(n / 10) + 1
+    assign, merged = _release_cluster_and_merge(tokens[top], cluster_num)
+    return top, assign, merged
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_recycle_equals_the_release_rule_on_random_instances(seed):
+    g = torch.Generator().manual_seed(seed)
+    m = [40, 57, 93, 120, 12, 200][seed]
+    # clumpy tokens so that clusters are non-trivial; integer-valued scores force exact score ties
+    centres = torch.randn(5, 16, generator=g) * 3
+    tokens = centres[torch.randint(0, 5, (m,), generator=g)] + torch.randn(m, 16, generator=g)
+    scores = torch.randint(0, 20, (m,), generator=g).float()
+    top, assign, merged = _release_recycle(tokens, scores)
+    chosen = tokens[top]
+    assert density_peak_clusters(chosen, int(len(top) / 10) + 1).tolist() == assign.tolist()
+    torch.testing.assert_close(recycle(tokens, scores), merged, rtol=1e-6, atol=1e-6)
+
+
+def test_pairwise_distance_blocks_match_one_shot():
+    x = torch.randn(300, 1024, generator=torch.Generator().manual_seed(0))  # 300 * 300 * 1024 > 2^26: blocks
+    one_shot = (x[:, None, :] - x[None, :, :]).norm(dim=-1, p=2) / (1024**0.5)
+    assert torch.equal(pairwise_distance(x), one_shot)
 
 
 # -- on the tiny model ------------------------------------------------------------------------------

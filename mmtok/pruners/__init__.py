@@ -1,22 +1,20 @@
-"""Every pruner, found by name. Adding a method = one module with one dataclass + one line here."""
+"""Every pruner, found by name. Adding a method = one module (a dataclass decorated with
+`@register`) + one `configs/pruner/<name>.yaml`; this package imports every module in it."""
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from dataclasses import fields
 
 from mmtok.pruners.base import Pruner
-from mmtok.pruners.divprune import DivPrunePruner
-from mmtok.pruners.fastv import FastVPruner
-from mmtok.pruners.mmtok import MMTokPruner
-from mmtok.pruners.none import NoPruner
-from mmtok.pruners.random import RandomPruner
-from mmtok.pruners.sparsevlm import SparseVLMPruner
-from mmtok.pruners.visionzip import VisionZipPruner
+from mmtok.pruners.registry import PRUNERS, register
 
-PRUNERS: dict[str, type[Pruner]] = {
-    cls.name: cls
-    for cls in (NoPruner, RandomPruner, MMTokPruner, VisionZipPruner, DivPrunePruner, FastVPruner, SparseVLMPruner)
-}
+# infrastructure, not methods
+_NOT_METHODS = {"base", "inllm", "registry"}
+for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
+    if _module not in _NOT_METHODS and not _module.startswith("_"):
+        importlib.import_module(f"{__name__}.{_module}")
 
 
 def pruner_names() -> list[str]:
@@ -35,4 +33,4 @@ def build_pruner(name: str, budget: int | None = None, **params) -> Pruner:
     return cls(budget=budget, **params)
 
 
-__all__ = ["PRUNERS", "Pruner", "build_pruner", "pruner_names"]
+__all__ = ["PRUNERS", "Pruner", "build_pruner", "pruner_names", "register"]

@@ -83,6 +83,7 @@ class Pruner:
     name: ClassVar[str] = ""
     in_llm: ClassVar[bool] = False  # acts inside the LLM (FastV, SparseVLM) rather than before it
     supports_batch: ClassVar[bool] = True
+    merges: ClassVar[bool] = False  # returns new (merged) tokens, so keeping k = n is not the identity
 
     last_stats: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -91,6 +92,13 @@ class Pruner:
             raise ValueError(f"budget must be an integer >= 1 (or None to keep all), got {self.budget!r}")
         if self.next_layout not in LAYOUTS:
             raise ValueError(f"unknown next_layout {self.next_layout!r}; valid: {', '.join(LAYOUTS)}")
+
+    @classmethod
+    def keep_all(cls, **params) -> Pruner:
+        """This method configured to keep every vision token: the unpruned model's generations
+        exactly. `budget=None` by default; a method whose "everything" is a ratio or a schedule
+        overrides this."""
+        return cls(budget=None, **params)
 
     # -- what a method implements ---------------------------------------------------------------
     def select(self, image: ImageCrops, k: int, ctx: SampleContext) -> CropSelection:

@@ -3,6 +3,11 @@
 LLaVA-NeXT: `scope="global"` (the original) selects over the whole packed HF sequence, newline
 tokens included, keeping as many tokens as the per-crop budget gives the image's crops in total
 (so it keeps the same count as MMTok); `scope="crop"` selects per crop like MMTok.
+
+`arithmetic="release"` (default) builds the distance matrix in the input dtype as the release does
+(float16 in real runs), so the picks are the release's; `"float32"` widens it first (exactly
+symmetric distances; in float16 it picks ~15 % different tokens, decided by geometry rather than by
+half-precision ties). See `mmtok.selection.divprune.divprune_select`.
 """
 
 from __future__ import annotations
@@ -14,14 +19,17 @@ import torch
 
 from mmtok.models.adapters import CropSelection, ImageCrops
 from mmtok.pruners.base import Pruner, SampleContext
-from mmtok.selection.divprune import divprune_select
+from mmtok.pruners.registry import register
+from mmtok.selection.divprune import ARITHMETICS, divprune_select
 
 SCOPES = ("global", "crop")
 
 
+@register
 @dataclass
 class DivPrunePruner(Pruner):
     scope: str = "global"
+    arithmetic: str = "release"  # "release" (input dtype, as the authors) or "float32"
 
     name: ClassVar[str] = "divprune"
 
@@ -29,12 +37,14 @@ class DivPrunePruner(Pruner):
         super().__post_init__()
         if self.scope not in SCOPES:
             raise ValueError(f"unknown divprune scope {self.scope!r}; valid: {', '.join(SCOPES)}")
+        if self.arithmetic not in ARITHMETICS:
+            raise ValueError(f"unknown divprune arithmetic {self.arithmetic!r}; valid: {', '.join(ARITHMETICS)}")
 
     def select(self, image: ImageCrops, k: int, ctx: SampleContext) -> CropSelection:
         if self.scope == "crop" or image.num_crops == 1:
-            return CropSelection(indices=list(divprune_select(image.proj, k)))
+            return CropSelection(indices=list(divprune_select(image.proj, k, arithmetic=self.arithmetic)))
         packed = ctx.adapter.full_sequence(image)
         total = k * image.num_crops
         if total >= packed.shape[0]:
             return CropSelection(packed_indices=torch.arange(packed.shape[0], device=packed.device))
-        return CropSelection(packed_indices=divprune_select(packed, total))
+        return CropSelection(packed_indices=divprune_select(packed, total, arithmetic=self.arithmetic))

@@ -28,7 +28,8 @@ from typing import ClassVar
 import torch
 
 from mmtok.models.adapters import max_crops, tokens_per_crop
-from mmtok.pruners.inllm import Cut, InLLMPruner, LayerView
+from mmtok.pruners.inllm import Cut, InLLMPruner, LayerView, keep_vision
+from mmtok.pruners.registry import register
 from mmtok.selection import top_in_order
 
 BUDGET_MODES = ("equivalent", "kept")
@@ -39,6 +40,7 @@ def fastv_keep(scores: torch.Tensor, r: int) -> torch.Tensor:
     return top_in_order(scores, r)
 
 
+@register
 @dataclass
 class FastVPruner(InLLMPruner):
     layer: int = 2  # K: layers >= K see the pruned sequence; scores come from layer K-1
@@ -95,6 +97,11 @@ class FastVPruner(InLLMPruner):
         capacity = tokens_per_crop(config) * max_crops(config)
         self.kept_tokens(capacity, config.text_config.num_hidden_layers, capacity)
 
+    def layer_schedule(self, n: int, config) -> list[int]:
+        layers = config.text_config.num_hidden_layers
+        r = self.kept_tokens(n, layers, tokens_per_crop(config) * max_crops(config))
+        return [n] * self.layer + [min(r, n)] * (layers - self.layer)
+
     def cut(self, step: int, view: LayerView) -> list[Cut]:
         rows = view.stage.rows
         batch = view.hidden.shape[0]
@@ -107,20 +114,6 @@ class FastVPruner(InLLMPruner):
             keep = fastv_keep(score, r)
             scores.append(score.cpu())
             kept.append(keep.cpu())
-            if r >= span.length:
-                cuts.append(Cut())
-                continue
-            device = keep.device
-            cuts.append(
-                Cut(
-                    keep=torch.cat(
-                        [
-                            torch.arange(span.start, device=device),
-                            span.start + keep,
-                            torch.arange(span.start + span.length, rows, device=device),
-                        ]
-                    )
-                )
-            )
+            cuts.append(Cut() if r >= span.length else keep_vision(span, rows, keep))
         self.last_trace.append({"layer": view.index, "scores": scores, "keep": kept})
         return cuts

@@ -92,6 +92,17 @@ def attention_rows(
     return torch.softmax(logits, dim=-1).mean(dim=1)
 
 
+def rotary_keys(layer: nn.Module, hidden: torch.Tensor, position_embeddings) -> torch.Tensor:
+    """The keys [B, S, kv_heads * head_dim] decoder `layer` computes from its input `hidden`
+    (input_layernorm, k_proj, rotary with the layer's cos/sin), heads concatenated per token."""
+    attn = layer.self_attn
+    batch, seq, _ = hidden.shape
+    k = attn.k_proj(layer.input_layernorm(hidden)).view(batch, seq, -1, attn.head_dim).transpose(1, 2)
+    cos, sin = (t.expand(batch, -1, -1).unsqueeze(1) for t in position_embeddings)
+    k = k * cos + _rotate_half(k) * sin
+    return k.transpose(1, 2).reshape(batch, seq, -1)
+
+
 @dataclass
 class Cut:
     """One sample's decision at a prune layer, in that layer's row coordinates.
@@ -102,6 +113,15 @@ class Cut:
 
     keep: torch.Tensor | None = None
     extra: torch.Tensor | None = None
+
+
+def keep_vision(span: ImageSpan, rows: int, keep: torch.Tensor, extra: torch.Tensor | None = None) -> Cut:
+    """The `Cut` that keeps every row outside the vision `span` of a `rows`-row stage, the vision
+    tokens `keep` (ascending indices into the span) and, right after them, the new tokens `extra`."""
+    device = keep.device
+    end = span.start + span.length
+    kept = [torch.arange(span.start, device=device), span.start + keep, torch.arange(end, rows, device=device)]
+    return Cut(keep=torch.cat(kept), extra=extra)
 
 
 @dataclass
@@ -135,11 +155,22 @@ class LayerView:
     stage: Stage
     embeds: torch.Tensor  # layer-0 input (the prompt embeddings) [B, L, D]
     num_layers: int
+    next_layer: nn.Module | None = None  # the decoder layer that receives `out` (None after the last)
+    final_norm: nn.Module | None = None  # the LLM's last RMSNorm (DART compares normalised states)
 
     def attention(self, rows: torch.Tensor) -> torch.Tensor:
         """Head-averaged attention [B, r, P] of `rows` [B, r], recomputed in this layer."""
         return attention_rows(
             self.layer, self.hidden, rows, self.kwargs["position_embeddings"], self.kwargs.get("attention_mask")
+        )
+
+    def next_attention(self, rows: torch.Tensor) -> torch.Tensor:
+        """Head-averaged attention [B, r, P] of `rows` [B, r] in the NEXT layer, from this layer's
+        output (the rows, positions and mask are the same until the cut is applied)."""
+        if self.next_layer is None:
+            raise ValueError(f"layer {self.index} is the last decoder layer: there is no next layer to score with")
+        return attention_rows(
+            self.next_layer, self.out, rows, self.kwargs["position_embeddings"], self.kwargs.get("attention_mask")
         )
 
 
@@ -159,6 +190,12 @@ class InLLMPruner(Pruner):
 
     def cut(self, step: int, view: LayerView) -> list[Cut]:
         """Per sample, what survives the output of prune layer number `step`."""
+        raise NotImplementedError
+
+    def layer_schedule(self, n: int, config) -> list[int]:
+        """Vision tokens in the input of every decoder layer, for an image span of `n` tokens in a
+        model with this HF `config`, as the method's rule for `budget` prescribes. The contract
+        tests count what each layer really receives and compare."""
         raise NotImplementedError
 
     def llm_hooks(self, model: nn.Module, adapter: LlavaAdapter) -> list:
@@ -261,6 +298,8 @@ class LayerDropper:
                 stage=stage,
                 embeds=self.embeds,
                 num_layers=len(self.layers),
+                next_layer=self.layers[index + 1] if index + 1 < len(self.layers) else None,
+                final_norm=self.lm.norm,
             )
             with torch.no_grad():
                 cuts = self.pruner.cut(step, view)

@@ -15,10 +15,12 @@ import torch
 
 from mmtok.models.adapters import CropSelection, ImageCrops
 from mmtok.pruners.base import Pruner, SampleContext
+from mmtok.pruners.registry import register
 from mmtok.selection.mmtok import mmtok_select
 from mmtok.selection.text import question_token_ids
 
 
+@register
 @dataclass
 class MMTokPruner(Pruner):
     """Defaults are the paper's LLaVA-1.5 / LLaVA-NeXT ones (Qwen2.5-VL would use tau_t=0.01)."""

@@ -5,8 +5,10 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from mmtok.pruners.base import Pruner
+from mmtok.pruners.registry import register
 
 
+@register
 @dataclass
 class NoPruner(Pruner):
     name: ClassVar[str] = "none"

@@ -8,9 +8,11 @@ import torch
 
 from mmtok.models.adapters import CropSelection, ImageCrops
 from mmtok.pruners.base import Pruner, SampleContext
+from mmtok.pruners.registry import register
 from mmtok.selection.random import random_select
 
 
+@register
 @dataclass
 class RandomPruner(Pruner):
     name: ClassVar[str] = "random"

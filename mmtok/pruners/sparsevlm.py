@@ -4,10 +4,13 @@
   (`softmax(V T^T)` over text, averaged over vision tokens) is above the mean (`text_raters`).
 * At each pruning layer (default 2, 6, 15) the attention of the rater rows to the current vision
   tokens is recomputed from the layer input, averaged over heads and raters; the top-k vision
-  tokens of the layer's OUTPUT stay (in order). Of the pruned ones, the top 30% by score are
-  clustered (density-peak k-NN, `density_peak_clusters`) and each cluster's mean (of the layer
-  output) is inserted right after the kept vision tokens; recycled tokens count as vision tokens
-  for later pruning layers.
+  tokens of the layer's OUTPUT stay (in order). Recycling follows the release exactly
+  (`mmtok.selection.sparsevlm.recycle`): of the m pruned tokens, the top `int(0.3 m) + 1` by score
+  are clustered into `int(n / 10) + 1` groups by the release's density-peak k-NN (`cluster_num`
+  neighbours, self included; the densest token's distance is the matrix maximum), and each
+  cluster's normalised sum (of the layer output) is inserted right after the kept vision tokens,
+  clusters in centre-score order; recycled tokens count as vision tokens for later pruning layers.
+  One deliberate difference: no `rand * 1e-6` noise on the densities (deterministic instead).
 * Positions are renumbered contiguously after every drop; a decode token's position in a layer is
   that layer's cached length.
 * k per layer: `counts` if given, else `layer_counts(budget, N)` — the v1.5 tables for N=576
@@ -22,10 +25,12 @@ from typing import ClassVar
 
 import torch
 
-from mmtok.pruners.inllm import Cut, InLLMPruner, LayerView
-from mmtok.selection.sparsevlm import layer_counts, recycle, text_raters
+from mmtok.pruners.inllm import Cut, InLLMPruner, LayerView, keep_vision
+from mmtok.pruners.registry import register
+from mmtok.selection.sparsevlm import layer_counts, recycle, recycled_groups, text_raters
 
 
+@register
 @dataclass
 class SparseVLMPruner(InLLMPruner):
     layers: tuple[int, ...] = (2, 6, 15)  # decoder layers whose output is pruned
@@ -59,6 +64,17 @@ class SparseVLMPruner(InLLMPruner):
             return (n,) * len(self.layers)
         return layer_counts(self.budget, n)
 
+    def layer_schedule(self, n: int, config) -> list[int]:
+        vision, schedule = n, []
+        counts = self.layer_counts(n)
+        for i in range(config.text_config.num_hidden_layers):
+            schedule.append(vision)
+            if i in self.layers:
+                k = min(counts[self.layers.index(i)], vision)
+                if k < vision:  # the pruned tokens come back as recycled clusters
+                    vision = k + recycled_groups(vision - k)[1]
+        return schedule
+
     def cut(self, step: int, view: LayerView) -> list[Cut]:
         stage = view.stage
         if view.hidden.shape[0] != 1:
@@ -88,10 +104,4 @@ class SparseVLMPruner(InLLMPruner):
         )
         if k >= span.length:
             return [Cut()]
-        device, end = keep.device, span.start + span.length
-        kept_rows = [
-            torch.arange(span.start, device=device),
-            span.start + keep,
-            torch.arange(end, stage.rows, device=device),
-        ]
-        return [Cut(keep=torch.cat(kept_rows), extra=extra)]
+        return [keep_vision(span, stage.rows, keep, extra)]

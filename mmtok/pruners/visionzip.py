@@ -3,6 +3,12 @@
 It needs, at the CLIP layer LLaVA reads, the CLS query's attention and the head-averaged keys.
 Both are recomputed from that layer's input for the CLS row only (one hook during the tower pass),
 so the tower stays on its fast attention path. Merged tokens go through the projector afterwards.
+
+Budget: `budget` tokens reach the LLM per crop, CLS included (64 = CLS + 53 + 10), which is the
+release's count too: its `visionzip(model, dominant=54, contextual=10)` passes `dominant - 1` to the
+tower, so the authors' "64" is 64 tokens. LLaVA-NeXT: `next_tiles="crop"` (default) concatenates
+each crop's tokens in crop order; `"release"` arranges them as the authors'
+`restore_image_features_sorted` does (`mmtok.selection.visionzip.release_next_order`).
 """
 
 from __future__ import annotations
@@ -14,7 +20,14 @@ import torch
 
 from mmtok.models.adapters import CropSelection, ImageCrops, LlavaAdapter
 from mmtok.pruners.base import Pruner, SampleContext
-from mmtok.selection.visionzip import visionzip_merge, visionzip_split
+from mmtok.pruners.registry import register
+from mmtok.selection.visionzip import (
+    NEXT_TILES,
+    release_next_order,
+    visionzip_dominant_indices,
+    visionzip_merge,
+    visionzip_split,
+)
 
 
 def cls_attention_and_keys(attn: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -28,12 +41,21 @@ def cls_attention_and_keys(attn: torch.nn.Module, x: torch.Tensor) -> tuple[torc
     return probs, k.mean(dim=1)
 
 
+@register
 @dataclass
 class VisionZipPruner(Pruner):
     """Budget per crop is split dominant:contextual as in the paper (64 = 54+10, 128 = 108+20,
     192 = 162+30; other budgets keep the 54:10 ratio, see `visionzip_split`)."""
 
+    next_tiles: str = "crop"  # LLaVA-NeXT: "crop" (crop order) or "release" (the authors' arrangement)
+
     name: ClassVar[str] = "visionzip"
+    merges: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.next_tiles not in NEXT_TILES:
+            raise ValueError(f"unknown visionzip next_tiles {self.next_tiles!r}; valid: {', '.join(NEXT_TILES)}")
 
     def encode(self, adapter: LlavaAdapter, pixel_values, image_sizes) -> list[ImageCrops]:
         attn = adapter.feature_layer_module().self_attn
@@ -66,4 +88,12 @@ class VisionZipPruner(Pruner):
             ]
         )
         projected = ctx.adapter.project(merged.to(image.pre.dtype))
+        if self.next_tiles == "release" and image.num_crops > 1:
+            dom = torch.stack(
+                [visionzip_dominant_indices(image.extras["cls_attention"][c], dominant) for c in range(image.num_crops)]
+            )
+            side = int(round((image.pre.shape[1] - 1) ** 0.5))
+            order = release_next_order(dom.to(projected.device), image.grid, side, contextual)
+            # one packed sequence: the adapter concatenates feature lists, so a single entry is kept as is
+            return CropSelection(features=[projected.reshape(-1, projected.shape[-1])[order]])
         return CropSelection(features=list(projected))

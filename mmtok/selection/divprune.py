@@ -14,7 +14,12 @@ import torch.nn.functional as F
 # Same budget / mask conventions as MMTok, so pruners can swap selectors without new checks.
 from mmtok.selection.mmtok import _as_budget, _exclude_mask
 
-__all__ = ["cosine_distance", "divprune_budget", "divprune_select"]
+__all__ = ["ARITHMETICS", "cosine_distance", "divprune_budget", "divprune_select", "release_distance"]
+
+# "release": the distance matrix in the input dtype, as the authors compute it (float16 in real runs,
+# where its few distinct values make first-index ties decide many picks); "float32": widened and
+# exactly symmetric, so near-ties are decided by the geometry rather than by half-precision rounding.
+ARITHMETICS = ("release", "float32")
 
 
 def divprune_budget(n: int, ratio: float) -> int:
@@ -37,7 +42,22 @@ def cosine_distance(features: torch.Tensor) -> torch.Tensor:
     return 0.5 * (dist + dist.transpose(-1, -2))
 
 
-def divprune_select(features: torch.Tensor, k: int, *, exclude: torch.Tensor | None = None) -> torch.LongTensor:
+def release_distance(features: torch.Tensor) -> torch.Tensor:
+    """`1 - cos` in the input dtype, as the release computes it: rows divided by their norm, one
+    `mm` per sample (not a batched matmul, whose kernel may round differently), not symmetrised."""
+    single = features.dim() == 2
+    feats = features.unsqueeze(0) if single else features
+    out = []
+    for x in feats:
+        unit = x / x.norm(dim=1, keepdim=True)
+        out.append(1.0 - torch.mm(unit, unit.t()))
+    dist = torch.stack(out)
+    return dist[0] if single else dist
+
+
+def divprune_select(
+    features: torch.Tensor, k: int, *, exclude: torch.Tensor | None = None, arithmetic: str = "float32"
+) -> torch.LongTensor:
     """Indices of k tokens chosen by greedy max-min cosine diversity, sorted ascending.
 
     features: `[n, D]` (result `[k]`) or `[B, n, D]` (result `[B, k]`), the projected tokens.
@@ -49,7 +69,16 @@ def divprune_select(features: torch.Tensor, k: int, *, exclude: torch.Tensor | N
     mask the diagonal explicitly so exact duplicates cannot confuse it). Later steps pick the token
     with the largest minimum distance to the selected set. Chosen tokens are masked explicitly
     (the release relies on their zero self-distance), ties go to the lowest index.
+
+    `arithmetic="float32"` (above) widens the distances; `"release"` reproduces the release's
+    numbers instead: `release_distance` in the input dtype, the seed score literally the
+    second-smallest entry of each column (self included, whatever half precision makes of the
+    diagonal), the running minimum in that dtype. Its picks equal the release's whenever the
+    release picks k distinct tokens (it could re-pick a chosen token only if every other score were
+    at most that token's own rounded self-distance; we never re-pick).
     """
+    if arithmetic not in ARITHMETICS:
+        raise ValueError(f"unknown divprune arithmetic {arithmetic!r}; valid: {', '.join(ARITHMETICS)}")
     if features.dim() not in (2, 3):
         raise ValueError(f"features must be [n, D] or [B, n, D], got shape {tuple(features.shape)}")
     single = features.dim() == 2
@@ -65,17 +94,23 @@ def divprune_select(features: torch.Tensor, k: int, *, exclude: torch.Tensor | N
     if k < 1 or k > selectable:
         raise ValueError(f"k must satisfy 1 <= k <= {selectable} selectable tokens (n={n}), got k={k}")
 
-    dist = cosine_distance(feats)
-    inf = torch.tensor(float("inf"), device=device)
-    eye = torch.eye(n, dtype=torch.bool, device=device)
-    # Nearest-neighbour distance over the other, non-excluded tokens (+inf if there is none).
-    neighbour_blocked = eye.unsqueeze(0) | forbidden.unsqueeze(1)
-    score = dist.masked_fill(neighbour_blocked, inf).amin(dim=-1)
+    inf = float("inf")
+    if arithmetic == "release":
+        dist = release_distance(feats)
+        # column j's second-smallest entry over the non-excluded rows i, self included
+        column = dist.masked_fill(forbidden.unsqueeze(2), inf)
+        score = column.topk(2, dim=1, largest=False).values[:, 1] if n > 1 else column[:, 0]
+    else:
+        dist = cosine_distance(feats)
+        eye = torch.eye(n, dtype=torch.bool, device=device)
+        # Nearest-neighbour distance over the other, non-excluded tokens (+inf if there is none).
+        neighbour_blocked = eye.unsqueeze(0) | forbidden.unsqueeze(1)
+        score = dist.masked_fill(neighbour_blocked, inf).amin(dim=-1)
     blocked = forbidden.clone()
 
     picks = torch.empty(batch, k, dtype=torch.long, device=device)
     for step in range(k):
-        j = score.masked_fill(blocked, -inf).argmax(dim=-1)
+        j = score.masked_fill(blocked, -inf).argmax(dim=-1)  # first maximum, as the release's argmax
         picks[:, step] = j
         blocked.scatter_(1, j.unsqueeze(1), True)
         row = dist.gather(1, j.view(batch, 1, 1).expand(batch, 1, n)).squeeze(1)

@@ -11,11 +11,10 @@ from fractions import Fraction
 
 import torch
 
-from mmtok.selection import top_in_order
-
 __all__ = [
     "COUNT_TABLES",
     "density_peak_clusters",
+    "pairwise_distance",
     "layer_counts",
     "recycle",
     "recycled_groups",
@@ -30,8 +29,7 @@ COUNT_TABLES: dict[int, tuple[int, int, int]] = {
     128: (303, 110, 36),
     192: (300, 200, 110),
 }
-RECYCLE_PERCENT = 30  # share of the pruned tokens (highest scores first) that gets recycled
-NEIGHBOURS = 5  # k of the k-NN local density
+RECYCLE_SHARE = 0.3  # share of the pruned tokens (highest scores first) that gets recycled
 
 
 def text_raters(vision: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
@@ -77,56 +75,70 @@ def layer_counts(budget: int | None, n: int) -> tuple[int, int, int]:
     raise AssertionError("unreachable: r lies in [0, 576)")
 
 
-def density_peak_clusters(x: torch.Tensor, groups: int, k: int = NEIGHBOURS) -> torch.Tensor:
-    """Cluster id (0..groups-1) of every row of `x` [n, D] by density-peak k-NN clustering.
+def pairwise_distance(x: torch.Tensor) -> torch.Tensor:
+    """`||x_i - x_j|| / sqrt(D)` for the rows of `x` [n, D], in `x`'s dtype, as the release computes it
+    (the norm of the broadcast difference, not `cdist`'s expansion). Rows go in blocks so that the
+    [rows, n, D] difference stays near 64 Mi elements (LLaVA-NeXT recycles hundreds of tokens)."""
+    n, width = x.shape
+    step = max(1, (1 << 26) // max(1, n * width))
+    rows = [(x[i : i + step, None, :] - x[None, :, :]).norm(dim=-1, p=2) for i in range(0, n, step)]
+    return torch.cat(rows) / (width**0.5) if rows else x.new_zeros(0, 0)
 
-    Exact definition (deterministic, ties to the lower index):
-      d_ij   = ||x_i - x_j|| / sqrt(D)                       (Euclidean, as in TCFormer's DPC-kNN)
-      rho_i  = exp(-mean of d_ij^2 over the k nearest j != i), k = min(k, n - 1)
-      j is denser than i if rho_j > rho_i, or rho_j == rho_i and j < i (a strict total order)
-      delta_i = min d_ij over the denser j; for the densest point, max_j d_ij
-      centres = the `groups` points with the largest rho_i * delta_i
-      each point joins its nearest centre (a centre joins itself)
-    Clusters are numbered by their centre's row order.
+
+def density_peak_clusters(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """Cluster id (0..groups-1) of every row of `x` [n, D], the release's DPC-kNN (`cluster_and_merge`).
+
+    In `x`'s dtype, exactly as the release computes it:
+      d_ij    = ||x_i - x_j|| / sqrt(D)                           (`pairwise_distance`)
+      rho_i   = exp(-mean of d_ij^2 over the `groups` nearest j, i itself included)
+      delta_i = min over the strictly denser j of d_ij; the max of the whole matrix where none is
+      centres = the `groups` rows with the largest rho_i * delta_i, in that order (cluster 0 = best)
+      each row joins its nearest centre (the earlier centre on ties); a centre joins itself.
+    The release adds `rand * 1e-6` to rho to break density ties at random; we add nothing, so the
+    result is deterministic and tied densities are simply not "denser" than each other (the
+    release's rule with zero noise). Ties in rho * delta go to the lower row.
     """
     n = x.shape[0]
     if groups < 1:
         raise ValueError(f"groups must be >= 1, got {groups}")
-    if groups >= n:
-        return torch.arange(n, device=x.device)
-    x = x.float()
-    d = torch.cdist(x, x) / math.sqrt(x.shape[1])
-    knn = d.clone().fill_diagonal_(float("inf")).topk(min(k, n - 1), dim=-1, largest=False).values
-    rho = torch.exp(-(knn**2).mean(dim=-1))
-    idx = torch.arange(n, device=x.device)
-    denser = (rho[None, :] > rho[:, None]) | ((rho[None, :] == rho[:, None]) & (idx[None, :] < idx[:, None]))
-    delta = torch.where(denser, d, torch.full_like(d, float("inf"))).min(dim=-1).values
-    delta = torch.where(torch.isinf(delta), d.max(dim=-1).values, delta)
-    gamma = rho * delta
-    centres = top_in_order(gamma, groups)
-    assign = d[:, centres].argmin(dim=-1)  # first (lower-numbered) centre on ties
+    if groups > n:
+        raise ValueError(f"groups must be <= {n} rows, got {groups}")
+    d = pairwise_distance(x)
+    nearest = d.topk(groups, dim=-1, largest=False).values  # the values do not depend on tie order
+    rho = (-(nearest**2).mean(dim=-1)).exp()
+    denser = (rho[None, :] > rho[:, None]).to(d.dtype)
+    delta = (d * denser + d.max() * (1 - denser)).min(dim=-1).values
+    gamma = delta * rho
+    centres = torch.sort(gamma, descending=True, stable=True).indices[:groups]
+    assign = d[centres].argmin(dim=0)  # first (better-scored) centre on ties
     assign[centres] = torch.arange(groups, device=x.device)
     return assign
 
 
 def recycled_groups(pruned: int) -> tuple[int, int]:
-    """(tokens recycled, clusters) for `pruned` dropped tokens: the top ceil(30%) are recycled
-    into n // 10 + 1 clusters (at most n); nothing when nothing was pruned."""
-    n = -(-pruned * RECYCLE_PERCENT // 100)
-    return n, (min(n, n // 10 + 1) if n else 0)
+    """(tokens recycled, clusters) for `pruned` dropped tokens, the release's rule: the top
+    `int(0.3 * m) + 1` by score are recycled into `int(n / 10) + 1` clusters; nothing when nothing
+    was pruned."""
+    if pruned == 0:
+        return 0, 0
+    n = int(pruned * RECYCLE_SHARE) + 1
+    return n, int(n / 10) + 1
 
 
 def recycle(tokens: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-    """Recycled tokens [g, D] from the pruned `tokens` [m, D] and their attention `scores` [m]:
-    the top 30% by score (ties to the lower index) are clustered with `density_peak_clusters` and
-    every cluster is replaced by the plain mean of its members (computed in float32)."""
+    """Recycled tokens [g, D] from the pruned `tokens` [m, D] (in image order) and their attention
+    `scores` [m], as the release computes them: the top `int(0.3 m) + 1` by score (in descending
+    score order, ties to the lower index) are clustered with `density_peak_clusters` in the tokens'
+    dtype, and each cluster becomes `sum of members * 1 / (size + 1e-6)`. Clusters come out in
+    centre-score order. The sum runs per cluster in member order (the release's `index_add_` is
+    unordered on GPU), so the result is deterministic."""
     n, groups = recycled_groups(tokens.shape[0])
     if n == 0:
         return tokens[:0]
-    # kept in the tokens' own order so that the clusters come out in image order
-    top = top_in_order(scores.float(), n)
-    chosen = tokens[top].float()
+    top = torch.sort(scores, descending=True, stable=True).indices[:n]
+    chosen = tokens[top]
     assign = density_peak_clusters(chosen, groups)
-    sums = torch.zeros(groups, tokens.shape[1], device=tokens.device).index_add_(0, assign, chosen)
-    sizes = torch.bincount(assign, minlength=groups).clamp(min=1).unsqueeze(1)
-    return (sums / sizes).to(tokens.dtype)
+    sizes = torch.bincount(assign, minlength=groups).to(chosen.dtype)
+    weight = torch.ones_like(sizes) / (sizes + 1e-6)
+    scaled = chosen * weight[assign, None]
+    return torch.stack([scaled[assign == g].sum(dim=0) for g in range(groups)])

@@ -5,8 +5,9 @@ Inputs include the CLS token at index 0 because VisionZip keeps it as the first 
 
 Conventions (baselines.md, checked against the authors' release):
 - `dominant` counts CLS: CLS plus the top (dominant - 1) patches by CLS attention summed over
-  heads. The release's own `dominant` argument counts patches only and prepends CLS on top; we
-  count CLS so that dominant + contextual is exactly the number of tokens the LLM receives.
+  heads. This is the release's own count: its public `visionzip(model, dominant=54,
+  contextual=10)` passes `dominant - 1` to the tower, which keeps CLS + 53 patches + 10
+  contextual = 64 tokens, so the authors' "64" and ours are the same 64 tokens.
 - Contextual targets: over the r remaining (non-dominant) tokens in original order, the positions
   `arange(0, r, max(1, r // contextual))[:contextual]` (the release's uniform stride).
 - Every other remaining token is assigned to its most cosine-similar target on the head-averaged
@@ -22,7 +23,18 @@ import torch.nn.functional as F
 
 from mmtok.selection import top_in_order
 
-__all__ = ["visionzip_dominant_indices", "visionzip_merge", "visionzip_split", "visionzip_targets"]
+__all__ = [
+    "NEXT_TILES",
+    "release_next_order",
+    "visionzip_dominant_indices",
+    "visionzip_merge",
+    "visionzip_split",
+    "visionzip_targets",
+]
+
+# LLaVA-NeXT arrangement of the per-crop VisionZip tokens: "crop" concatenates each crop's
+# [dominant, contextual] in crop order; "release" is the authors' `restore_image_features_sorted`.
+NEXT_TILES = ("crop", "release")
 
 
 def visionzip_split(budget: int) -> tuple[int, int]:
@@ -121,3 +133,35 @@ def visionzip_merge(
     counts = torch.bincount(assignment, minlength=contextual).clamp_min(1).unsqueeze(1)
     contextual_tokens = features[targets].float() + sums / counts
     return torch.cat([dominant_tokens, contextual_tokens.to(features.dtype)])
+
+
+def release_next_order(dominant_idx: torch.Tensor, grid: tuple[int, int], side: int, contextual: int) -> torch.Tensor:
+    """Order, as indices into the crops' stacked VisionZip tokens `[c * (d + contextual)]`, in which
+    the release (`restore_image_features_sorted`, LLaVA-NeXT "spatial_unpad") hands them to the LLM.
+
+    dominant_idx: `[c, d]` each crop's dominant token indices (CLS = 0 first, then patches
+                  ascending, as `visionzip_dominant_indices`); crop 0 is the base image, crops
+                  1.. are the tiles of a `grid` = (rows, cols) arrangement, `side` x `side` patches each.
+    The release keeps the base crop's tokens as they are ([CLS, dominant patches, contextual]);
+    then the tiles' dominant patches at their places on the stitched (rows * side) x (cols * side)
+    grid, read in raster order; then every tile's CLS (tile order); then every tile's contextual
+    tokens (tile order). No image-newline tokens (the release builds one but never inserts it).
+    """
+    c, d = dominant_idx.shape
+    rows, cols = grid
+    if c - 1 != rows * cols:
+        raise ValueError(f"{c} crops do not fit a base image + a {rows} x {cols} tile grid")
+    per = d + contextual
+    device = dominant_idx.device
+    base = torch.arange(per, device=device)
+    tiles = torch.arange(1, c, device=device)
+    patch = dominant_idx[1:, 1:] - 1  # [tiles, d - 1] patch positions within each tile
+    tile_row, tile_col = (tiles - 1) // cols, (tiles - 1) % cols
+    y = tile_row[:, None] * side + patch // side
+    x = tile_col[:, None] * side + patch % side
+    raster = (y * cols * side + x).flatten()
+    slots = (tiles[:, None] * per + torch.arange(1, d, device=device)).flatten()
+    spatial = slots[torch.argsort(raster)]
+    cls = tiles * per
+    ctx = (tiles[:, None] * per + d + torch.arange(contextual, device=device)).flatten()
+    return torch.cat([base, spatial, cls, ctx])
