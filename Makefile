@@ -12,7 +12,7 @@ LOCK   ?= cpu
 LOCKFILE := requirements/$(if $(filter cuda,$(LOCK)),lock-cuda.txt,lock.txt)
 ARGS   ?=
 
-.PHONY: help venv lock lock-check lint format test run table1 bench clean distclean
+.PHONY: help venv lock lock-check lint format test run table1 bench testbed testbed-table clean distclean
 
 help:
 	@echo "make test    create .venv from the lock if missing, run the whole test suite"
@@ -20,6 +20,8 @@ help:
 	@echo "make lock    recompile requirements/lock.txt and lock-cuda.txt from pyproject.toml (needs the registry)"
 	@echo "make lint    ruff check + ruff format --check"
 	@echo "make table1  the paper's Table-1 sweep on LLaVA-1.5-7B (GPU + pre-downloaded weights); ARGS='hydra/launcher=slurm ...'"
+	@echo "make testbed        train the testbed LLaVA on synthetic scenes from scratch on CPU (-> results/testbed/model)"
+	@echo "make testbed-table  every pruner x budget on scenes_pope / scenes_gqa (-> results/testbed/table.{md,csv,png})"
 	@echo "make bench   selection latency and time-to-first-token per pruner, side by side (scripts/bench_*.py)"
 	@echo "make clean   remove caches, Hydra outputs and the tiny checkpoints / testbeds (keeps .venv and results/)"
 
@@ -65,6 +67,13 @@ table1: venv
 bench: venv
 	$(PY) scripts/bench_selection.py
 	$(PY) scripts/bench_prefill.py
+
+# Both stages run at once, one thread each (python -m mmtok.testbed.train --help for the step counts).
+testbed: venv
+	$(PY) -m mmtok.testbed.train --out results/testbed/model $(ARGS)
+
+testbed-table: venv
+	$(PY) -m mmtok.testbed.table --out results/testbed $(ARGS)
 
 clean:
 	rm -rf .cache outputs multirun .pytest_cache
