@@ -15,7 +15,8 @@ from mmtok.testbed.scenes import COLOR_NAMES, GRID, Obj, Scene, counts, flip, la
 
 def test_label_grid_is_the_majority_colour_of_each_patch():
     # a red square covering cells (1..2, 1..2) exactly, and a blue one covering half of a cell only
-    scene = Scene((Obj("red", "rect", (14, 14, 42, 42), False), Obj("blue", "rect", (70, 0, 77, 14), False)), (200,) * 3, 0)
+    objects = (Obj("red", "rect", (14, 14, 42, 42), False), Obj("blue", "rect", (70, 0, 77, 14), False))
+    scene = Scene(objects, (200,) * 3, 0)
     labels = label_grid(scene)
     assert labels.shape == (GRID, GRID)
     red = COLOR_NAMES.index("red") + 1
