@@ -367,7 +367,7 @@ def main(argv=None) -> None:
     parser.add_argument("--work", default=".cache/testbed_train")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lm-steps", type=int, default=700, help="steps of the final 24x24 phase")
-    parser.add_argument("--vision-steps", type=int, default=1200)
+    parser.add_argument("--vision-steps", type=int, default=1500)
     parser.add_argument("--stage", choices=("all", "lm", "vision", "assemble"), default="all")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
