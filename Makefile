@@ -16,11 +16,11 @@ TABLES := table1 table17 table18 table19 table5 table8
 # The experiments that fill each table (table5 has a LLaVA-1.5 and a LLaVA-NeXT half).
 EXPERIMENTS_table5 := table5 table5_next
 
-.PHONY: help venv lock lock-check lint format test test-slurm run bench clean distclean tables index plots status $(TABLES) tiny
+.PHONY: help venv lock lock-check lint format test test-slurm run bench testbed testbed-table clean distclean tables index plots status $(TABLES) tiny
 
 help:
 	@echo "make test    create .venv from the lock if missing, run the whole test suite"
-	@echo "make run     create .venv from the lock if missing, run the embedded default (tiny LLaVA, MMTok, local POPE, CPU, offline)"
+	@echo "make run     create .venv from the lock if missing, run the embedded default (trained testbed LLaVA, MMTok, scenes_pope, CPU, offline)"
 	@echo "make lock    recompile requirements/lock.txt and lock-cuda.txt from pyproject.toml (needs the registry)"
 	@echo "make lint    ruff check + ruff format --check"
 	@echo "make table1  run the Table-1 sweep (resumes; GPU + pre-downloaded weights), then write results/tables/table1.md/.csv"
@@ -29,6 +29,8 @@ help:
 	@echo "make tables  write every table from the runs that exist (starts nothing); make plots: PNGs beside them"
 	@echo "make index   rebuild results/runs.csv from the run folders; make status: which cells are missing"
 	@echo "make test-slurm  install Debian's slurm + munge (root), start a one-node cluster, submit a tiny sweep"
+	@echo "make testbed        train the testbed LLaVA on synthetic scenes from scratch on CPU (-> results/testbed/model)"
+	@echo "make testbed-table  every pruner x budget on scenes_pope / scenes_gqa (-> results/testbed/table.{md,csv,png})"
 	@echo "make bench   selection latency and time-to-first-token per pruner, side by side (scripts/bench_*.py)"
 	@echo "make clean   remove caches, Hydra outputs and the tiny checkpoints / testbeds (keeps .venv and results/)"
 
@@ -96,6 +98,13 @@ status: venv
 bench: venv
 	$(PY) scripts/bench_selection.py
 	$(PY) scripts/bench_prefill.py
+
+# Both stages run at once, one thread each (python -m mmtok.testbed.train --help for the step counts).
+testbed: venv
+	$(PY) -m mmtok.testbed.train --out results/testbed/model $(ARGS)
+
+testbed-table: venv
+	$(PY) -m mmtok.testbed.table --out results/testbed $(ARGS)
 
 clean:
 	rm -rf .cache outputs multirun .pytest_cache

@@ -34,7 +34,7 @@ DTYPES = ("float16", "bfloat16", "float32", "auto")
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
 TINY_FAMILIES = ("llava", "llava_next")
 SUMMARIES = ("pope", "gqa", "mme")
-TESTBEDS = ("pope", "gqa", "mme")
+TESTBEDS = ("pope", "gqa", "mme", "scenes_pope", "scenes_gqa")
 _DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
 _HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -114,6 +114,8 @@ def register() -> None:
     from hydra.core.config_store import ConfigStore
 
     ConfigStore.instance().store(name="run_schema", node=RunConfig)
+    # `${mmtok_root:}`: the repository root, so a committed checkpoint loads from any working folder
+    OmegaConf.register_new_resolver("mmtok_root", lambda: str(ROOT), replace=True)
 
 
 register()

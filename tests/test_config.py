@@ -18,9 +18,12 @@ LMMS_TASKS = Path(__import__("lmms_eval").__file__).parent / "tasks"
 # -- the tree -------------------------------------------------------------------------------------
 def test_default_config_is_the_embedded_offline_run():
     cfg = compose([])
-    assert cfg.model.name == "tiny_llava" and cfg.model.tiny == "llava"
+    # the trained testbed LLaVA, committed in the repository, from any working folder
+    assert cfg.model.name == "testbed_llava" and cfg.model.tiny is None
+    assert Path(cfg.model.path) == ROOT / "results" / "testbed" / "model"
+    assert (Path(cfg.model.path) / "model.safetensors").is_file()
     assert cfg.pruner.name == "mmtok" and cfg.budget == 16
-    assert cfg.benchmark.name == "pope_local" and cfg.benchmark.testbed == "pope"
+    assert cfg.benchmark.name == "scenes_pope" and cfg.benchmark.testbed == "scenes_pope"
     assert cfg.device == "cpu" and cfg.model.dtype == "float32"
     assert cfg.wandb.mode == "offline" and cfg.force is False
     validate(cfg)

@@ -299,7 +299,16 @@ def _mme(out_dir: Path, n: int, rng: random.Random) -> list[Path]:
     return [path]
 
 
-_BUILDERS = {"pope": _pope, "gqa": _gqa, "mme": _mme}
+def _scenes(kind: str):
+    def build(out_dir: Path, n: int, rng: random.Random) -> list[Path]:
+        from mmtok.testbed import tasks  # the trained testbed's scenes (imports this module)
+
+        return getattr(tasks, f"build_scenes_{kind}")(out_dir, n, rng)
+
+    return build
+
+
+_BUILDERS = {"pope": _pope, "gqa": _gqa, "mme": _mme, "scenes_pope": _scenes("pope"), "scenes_gqa": _scenes("gqa")}
 
 
 def build_testbed(out_dir: str | Path, name: str, *, n: int = 60, seed: int = 0) -> Testbed:

@@ -48,6 +48,15 @@ BENCHMARKS = {
         image_file="mmtok_gqa_testdev_balanced_images.parquet",
     ),
     "mme": Benchmark("mme", "mmtok_mme", "mme.yaml", "mmtok_mme_test.parquet"),
+    # the trained testbed's scenes (mmtok/testbed): same formats and templates, own task names
+    "scenes_pope": Benchmark("pope", "mmtok_scenes_pope", "pope.yaml", "mmtok_scenes_pope_test.parquet"),
+    "scenes_gqa": Benchmark(
+        "gqa",
+        "mmtok_scenes_gqa",
+        "gqa.yaml",
+        "mmtok_scenes_gqa_testdev_balanced_instructions.parquet",
+        image_file="mmtok_scenes_gqa_testdev_balanced_images.parquet",
+    ),
 }
 
 
