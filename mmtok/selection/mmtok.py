@@ -191,50 +191,49 @@ def _dense_greedy(Ct: torch.Tensor, k: int, forbidden: torch.Tensor) -> torch.Te
 def _lazy_greedy(Ct: torch.Tensor, k: int, forbidden: torch.Tensor, block: int | None = None) -> list[int]:
     """The dense greedy's picks for one crop (`Ct`: `[n, R]`), scoring few columns per step.
 
-    Stale gains are exact upper bounds (see `_gains`). Each round sorts the bounds (stable, so
-    equal bounds keep index order), scores the `block` best columns with fresh gains and picks the
-    best of them (lowest index among equal gains) as long as it beats every column outside the
-    block on (gain, -index): its fresh gain above their largest bound, or equal to it with a lower
-    index than the first column holding that bound. Then the dense greedy would pick it too. When
-    the block cannot decide, one dense step scores every column, which also refreshes all bounds.
-    Picks are therefore the dense greedy's, bit for bit; the block keeps most steps at O(block * R)
-    instead of O(n * R).
+    Stale gains are exact upper bounds (see `_gains`). Step 1 scores every column. Then each round
+    sorts the bounds (stable: equal bounds keep index order), scores the `block` best columns with
+    fresh gains and picks the best of them (lowest index among equal gains) as long as it beats
+    every column outside the block on (gain, -index): a fresh gain above their largest bound, or
+    equal to it with a lower index than the first column holding that bound. The dense greedy
+    would pick it too. When the block cannot decide, its best fresh gain g is a lower bound of
+    the step's winner, so only the columns whose bound reaches g can win: exactly those are
+    scored (their fresh gains become their bounds) and the best of them is picked. Picks are the
+    dense greedy's, bit for bit, and most steps cost O(block * R) instead of O(n * R).
     """
     n, _ = Ct.shape
     block = LAZY_BLOCK if block is None else block
     neg = float("-inf")
     best = Ct.new_zeros(Ct.shape[1])
     dead = forbidden.clone()
+    bounds = _gains(Ct, best).masked_fill_(dead, neg)
     avail = n - int(dead.sum())
     picks: list[int] = []
-    pending: list[int] = []  # picked since the bounds were last masked
+    pending: list[int] = []  # picked since `bounds` and `dead` were last updated
 
-    def dense_step() -> None:
-        nonlocal bounds, avail
-        bounds = _gains(Ct, best).masked_fill_(dead, neg)
-        j = int(bounds.argmax())
+    def take(j: int, col: torch.Tensor) -> None:
+        nonlocal avail
         picks.append(j)
+        pending.append(j)
         avail -= 1
-        bounds[j] = neg
-        dead[j] = True
-        torch.maximum(best, Ct[j], out=best)
+        torch.maximum(best, col, out=best)
 
-    bounds = best  # replaced by the first dense step
-    dense_step()
-    while len(picks) < k:
+    def flush() -> None:
         if pending:
             gone = torch.tensor(pending, device=Ct.device)
             bounds.index_fill_(0, gone, neg)
             dead.index_fill_(0, gone, True)
             pending.clear()
+
+    j = int(bounds.argmax())  # step 1 is a dense step: every bound is a fresh gain
+    take(j, Ct[j])
+    while len(picks) < k:
+        flush()
         size = min(block, avail)
-        order = torch.sort(bounds, descending=True, stable=True).indices[: size + 1].tolist()
-        members = order[:size]
-        if avail > size:
-            first_out = order[size]
-            bound_out = float(bounds[first_out])
-        else:
-            first_out, bound_out = n, neg
+        values, order = torch.sort(bounds, descending=True, stable=True)
+        head = order[: size + 1].tolist()
+        members = head[:size]
+        first_out, bound_out = (head[size], float(values[size])) if avail > size else (n, neg)
         cols = Ct[members]
         alive = [True] * size
         while len(picks) < k:
@@ -248,19 +247,20 @@ def _lazy_greedy(Ct: torch.Tensor, k: int, forbidden: torch.Tensor, block: int |
             if top < 0:
                 break  # every member picked: new round
             g, j = gains[top], members[top]
-            if not (g > bound_out or (g == bound_out and j < first_out)):
-                # Undecided: a column outside the block may win. One dense step settles it and
-                # refreshes every bound (the pending picks only need to be marked dead first).
-                if pending:
-                    dead.index_fill_(0, torch.tensor(pending, device=Ct.device), True)
-                    pending.clear()
-                dense_step()
-                break
-            picks.append(j)
-            pending.append(j)
-            alive[top] = False
-            avail -= 1
-            torch.maximum(best, cols[top], out=best)
+            if g > bound_out or (g == bound_out and j < first_out):
+                alive[top] = False
+                take(j, cols[top])
+                continue
+            # Undecided. Only columns whose bound reaches g can beat the member holding g.
+            flush()
+            reach = int((values >= g).sum())
+            cand = order[:reach].sort().values  # index order, so argmax breaks ties to the lowest
+            fresh = _gains(Ct[cand], best).masked_fill_(dead[cand], neg)
+            bounds.index_copy_(0, cand, fresh)
+            p = int(fresh.argmax())
+            j = int(cand[p])
+            take(j, Ct[j])
+            break
     return picks
 
 
