@@ -151,8 +151,12 @@ def _exclude_mask(exclude: torch.Tensor | None, batch: int, n: int, device: torc
     return exclude.to(device).expand(batch, n)
 
 
-# Lazy greedy on CPU: candidates re-evaluated together per round (one small [s, m+n] op).
+# Lazy greedy: candidates rescored together per round (one small [LAZY_BLOCK, m + n] op).
 LAZY_BLOCK = 16
+# "auto" on CPU takes the lazy greedy from this many picks per crop on. Below it the dense steps
+# are few and cheap (CPU, LLaVA sizes: 576 -> 16 dense 1.1 ms vs lazy 1.8 ms; 576 -> 192 dense
+# 17 ms vs lazy 6 ms; one thread, scripts/bench_selection.py has both side by side).
+LAZY_MIN_K = 48
 METHODS = ("auto", "dense", "lazy")
 
 
@@ -269,7 +273,7 @@ def _greedy_columns(Ct: torch.Tensor, k: int, forbidden: torch.Tensor, method: s
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     if method == "auto":
-        method = "lazy" if Ct.device.type == "cpu" else "dense"
+        method = "lazy" if Ct.device.type == "cpu" and k >= LAZY_MIN_K else "dense"
     if method == "dense":
         return _dense_greedy(Ct, k, forbidden)
     picks = [_lazy_greedy(Ct[b], k, forbidden[b]) for b in range(Ct.shape[0])]
@@ -298,7 +302,8 @@ def greedy_max_coverage(
     `method`: `"dense"` scores every column at every step, batched over crops (few large kernels
     per step: the fast one on a GPU); `"lazy"` rescores only the columns that can still win
     (`_lazy_greedy`; the fast one on a CPU, where a step's cost is its arithmetic). Both return
-    the same picks, bit for bit. `"auto"` (default) takes lazy on CPU and dense elsewhere.
+    the same picks, bit for bit. `"auto"` (default) takes lazy on CPU for k >= `LAZY_MIN_K` and
+    dense otherwise (always on GPUs: there a dense step costs its kernel launches, not its size).
     """
     if C.dim() not in (2, 3):
         raise ValueError(f"C must be [R, n] or [B, R, n], got shape {tuple(C.shape)}")
