@@ -21,8 +21,8 @@ CPU. Per configuration it reports, as medians over `--repeats` interleaved round
 
     python scripts/bench_prefill.py                         # LLaVA-1.5 then LLaVA-NeXT (5 crops), CPU
     python scripts/bench_prefill.py --family llava --repeats 5
-    python scripts/bench_prefill.py --device cuda --dtype float16 --llm-width 4096 --llm-layers 32 \\
-        --vision-layers 24                                  # 7B-shaped LLM, real CLIP-L depth (GPU)
+    python scripts/bench_prefill.py --device cuda --family llava --llm-shape 7b --vision-layers 24
+    python scripts/bench_prefill.py --device cuda --family llava_next --llm-shape 13b --vision-layers 24
 """
 
 from __future__ import annotations
@@ -42,6 +42,8 @@ from mmtok.timing import prefill_flops, prefill_flops_per_layer
 
 PRE_LLM = ("random", "mmtok", "visionzip", "divprune")
 BUDGETS = {"llava": (576, 192, 128, 64, 16, 4), "llava_next": (640, 320, 160)}
+# hidden, layers, heads, MLP width of the real LLMs (Vicuna-7B / -13B)
+LLM_SHAPES = {"7b": (4096, 32, 32, 11008), "13b": (5120, 40, 40, 13824)}
 QUESTION = "Is there a red car next to the person on the left side of the street?"
 
 
@@ -74,6 +76,17 @@ def build_model(family, args, device, dtype):
 
     from mmtok.models.tiny import build_tiny
 
+    text = None
+    if args.llm_shape != "scaled":  # the real decoder shapes (vocabulary stays the tiny one)
+        hidden, layers, heads, mlp = LLM_SHAPES[args.llm_shape]
+        text = {
+            "hidden_size": hidden,
+            "num_hidden_layers": layers,
+            "num_attention_heads": heads,
+            "num_key_value_heads": heads,
+            "head_dim": hidden // heads,
+            "intermediate_size": mlp,
+        }
     clip_l = {
         "hidden_size": 1024,
         "intermediate_size": 4096,
@@ -89,6 +102,7 @@ def build_model(family, args, device, dtype):
         text_layers=args.llm_layers,
         text_hidden=args.llm_width,
         vision=clip_l,
+        text=text,
     )
     cls = LlavaNextForConditionalGeneration if family == "llava_next" else LlavaForConditionalGeneration
     return cls.from_pretrained(path, dtype=dtype).to(device).eval(), AutoProcessor.from_pretrained(path)
@@ -241,6 +255,12 @@ def main(argv=None):
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default=None, help="default: float32 on CPU, float16 on CUDA")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument(
+        "--llm-shape",
+        default="scaled",
+        choices=["scaled", *LLM_SHAPES],
+        help="scaled: --llm-width x --llm-layers; 7b / 13b: the Vicuna decoder shapes (GPU)",
+    )
     ap.add_argument("--llm-width", type=int, default=1024)
     ap.add_argument("--llm-layers", type=int, default=8)
     ap.add_argument("--vision-layers", type=int, default=2, help="CLIP-L has 24; the LLM is scaled down too")
@@ -298,11 +318,16 @@ def main(argv=None):
             for r in rows
         ],
     )
+    llm_desc = (
+        f"Llama {args.llm_width} wide x {args.llm_layers} layers"
+        if args.llm_shape == "scaled"
+        else f"the {args.llm_shape} Vicuna decoder shape"
+    )
     cmd = "python " + " ".join(["scripts/bench_prefill.py", *(argv if argv is not None else sys.argv[1:])])
     section = (
         f"## Time to first token ({tag})\n\n`{cmd}`: medians of {args.repeats} interleaved rounds after "
         f"{args.warmup} warm-up round(s), {dtype_name}; vision tower CLIP-L/336 widths with "
-        f"{args.vision_layers} layers, LLM Llama {args.llm_width} wide x {args.llm_layers} layers (random weights); "
+        f"{args.vision_layers} layers, LLM {llm_desc} (random weights); "
         f"file `prefill_{tag}.csv`. `overhead %`: pruned request vs vision + selection + a native prefill of "
         f"the same length (`none`: vs the unmodified model; `fastv:keep-all`: its scoring cost vs `none`, and "
         f"in the LLM column vs the unpruned LLM prefill).\n\n" + benchlib.md_machine(info) + "\n" + table
