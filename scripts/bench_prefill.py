@@ -279,61 +279,58 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     timer = benchlib.Timer(device)
     info = benchlib.machine(device)
-    rows = []
-    for family in args.family:
-        rows += run_family(family, args, device, dtype, dtype_name, timer, info)
-    out = benchlib.Path(args.out)
-    tag = device.type
-    benchlib.write_csv(out / f"prefill_{tag}.csv", rows)
-    table = benchlib.md_table(
-        [
-            "family",
-            "config",
-            "prompt tokens",
-            "TTFT ms",
-            "vision ms",
-            "select ms",
-            "LLM ms",
-            "speed-up",
-            "LLM speed-up",
-            "FLOPs-ideal",
-            "overhead %",
-            "LLM overhead %",
-        ],
-        [
-            [
-                r.family,
-                r.config,
-                r.prompt_tokens,
-                f"{r.ttft_ms:.1f}",
-                f"{r.vision_ms:.1f}",
-                f"{r.select_ms:.1f}",
-                f"{r.llm_ms:.1f}",
-                f"{r.speedup:.2f}",
-                f"{r.llm_speedup:.2f}",
-                f"{r.flops_speedup:.2f}",
-                "" if r.overhead_pct != r.overhead_pct else f"{r.overhead_pct:+.1f}",
-                "" if r.llm_overhead_pct != r.llm_overhead_pct else f"{r.llm_overhead_pct:+.1f}",
-            ]
-            for r in rows
-        ],
-    )
     llm_desc = (
         f"Llama {args.llm_width} wide x {args.llm_layers} layers"
         if args.llm_shape == "scaled"
         else f"the {args.llm_shape} Vicuna decoder shape"
     )
     cmd = "python " + " ".join(["scripts/bench_prefill.py", *(argv if argv is not None else sys.argv[1:])])
-    section = (
-        f"## Time to first token ({tag})\n\n`{cmd}`: medians of {args.repeats} interleaved rounds after "
-        f"{args.warmup} warm-up round(s), {dtype_name}; vision tower CLIP-L/336 widths with "
-        f"{args.vision_layers} layers, LLM {llm_desc} (random weights); "
-        f"file `prefill_{tag}.csv`. `overhead %`: pruned request vs vision + selection + a native prefill of "
-        f"the same length (`none`: vs the unmodified model; `fastv:keep-all`: its scoring cost vs `none`, and "
-        f"in the LLM column vs the unpruned LLM prefill).\n\n" + benchlib.md_machine(info) + "\n" + table
-    )
-    benchlib.write_text(out / f"prefill_{tag}.md", section)
-    benchlib.update_readme(out)
+    out = benchlib.Path(args.out)
+    for family in args.family:  # one file and one README section per family and device
+        rows = run_family(family, args, device, dtype, dtype_name, timer, info)
+        tag = f"{family}_{device.type}"
+        benchlib.write_csv(out / f"prefill_{tag}.csv", rows)
+        table = benchlib.md_table(
+            [
+                "config",
+                "prompt tokens",
+                "TTFT ms",
+                "vision ms",
+                "select ms",
+                "LLM ms",
+                "speed-up",
+                "LLM speed-up",
+                "FLOPs-ideal",
+                "overhead %",
+                "LLM overhead %",
+            ],
+            [
+                [
+                    r.config,
+                    r.prompt_tokens,
+                    f"{r.ttft_ms:.1f}",
+                    f"{r.vision_ms:.1f}",
+                    f"{r.select_ms:.1f}",
+                    f"{r.llm_ms:.1f}",
+                    f"{r.speedup:.2f}",
+                    f"{r.llm_speedup:.2f}",
+                    f"{r.flops_speedup:.2f}",
+                    "" if r.overhead_pct != r.overhead_pct else f"{r.overhead_pct:+.1f}",
+                    "" if r.llm_overhead_pct != r.llm_overhead_pct else f"{r.llm_overhead_pct:+.1f}",
+                ]
+                for r in rows
+            ],
+        )
+        section = (
+            f"## Time to first token, {family} ({device.type})\n\n`{cmd}`: medians of {args.repeats} interleaved "
+            f"rounds after {args.warmup} warm-up round(s), {dtype_name}; vision tower CLIP-L/336 widths with "
+            f"{args.vision_layers} layers, LLM {llm_desc} (random weights); file `prefill_{tag}.csv`. "
+            "`overhead %`: pruned request vs vision + selection + a native prefill of the same length "
+            "(`none`: vs the unmodified model; `fastv:keep-all`: its scoring cost vs `none`, and in the LLM "
+            "column vs the unpruned LLM prefill).\n\n" + benchlib.md_machine(info) + "\n" + table
+        )
+        benchlib.write_text(out / f"prefill_{tag}.md", section)
+        benchlib.update_readme(out)
 
 
 if __name__ == "__main__":
