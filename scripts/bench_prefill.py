@@ -162,8 +162,17 @@ def run_family(family, args, device, dtype, dtype_name, timer, info):
     with torch.no_grad():
         for fn in configs.values():  # one warm-up round that also tells the final lengths
             fn()
-        for length in sorted({lengths[s] for s in meta if meta[s][0] != "fastv"}):
-            configs[f"native:{length}"] = native(length)
+        # Each native prefill runs right after the pruned requests of its length, so that a load
+        # that drifts within a round on a shared machine biases neither side of the overhead.
+        ordered = {}
+        for spec, fn in configs.items():
+            ordered[spec] = fn
+            if spec in meta and meta[spec][0] not in ("fastv", "none"):
+                following = list(configs)[list(configs).index(spec) + 1 :]
+                nxt = next((s for s in following if s in meta and meta[s][0] not in ("fastv", "none")), None)
+                if nxt is None or lengths[nxt] != lengths[spec]:
+                    ordered.setdefault(f"native:{lengths[spec]}", native(lengths[spec]))
+        configs = ordered
         splits.clear()
         times, _ = benchlib.interleaved(configs, _Untimed(), args.repeats, max(args.warmup - 1, 0))
         splits_timed = {s: v[-args.repeats :] for s, v in splits.items()}
