@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import random
@@ -10,7 +11,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmtok.selection.mmtok import build_coverage_matrix, coverage, greedy_max_coverage, mmtok_select
+from mmtok.selection.mmtok import (
+    _gains,
+    build_coverage_matrix,
+    coverage,
+    coverage_columns,
+    greedy_max_coverage,
+    mmtok_select,
+)
+
+_greedy = greedy_max_coverage
 
 
 # ---------------------------------------------------------------- reference (spec, explicit loops)
@@ -123,6 +133,23 @@ def test_coverage_matrix_row_sums():
     )
     torch.testing.assert_close(C[:m].sum(-1), torch.full((m,), 1 / m))
     torch.testing.assert_close(C[m:].sum(-1), torch.full((n,), 0.5 / n))
+
+
+def test_coverage_columns_is_the_textbook_matrix_exactly():
+    """The fused build does the spec's operations in the spec's order: bit-identical to the plain
+    `cat([softmax(t v^T / tau_t) / m, alpha * softmax(w w^T / tau_v) / n])`, batched or not."""
+    gen = torch.Generator().manual_seed(7)
+    t = torch.randn(5, 32, generator=gen)
+    v, w = torch.randn(3, 40, 32, generator=gen), torch.randn(3, 40, 16, generator=gen)
+    Ct = coverage_columns(t, v, w, 0.7, 0.05, 0.3)
+    assert Ct.shape == (3, 40, 45) and Ct.is_contiguous()
+    tu, vu, wu = (F.normalize(x, dim=-1) for x in (t, v, w))
+    P = torch.softmax(torch.matmul(tu, vu.mT) / 0.05, dim=-1) / 5
+    Q = torch.softmax(torch.matmul(wu, wu.mT) / 0.3, dim=-1) / 40
+    assert torch.equal(Ct.mT, torch.cat([P, 0.7 * Q], dim=-2))
+    P = torch.softmax(tu @ vu[1].T / 0.05, dim=-1) / 5
+    Q = torch.softmax(wu[1] @ wu[1].T / 0.3, dim=-1) / 40
+    assert torch.equal(build_coverage_matrix(t, v[1], w[1], 0.7, 0.05, 0.3), torch.cat([P, 0.7 * Q]))
 
 
 def test_coverage_matrix_normalises_in_input_dtype():
@@ -256,6 +283,98 @@ def test_greedy_within_one_minus_inv_e_of_optimum(seed):
     assert greedy >= (1 - 1 / math.e) * optimum - 1e-12
 
 
+# ---------------------------------------------------------------- lazy greedy == dense greedy, bit for bit
+def test_gain_of_a_column_does_not_depend_on_its_neighbours():
+    """What the lazy greedy's exactness rests on: a column's gain has the same bits whether it is
+    scored with all columns, a few, or alone (any shape the two variants use)."""
+    gen = torch.Generator().manual_seed(8)
+    for rows in (1, 7, 8, 31, 582, 2000):
+        Ct = torch.rand(3, 64, rows, generator=gen) ** 4
+        best = torch.rand(3, 1, rows, generator=gen) ** 4
+        full = _gains(Ct, best)
+        for b in range(3):
+            assert torch.equal(full[b], _gains(Ct[b], best[b, 0]))
+            for size in (1, 2, 5, 16, 17, 63):
+                idx = torch.randperm(64, generator=gen)[:size]
+                assert torch.equal(_gains(Ct[b, idx], best[b, 0]), full[b, idx])
+
+
+def _lazy_equals_dense(C, k, exclude=None, block=None):
+    import mmtok.selection.mmtok as mm
+
+    dense = greedy_max_coverage(C, k, exclude=exclude, method="dense")
+    if block is None:
+        lazy = greedy_max_coverage(C, k, exclude=exclude, method="lazy")
+    else:
+        saved, mm.LAZY_BLOCK = mm.LAZY_BLOCK, block
+        try:
+            lazy = greedy_max_coverage(C, k, exclude=exclude, method="lazy")
+        finally:
+            mm.LAZY_BLOCK = saved
+    assert torch.equal(lazy, dense), (lazy.tolist(), dense.tolist())  # same picks in the same order
+    return dense
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_lazy_equals_dense_on_coverage_matrices(seed):
+    rng, gen = random.Random(7000 + seed), torch.Generator().manual_seed(7000 + seed)
+    batch = rng.choice([None, 1, 3])
+    n, m = rng.randint(1, 80), rng.randint(0, 8)
+    d, dv = rng.randint(2, 32), rng.randint(2, 16)
+    lead = () if batch is None else (batch,)
+    t = torch.randn(m, d, generator=gen)
+    v, w = torch.randn(*lead, n, d, generator=gen), torch.randn(*lead, n, dv, generator=gen)
+    p = _params(rng)
+    C = build_coverage_matrix(t, v, w, p["alpha"], p["tau_t"], p["tau_v"])
+    exclude = None
+    if seed % 3 == 0 and n > 1:
+        exclude = torch.rand(*lead, n, generator=gen) < 0.3
+        exclude[..., 0] = False
+    selectable = n - (0 if exclude is None else int(exclude.sum(-1).max()))
+    k = rng.randint(1, selectable)
+    _lazy_equals_dense(C, k, exclude, block=rng.choice([None, 1, 2, 4]))
+    assert torch.equal(
+        mmtok_select(t, v, w, k, exclude=exclude, method="lazy", **p),
+        mmtok_select(t, v, w, k, exclude=exclude, method="dense", **p),
+    )
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_lazy_equals_dense_with_ties_and_zero_gains(seed):
+    """Duplicated columns (exact ties), dominated columns (zero gains), few distinct values
+    (ties between bounds at the block's edge): the lowest index must win every time."""
+    gen = torch.Generator().manual_seed(8000 + seed)
+    rng = random.Random(8000 + seed)
+    rows, distinct = rng.randint(1, 12), rng.randint(1, 6)
+    base = torch.randint(0, 4, (rows, distinct), generator=gen).float() / 4
+    n = rng.randint(distinct, 40)
+    cols = torch.cat([torch.arange(distinct), torch.randint(0, distinct, (n - distinct,), generator=gen)])
+    C = base[:, cols[torch.randperm(n, generator=gen)]]
+    exclude = (torch.rand(n, generator=gen) < 0.2) if seed % 2 else None
+    if exclude is not None:
+        exclude[0] = False
+    k = rng.randint(1, n - (0 if exclude is None else int(exclude.sum())))
+    for block in (1, 2, 3, 16):
+        _lazy_equals_dense(C, k, exclude, block=block)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_lazy_equals_dense_at_llava_sizes(seed):
+    gen = torch.Generator().manual_seed(9000 + seed)
+    t = torch.randn(6, 256, generator=gen)
+    v, w = torch.randn(2, 576, 256, generator=gen), torch.randn(2, 576, 128, generator=gen)
+    # Low-rank structure as in real patch features (similar patches), besides pure noise.
+    w = w + 3 * torch.randn(2, 8, 128, generator=gen)[:, torch.randint(0, 8, (576,), generator=gen)]
+    for k in (4, 64, 192, 575):
+        C = build_coverage_matrix(t, v, w)
+        _lazy_equals_dense(C, k)
+
+
+def test_method_is_checked():
+    with pytest.raises(ValueError, match="method must be one of auto, dense, lazy"):
+        greedy_max_coverage(torch.rand(3, 4), 1, method="fast")
+
+
 # ---------------------------------------------------------------- tie-breaks, edge cases, errors
 def test_argmax_returns_first_maximum():
     x = torch.zeros(4097)
@@ -264,7 +383,9 @@ def test_argmax_returns_first_maximum():
     assert torch.zeros(3, 513).argmax(dim=-1).tolist() == [0, 0, 0]
 
 
-def test_duplicate_columns_pick_lowest_index():
+@pytest.mark.parametrize("method", ["dense", "lazy"])
+def test_duplicate_columns_pick_lowest_index(method):
+    greedy_max_coverage = functools.partial(_greedy, method=method)
     C = torch.tensor([[0.1, 0.5, 0.2, 0.5, 0.5], [0.0, 0.5, 0.1, 0.5, 0.5]])
     assert greedy_max_coverage(C, 1).tolist() == [1]
     # Column 1 dominates every other column, so after it all gains are exactly 0 and the lowest
@@ -277,7 +398,9 @@ def test_duplicate_columns_pick_lowest_index():
     assert greedy_max_coverage(C, 1, exclude=exclude).tolist() == [3]
 
 
-def test_zero_gain_falls_back_to_lowest_free_index():
+@pytest.mark.parametrize("method", ["dense", "lazy"])
+def test_zero_gain_falls_back_to_lowest_free_index(method):
+    greedy_max_coverage = functools.partial(_greedy, method=method)
     C = torch.tensor([[0.0, 1.0, 0.0, 1.0]])
     assert greedy_max_coverage(C, 3).tolist() == [1, 0, 2]
     assert greedy_max_coverage(C, 3, exclude=torch.tensor([True, False, False, False])).tolist() == [1, 2, 3]

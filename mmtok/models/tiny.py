@@ -131,12 +131,16 @@ def build_tiny(
     patch_size: int = 8,
     text_layers: int = 16,
     text_hidden: int = 64,
+    vision: dict | None = None,
+    text: dict | None = None,
 ) -> Path:
     """Write a tiny random-weight checkpoint of `family` ("llava" or "llava_next") to `out_dir`.
 
     16 text layers so that in-LLM pruners can use their paper layers (SparseVLM prunes at 2/6/15).
     With image 48 / patch 8 each crop has 36 patch tokens (LLaVA-1.5 at full size: 576).
-    Benchmarks build larger ones (image 336 / patch 14 = 576 tokens, a wider LLM) the same way.
+    Benchmarks build larger ones (image 336 / patch 14 = 576 tokens, a wider LLM) the same way;
+    `vision` / `text` override fields of the CLIP vision / Llama text configs (e.g. CLIP-L's
+    widths, a 7B-shaped LLM).
     """
     from transformers import (
         LlavaConfig,
@@ -154,6 +158,9 @@ def build_tiny(
     image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     text_cfg = _text_config(len(tokenizer), tokenizer.pad_token_id, text_layers, text_hidden)
     vision_cfg = _vision_config(image_size, patch_size)
+    for cfg_part, values in ((vision_cfg, vision), (text_cfg, text)):
+        for key, value in (values or {}).items():
+            setattr(cfg_part, key, value)
     torch.manual_seed(seed)
     if family == "llava":
         cfg = LlavaConfig(
