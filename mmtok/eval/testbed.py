@@ -158,9 +158,6 @@ def _pope(out_dir: Path, n: int, rng: random.Random) -> list[Path]:
 
 # -- GQA ---------------------------------------------------------------------------------------
 def _gqa(out_dir: Path, n: int, rng: random.Random) -> list[Path]:
-    import datasets
-
-    string = datasets.Value("string")
     scenes = [_scene(rng) for _ in range(math.ceil(n / 3))]
     images = {"id": [], "image": []}
     rows = {k: [] for k in GQA_COLUMNS}
@@ -220,6 +217,14 @@ def _gqa(out_dir: Path, n: int, rng: random.Random) -> list[Path]:
             f"select: {target.shape} ->query: color",
         )
     rows = {k: v[:n] for k, v in rows.items()}
+    return write_gqa(rows, images, out_dir, "gqa")
+
+
+def write_gqa(rows: dict, images: dict, out_dir: Path, bench_name: str) -> list[Path]:
+    """GQA's two parquet files (instructions, images) with the real dataset's column types."""
+    import datasets
+
+    string = datasets.Value("string")
     features = datasets.Features(
         {
             "id": string,
@@ -235,7 +240,7 @@ def _gqa(out_dir: Path, n: int, rng: random.Random) -> list[Path]:
             "semanticStr": string,
         }
     )
-    bench = benchmark("gqa")
+    bench = benchmark(bench_name)
     inst, imgs = out_dir / bench.data_file, out_dir / bench.image_file
     _write(rows, features, inst)
     _write(images, datasets.Features({"id": string, "image": datasets.Image()}), imgs)

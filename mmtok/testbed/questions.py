@@ -19,21 +19,13 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+# The testbed speaks LLaVA-1.5's prompt format, exactly as the tiny checkpoints do.
+from mmtok.models.tiny import IMAGE_TOKEN
+from mmtok.models.tiny import LLAVA15_CHAT_TEMPLATE as CHAT_TEMPLATE  # noqa: F401  (re-exported)
 from mmtok.testbed.scenes import BG, BIG_MIN_CELLS, COLOR_NAMES, GRID, SMALL_MAX_CELLS, Scene
 
 POST_PROMPT = "\nAnswer the question using a single word or phrase."
-IMAGE_TOKEN = "<image>"
 SPECIALS = ("<unk>", "<s>", "</s>", "<pad>", IMAGE_TOKEN)
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'user' %}USER: "
-    "{% for item in message['content'] %}"
-    "{% if item['type'] == 'image' %}<image>\n{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
-    "{% endfor %} {% elif message['role'] == 'assistant' %}ASSISTANT: "
-    "{% for item in message['content'] %}{{ item['text'] }}{% endfor %}</s>"
-    "{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
-)
 KINDS = ("exist", "choose", "size", "bigcolor")
 _WORDS = (
     "user : assistant is there a object in the image ? answer question using single word or phrase . "

@@ -83,11 +83,8 @@ def build_scenes_pope(out_dir: Path, n: int, rng: random.Random) -> list[Path]:
 
 
 def build_scenes_gqa(out_dir: Path, n: int, rng: random.Random) -> list[Path]:
-    import datasets
+    from mmtok.eval.testbed import GQA_COLUMNS, write_gqa
 
-    from mmtok.eval.testbed import GQA_COLUMNS, _write
-
-    string = datasets.Value("string")
     images = {"id": [], "image": []}
     rows = {k: [] for k in GQA_COLUMNS}
     i = 0
@@ -119,26 +116,7 @@ def build_scenes_gqa(out_dir: Path, n: int, rng: random.Random) -> list[Path]:
     used = set(rows["imageId"])
     keep = [j for j, image_id in enumerate(images["id"]) if image_id in used]
     images = {k: [v[j] for j in keep] for k, v in images.items()}
-    features = datasets.Features(
-        {
-            "id": string,
-            "imageId": string,
-            "question": string,
-            "answer": string,
-            "fullAnswer": string,
-            "isBalanced": datasets.Value("bool"),
-            "groups": {"global": string, "local": string},
-            "entailed": string,
-            "equivalent": string,
-            "types": {"structural": string, "semantic": string, "detailed": string},
-            "semanticStr": string,
-        }
-    )
-    bench = benchmark("scenes_gqa")
-    inst, imgs = out_dir / bench.data_file, out_dir / bench.image_file
-    _write(rows, features, inst)
-    _write(images, datasets.Features({"id": string, "image": datasets.Image()}), imgs)
-    return [inst, imgs]
+    return write_gqa(rows, images, out_dir, "scenes_gqa")
 
 
 def question_kind(question: str) -> str:
