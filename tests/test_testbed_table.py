@@ -10,7 +10,7 @@ def test_grid_is_none_plus_every_pruner_at_every_budget():
     for task in ("scenes_pope", "scenes_gqa"):
         mine = [c for c in grid if c.task == task]
         assert mine[0] == Cell(task, "none", None)
-        assert len(mine) == 1 + len(PRUNERS) * len(BUDGETS) == 31
+        assert len(mine) == 1 + len(PRUNERS) * len(BUDGETS) == 36
     assert len({c.key for c in grid}) == len(grid)
 
 

@@ -3,7 +3,7 @@
     python -m mmtok.testbed.table            # make testbed-table: results/testbed/table.{csv,md,png}
 
 One process loads the committed testbed LLaVA once and runs `mmtok.eval.evaluate` for none and for
-random / mmtok / fastv / sparsevlm / visionzip / divprune at budgets 576, 192, 64, 16, 4 on
+random / mmtok / fastv / sparsevlm / visionzip / divprune / vispruner at budgets 576, 192, 64, 16, 4 on
 scenes_pope (POPE F1 per split + their mean) and scenes_gqa (exact match, also per question kind).
 Rows are appended to the CSV atomically after each evaluation and a rerun skips the rows it already
 has (delete the CSV to start over), so an interrupted table resumes.
@@ -12,7 +12,8 @@ The LLM has 2 decoder layers, so the in-LLM methods run with parameters scaled t
 layers do not exist): FastV prunes from layer K=1 on (scores from layer 0) and counts its budget as
 the tokens kept (budget_mode=kept: the "equivalent" budget (K*N + (L-K)*R)/L cannot go below 288
 here); SparseVLM prunes once, at the output of layer 0, to `budget` tokens. Both therefore let
-layer 0 see all 576 tokens, an advantage the pre-LLM methods do not have.
+layer 0 see all 576 tokens, an advantage the pre-LLM methods do not have. PruMerge+ is absent: it
+reads the CLIP layer after the one LLaVA uses, and this model uses the last one (it says so and stops).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-PRUNERS = ("random", "mmtok", "fastv", "sparsevlm", "visionzip", "divprune")
+PRUNERS = ("random", "mmtok", "fastv", "sparsevlm", "visionzip", "divprune", "vispruner")
 BUDGETS = (576, 192, 64, 16, 4)
 TASKS = ("scenes_pope", "scenes_gqa")
 POPE_COLUMNS = ("pope_random_f1", "pope_popular_f1", "pope_adversarial_f1", "pope_f1_avg", "pope_acc_avg")
