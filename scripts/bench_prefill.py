@@ -275,17 +275,9 @@ def main(argv=None):
     ap.add_argument("--vision-layers", type=int, default=2, help="CLIP-L has 24; the LLM is scaled down too")
     ap.add_argument("--out", default=str(benchlib.OUT))
     args = ap.parse_args(argv)
-    if args.repeats < 1 or args.warmup < 0:
-        ap.error("--repeats must be >= 1 and --warmup >= 0")
+    device, dtype_name, dtype = benchlib.common_setup(ap, args)
     if args.vision_layers < 2:
         ap.error("--vision-layers must be >= 2 (LLaVA reads the second-to-last CLIP layer)")
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        ap.error("--device cuda but torch.cuda.is_available() is False")
-    dtype_name = args.dtype or ("float16" if device.type == "cuda" else "float32")
-    dtype = getattr(torch, dtype_name)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     timer = benchlib.Timer(device)
     info = benchlib.machine(device)
     llm_desc = (

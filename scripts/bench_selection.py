@@ -141,15 +141,7 @@ def main(argv=None):
     ap.add_argument("--cases", nargs="*", default=None, help="subset of case labels (default: all)")
     ap.add_argument("--out", default=str(benchlib.OUT))
     args = ap.parse_args(argv)
-    if args.repeats < 1 or args.warmup < 0:
-        ap.error("--repeats must be >= 1 and --warmup >= 0")
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        ap.error("--device cuda but torch.cuda.is_available() is False")
-    dtype_name = args.dtype or ("float16" if device.type == "cuda" else "float32")
-    dtype = getattr(torch, dtype_name)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    device, dtype_name, dtype = benchlib.common_setup(ap, args)
     cases = [c for c in CASES if args.cases is None or c[0] in args.cases]
     if not cases:
         ap.error(f"no case matches {args.cases}; valid: {', '.join(c[0] for c in CASES)}")

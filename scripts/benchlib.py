@@ -140,3 +140,17 @@ def md_table(header: list[str], rows: list[list[str]]) -> str:
 
 def md_machine(info: dict[str, str]) -> str:
     return "".join(f"- {k}: {v}\n" for k, v in info.items())
+
+
+def common_setup(ap, args) -> tuple[torch.device, str, torch.dtype]:
+    """The options both scripts share (--repeats, --warmup, --device, --dtype, --threads): checked
+    through argparse's one-line errors, threads applied; returns (device, dtype name, dtype)."""
+    if args.repeats < 1 or args.warmup < 0:
+        ap.error("--repeats must be >= 1 and --warmup >= 0")
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda but torch.cuda.is_available() is False")
+    dtype_name = args.dtype or ("float16" if device.type == "cuda" else "float32")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return device, dtype_name, getattr(torch, dtype_name)
