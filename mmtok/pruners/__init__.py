@@ -7,6 +7,7 @@ import importlib
 import pkgutil
 from dataclasses import fields
 
+from mmtok.models.families import TRAITS, family_info, missing_traits
 from mmtok.pruners.base import Pruner
 from mmtok.pruners.registry import PRUNERS, register
 
@@ -33,4 +34,23 @@ def build_pruner(name: str, budget: int | None = None, **params) -> Pruner:
     return cls(budget=budget, **params)
 
 
-__all__ = ["PRUNERS", "Pruner", "build_pruner", "pruner_names", "register"]
+def pruners_for(model_type: str) -> list[str]:
+    """Names of the pruners that apply to the model family `model_type`."""
+    return [name for name, cls in PRUNERS.items() if not missing_traits(cls.requires, model_type)]
+
+
+def check_applies(name: str, model_type: str) -> None:
+    """One-line ValueError if pruner `name` cannot run on family `model_type` (config only, no weights)."""
+    if name not in PRUNERS:
+        raise ValueError(f"unknown pruner {name!r}; valid: {', '.join(PRUNERS)}")
+    missing = missing_traits(PRUNERS[name].requires, model_type)
+    if missing:
+        label = family_info(model_type).label
+        needs = " and ".join(TRAITS[t] for t in missing)
+        raise ValueError(
+            f"pruner {name!r} does not apply to {label} ({model_type}): it needs {needs}; "
+            f"valid there: {', '.join(pruners_for(model_type))}"
+        )
+
+
+__all__ = ["PRUNERS", "Pruner", "build_pruner", "check_applies", "pruner_names", "pruners_for", "register"]

@@ -84,6 +84,9 @@ class Pruner:
     in_llm: ClassVar[bool] = False  # acts inside the LLM (FastV, SparseVLM) rather than before it
     supports_batch: ClassVar[bool] = True
     merges: ClassVar[bool] = False  # returns new (merged) tokens, so keeping k = n is not the identity
+    # what the method needs from a model family (mmtok.models.families.TRAITS); families lacking
+    # one are refused with a one-line error before any weights load
+    requires: ClassVar[frozenset[str]] = frozenset()
 
     last_stats: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 

@@ -37,6 +37,7 @@ class PDropPruner(InLLMPruner):
     ratio: float | None = None  # lambda; None: 0.5 without a budget, solved from the budget with one
 
     name: ClassVar[str] = "pdrop"
+    requires: ClassVar[frozenset[str]] = frozenset({"rope_1d"})
     renumber_positions: ClassVar[bool] = True
 
     def __post_init__(self) -> None:

@@ -38,6 +38,7 @@ def next_clip_layer(adapter) -> torch.nn.Module:
 @dataclass
 class PruMergePlusPruner(Pruner):
     name: ClassVar[str] = "prumerge_plus"
+    requires: ClassVar[frozenset[str]] = frozenset({"cls"})
     merges: ClassVar[bool] = True
 
     def select(self, image: ImageCrops, k: int, ctx: SampleContext) -> CropSelection:

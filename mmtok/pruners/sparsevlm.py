@@ -37,6 +37,7 @@ class SparseVLMPruner(InLLMPruner):
     counts: tuple[int, ...] | None = None  # kept vision tokens per pruning layer (overrides budget)
 
     name: ClassVar[str] = "sparsevlm"
+    requires: ClassVar[frozenset[str]] = frozenset({"rope_1d"})
     supports_batch: ClassVar[bool] = False
     renumber_positions: ClassVar[bool] = True
 

@@ -50,6 +50,7 @@ class VisionZipPruner(Pruner):
     next_tiles: str = "crop"  # LLaVA-NeXT: "crop" (crop order) or "release" (the authors' arrangement)
 
     name: ClassVar[str] = "visionzip"
+    requires: ClassVar[frozenset[str]] = frozenset({"cls"})
     merges: ClassVar[bool] = True
 
     def __post_init__(self) -> None:

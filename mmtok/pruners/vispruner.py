@@ -30,6 +30,7 @@ class VisPrunerPruner(Pruner):
     step: int = 8  # duplicates dropped per round at most
 
     name: ClassVar[str] = "vispruner"
+    requires: ClassVar[frozenset[str]] = frozenset({"cls"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
