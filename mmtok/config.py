@@ -21,7 +21,7 @@ from typing import Any
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from mmtok.choices import IMAGE_PREPROCESS, MULTI_IMAGE, PROMPT_FORMATS
+from mmtok.choices import IMAGE_PREPROCESS, MULTI_IMAGE, PROMPT_FORMATS, check_family_options
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = ROOT / "configs"
@@ -32,7 +32,7 @@ GROUPS = ("model", "pruner", "benchmark", "experiment")
 WANDB_MODES = ("online", "offline", "disabled")
 DTYPES = ("float16", "bfloat16", "float32", "auto")
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
-TINY_FAMILIES = ("llava", "llava_next")
+TINY_FAMILIES = ("llava", "llava_next", "qwen2_5_vl")  # = their model_type
 SUMMARIES = ("pope", "gqa", "mme")
 TESTBEDS = ("pope", "gqa", "mme", "scenes_pope", "scenes_gqa")
 _DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
@@ -48,12 +48,16 @@ class ConfigError(ValueError):
 class ModelConfig:
     name: str = MISSING  # the label in result rows (llava15_7b, ...)
     path: str = MISSING  # a hub id (llava-hf/llava-1.5-7b-hf) or a local checkpoint folder
-    tiny: str | None = None  # llava | llava_next: build a tiny random checkpoint at `path` on first use
+    tiny: str | None = None  # llava | llava_next | qwen2_5_vl: build a tiny random checkpoint at `path` on first use
     dtype: str = "float16"
     attn_implementation: str = "sdpa"
     device: str = "cuda"  # the default for the top-level `device`
     threads: int | None = None  # the default for the top-level `threads`
     download: bool = False  # allow from_pretrained to download a hub id that is not in the HF cache
+    # Qwen2.5-VL image sizing: images are resized to a pixel count in [min_pixels, max_pixels]
+    # (null keeps the checkpoint's). Other families take neither. Left out of the run identity when null.
+    min_pixels: int | None = None
+    max_pixels: int | None = None
 
 
 @dataclass
@@ -198,8 +202,73 @@ def validate(cfg: DictConfig, *, check_model: bool = True) -> None:
         parse_cell(cell)
     if not str(cfg.pruner.name).strip():
         raise ConfigError(f"pruner.name is empty; valid: {_choices(group_options('pruner'))}")
+    positive("model.min_pixels", cfg.model.min_pixels, "an integer >= 1 (pixels) or null for the checkpoint's", True)
+    positive("model.max_pixels", cfg.model.max_pixels, "an integer >= 1 (pixels) or null for the checkpoint's", True)
+    if cfg.model.min_pixels is not None and cfg.model.max_pixels is not None:
+        if cfg.model.min_pixels > cfg.model.max_pixels:
+            raise ConfigError(
+                f"model.min_pixels ({cfg.model.min_pixels}) exceeds model.max_pixels ({cfg.model.max_pixels})"
+            )
     if check_model:
         check_model_source(cfg.model)
+        check_family(cfg)
+
+
+def model_family(model: DictConfig) -> str | None:
+    """The checkpoint's `model_type` without loading anything: `model.tiny`, else the config.json of
+    the local folder or of the cached hub snapshot; None when it is not on disk (a download run)."""
+    import json
+
+    if model.tiny is not None:
+        return str(model.tiny)
+    path = str(model.path)
+    found = os.path.join(path, "config.json") if os.path.isdir(path) else None
+    if found is None and is_hub_id(path):
+        found = cached_hub_snapshot(path)
+    if found is None or not os.path.isfile(found):
+        return None
+    try:
+        with open(found, encoding="utf-8") as f:
+            return json.load(f).get("model_type")
+    except (OSError, ValueError):
+        return None
+
+
+def check_family(cfg: DictConfig, model_type: str | None = None) -> None:
+    """The pruner (and every cell's pruner) applies to the model's family, and the protocol options
+    and image sizing are the family's. `model_type` None: read it from disk (`model_family`)."""
+    from mmtok.models.families import FAMILIES, TRAITS
+
+    model_type = model_type or model_family(cfg.model)
+    if model_type is None:
+        return  # not on disk yet (model.download=true): the runner checks after reading its config
+    if model_type not in FAMILIES:
+        raise ConfigError(
+            f"model {cfg.model.path!r} (model={cfg.model.name}) is a {model_type!r} checkpoint; "
+            f"supported model types: {_choices(FAMILIES)}"
+        )
+    try:
+        check_family_options(model_type, cfg.prompt_format, cfg.image_preprocess)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if model_type != "qwen2_5_vl" and (cfg.model.min_pixels is not None or cfg.model.max_pixels is not None):
+        raise ConfigError(
+            f"model.min_pixels / model.max_pixels size Qwen2.5-VL images; model={cfg.model.name} is {model_type}: "
+            f"set them to null"
+        )
+    # A job with cells runs the cells' pruners, not its own `pruner`.
+    runs = [(parse_cell(c)[0], f" (cell {c})") for c in cfg.cells] or [(str(cfg.pruner.name), "")]
+    # Every pruner's `requires` names traits of TRAITS, so a family that has them all runs every
+    # pruner: skip importing the pruners (and torch) for it, keeping the preflight fast.
+    if set(TRAITS) <= FAMILIES[model_type].traits:
+        return
+    from mmtok.pruners import check_applies
+
+    for name, where in runs:
+        try:
+            check_applies(name, model_type)
+        except ValueError as exc:
+            raise ConfigError(f"{exc}{where}") from None
 
 
 def is_hub_id(path: str) -> bool:

@@ -93,9 +93,14 @@ def identity(resolved: dict, pruner) -> dict:
     }
     if ident.get("multi_image") == "error":
         del ident["multi_image"]
+    # Image sizing keys (Qwen2.5-VL) only when set: the rows of the other families resume as before.
+    ident["model"] = {k: v for k, v in resolved["model"].items() if k not in _SIZING or v is not None}
     if resolved["model"].get("tiny"):  # built from code: where the cache lives is not an identity
-        ident["model"] = {k: v for k, v in resolved["model"].items() if k != "path"}
+        ident["model"] = {k: v for k, v in ident["model"].items() if k != "path"}
     return ident
+
+
+_SIZING = ("min_pixels", "max_pixels")
 
 
 def check_device(device: str) -> None:
@@ -121,11 +126,14 @@ def check_device(device: str) -> None:
 
 def check_budget_fits(pruner, cfg: DictConfig) -> None:
     """A budget the model cannot honour (LLaVA-NeXT: below one token per crop; FastV: below its
-    reachable equivalent count) fails from the checkpoint's config, before the weights load."""
+    reachable equivalent count), or a pruner / option the family does not have, fails from the
+    checkpoint's config, before the weights load."""
+    from mmtok.config import check_family
     from mmtok.models.loading import load_config
 
     m = cfg.model
     config = load_config(str(m.path), download=bool(m.download), tiny=m.tiny)
+    check_family(cfg, config.model_type)  # preflight read it from disk; a download run learns it here
     try:
         pruner.check_budget(config)
     except ValueError as exc:
@@ -172,6 +180,7 @@ def load(cfg: DictConfig):
 
     m = cfg.model
     key = (str(m.path), m.tiny, m.dtype, m.attn_implementation, str(cfg.device), bool(m.download))
+    key += (m.min_pixels, m.max_pixels)
     if key in _LOADED:
         return _LOADED[key]
     _LOADED.clear()
@@ -184,6 +193,8 @@ def load(cfg: DictConfig):
         device=str(cfg.device),
         download=bool(m.download),
         tiny=m.tiny,
+        min_pixels=m.min_pixels,
+        max_pixels=m.max_pixels,
     )
     log(f"loaded {m.name} ({loaded[2].family}, {m.dtype}) from {loaded[2].source} in {time.perf_counter() - t:.1f} s")
     _LOADED[key] = loaded

@@ -98,7 +98,7 @@ def evaluate(
     """
     from lmms_eval import evaluator
 
-    check_options(prompt_format, image_preprocess)
+    check_options(prompt_format, image_preprocess, str(getattr(model.config, "model_type", "llava")))
     check_multi_image(multi_image)
     if summary is not None and summary not in SUMMARIES:
         raise ValueError(f"unknown summary {summary!r}; valid: {', '.join(SUMMARIES)}")

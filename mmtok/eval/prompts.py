@@ -32,13 +32,32 @@ Its LLaVA-NeXT numbers come from the original LLaVA-NeXT code, which uses `vicun
 checkpoints) and "anyres" preprocessing, not pad-to-square: use `vicuna_v1` + `crop` there (HF's anyres
 differs from the original only in how the base crop is resized). The defaults ("hf" + "crop") are
 what a plain HF user would get.
+
+Qwen2.5-VL (model_type qwen2_5_vl) has one protocol, lmms-eval 0.7.3's `qwen2_5_vl` wrappers' (the
+MMTok release's Qwen evaluation is the same wrapper); `vicuna_v1` and `pad` are refused there:
+    prompt      the chat template on [system "You are a helpful assistant.", user [image, question]]
+                (the image first, then the text; LLaVA's "<image>" is removed from the question as
+                lmms-eval does). `qwen2_5_vl_chat` sends no system turn and the template adds the
+                same default one, so both wrappers give the same prompt.
+    image       no crop, no pad: `qwen_vl_utils.fetch_image` as lmms-eval calls it (RGBA onto white,
+                else RGB; `smart_resize` to sides that are multiples of patch x merge = 28 pixels with a
+                pixel count in [min_pixels, max_pixels]; PIL's default resize), then the processor, whose
+                own resize with the same bounds then keeps the size. The bounds are the processor's,
+                loaded from `model.min_pixels` / `model.max_pixels` (lmms-eval: 256*28*28 / 1605632).
+                Not reproduced: lmms-eval's `qwen2_5_vl` first re-encodes each image as JPEG (quality
+                85; the release: PIL's default 75) and decodes it again; `qwen2_5_vl_chat` resizes
+                twice (once with qwen_vl_utils' default bounds, 4 to 16384 tokens, then the processor's).
+    stop        the task's `until` strings without "\\n\\n" (lmms-eval's `qwen2_5_vl` drops it "to
+                prevent truncation"; the chat wrapper applies none).
 """
 
 from __future__ import annotations
 
+import math
+
 from PIL import Image
 
-from mmtok.choices import IMAGE_PREPROCESS, MULTI_IMAGE, PROMPT_FORMATS
+from mmtok.choices import IMAGE_PREPROCESS, MULTI_IMAGE, PROMPT_FORMATS, check_family_options
 
 VICUNA_V1_SYSTEM = (
     "A chat between a curious human and an artificial intelligence assistant. "
@@ -46,11 +65,15 @@ VICUNA_V1_SYSTEM = (
 )
 
 
-def check_options(prompt_format: str, image_preprocess: str) -> None:
+QWEN_SYSTEM_PROMPT = "You are a helpful assistant."  # lmms-eval's qwen2_5_vl default (= the template's)
+
+
+def check_options(prompt_format: str, image_preprocess: str, model_type: str = "llava") -> None:
     if prompt_format not in PROMPT_FORMATS:
         raise ValueError(f"unknown prompt_format {prompt_format!r}; valid: {', '.join(PROMPT_FORMATS)}")
     if image_preprocess not in IMAGE_PREPROCESS:
         raise ValueError(f"unknown image_preprocess {image_preprocess!r}; valid: {', '.join(IMAGE_PREPROCESS)}")
+    check_family_options(model_type, prompt_format, image_preprocess)
 
 
 def check_multi_image(multi_image: str) -> None:
@@ -84,9 +107,30 @@ def image_token(processor) -> str:
     return getattr(processor, "image_token", None) or "<image>"
 
 
-def build_prompt(processor, question: str, prompt_format: str = "hf") -> str:
-    """The full prompt text for one image + `question` (the image goes first, as in LLaVA)."""
-    check_options(prompt_format, "crop")
+def build_prompt(processor, question: str, prompt_format: str = "hf", model_type: str = "llava") -> str:
+    """The full prompt text for one image + `question` (the image goes first) for family `model_type`."""
+    check_options(prompt_format, "crop", model_type)
+    return _PROMPTS.get(model_type, _llava_prompt)(processor, question, prompt_format)
+
+
+def qwen_messages(question: str, image=None) -> list[dict]:
+    """lmms-eval's `qwen2_5_vl` message structure for one image + `question` (system turn, image, text)."""
+    item = {"type": "image"} if image is None else {"type": "image", "image": image}
+    return [
+        {"role": "system", "content": QWEN_SYSTEM_PROMPT},
+        {"role": "user", "content": [item, {"type": "text", "text": question}]},
+    ]
+
+
+def _qwen_prompt(processor, question: str, prompt_format: str) -> str:
+    question = question.replace("<image>", "")  # as lmms-eval's qwen2_5_vl: the chat template places the image
+    token = image_token(processor)
+    if token in question:
+        raise ValueError(f"the question already contains the image placeholder {token!r}: {question!r}")
+    return processor.apply_chat_template(qwen_messages(question), tokenize=False, add_generation_prompt=True)
+
+
+def _llava_prompt(processor, question: str, prompt_format: str) -> str:
     token = image_token(processor)
     if token in question:
         # The formats place the image themselves; a second placeholder would mean a second image.
@@ -115,10 +159,74 @@ def expand2square(image: Image.Image, background: tuple[int, int, int]) -> Image
     return canvas
 
 
-def preprocess_image(image: Image.Image, processor, mode: str = "crop") -> Image.Image:
-    """The PIL image handed to the processor under `mode` ("crop": unchanged; "pad": squared)."""
-    check_options("hf", mode)
+def preprocess_image(image: Image.Image, processor, mode: str = "crop", model_type: str = "llava") -> Image.Image:
+    """The PIL image handed to the processor of family `model_type` under `mode`
+    (LLaVA: "crop" unchanged, "pad" squared; Qwen2.5-VL: lmms-eval's resize, see the module docstring)."""
+    check_options("hf", mode, model_type)
+    return _IMAGES.get(model_type, _llava_image)(image, processor, mode)
+
+
+def _llava_image(image: Image.Image, processor, mode: str) -> Image.Image:
     image = image.convert("RGB")
     if mode == "pad":
         return expand2square(image, mean_color(processor))
     return image
+
+
+def _qwen_image(image: Image.Image, processor, mode: str) -> Image.Image:
+    ip = processor.image_processor
+    factor = int(ip.patch_size * ip.merge_size)
+    # transformers keeps the pixel bounds as size.shortest_edge / longest_edge
+    height, width = qwen_smart_resize(
+        image.height, image.width, factor, int(ip.size.shortest_edge), int(ip.size.longest_edge)
+    )
+    return qwen_to_rgb(image).resize((width, height))
+
+
+def qwen_to_rgb(image: Image.Image) -> Image.Image:
+    """qwen_vl_utils' `to_rgb`: an RGBA image is composited onto white, anything else converted."""
+    if image.mode == "RGBA":
+        canvas = Image.new("RGB", image.size, (255, 255, 255))
+        canvas.paste(image, mask=image.split()[3])
+        return canvas
+    return image.convert("RGB")
+
+
+QWEN_MAX_RATIO = 200  # qwen_vl_utils refuses more extreme aspect ratios
+
+
+def qwen_smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
+    """(height, width) as qwen_vl_utils' (and transformers') `smart_resize`: the nearest multiples of
+    `factor`, scaled down / up keeping the aspect ratio when the pixel count leaves [min, max]."""
+    if max(height, width) / min(height, width) > QWEN_MAX_RATIO:
+        raise ValueError(
+            f"image of {width}x{height}: Qwen2.5-VL takes aspect ratios up to {QWEN_MAX_RATIO}, "
+            f"got {max(height, width) / min(height, width):.1f}"
+        )
+    h = max(factor, round(height / factor) * factor)
+    w = max(factor, round(width / factor) * factor)
+    if h * w > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        h = math.floor(height / beta / factor) * factor
+        w = math.floor(width / beta / factor) * factor
+    elif h * w < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h = math.ceil(height * beta / factor) * factor
+        w = math.ceil(width * beta / factor) * factor
+    return h, w
+
+
+# Stop strings a family's lmms-eval wrapper drops from the task's `until`.
+_DROPPED_STOPS = {"qwen2_5_vl": ("\n\n",)}
+
+
+def stop_strings(until, model_type: str = "llava") -> list[str]:
+    """The task's `until` (a string or a list) as the stop strings the answer is cut at."""
+    until = [until] if isinstance(until, str) else list(until or [])
+    dropped = _DROPPED_STOPS.get(model_type, ())
+    return [u for u in until if u not in dropped]
+
+
+# Family specifics by model_type; a family not listed is prompted and preprocessed like LLaVA.
+_PROMPTS = {"qwen2_5_vl": _qwen_prompt}
+_IMAGES = {"qwen2_5_vl": _qwen_image}

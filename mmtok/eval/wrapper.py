@@ -1,4 +1,4 @@
-"""Our lmms-eval model: an already loaded HF LLaVA / LLaVA-NeXT + processor + pruner.
+"""Our lmms-eval model: an already loaded HF LLaVA / LLaVA-NeXT / Qwen2.5-VL + processor + pruner.
 
 Differences from lmms-eval's built-in HF wrappers, all deliberate:
 - It is passed to `simple_evaluate` as an instance (no registry, no `model_args` string), so one
@@ -11,6 +11,9 @@ Differences from lmms-eval's built-in HF wrappers, all deliberate:
 - Every request is timed and recorded (`records`), one dict per request, for the results table.
 - One image per prompt: a document with several images goes through the `multi_image` policy
   (`mmtok.eval.prompts.pick_image`: error | first | middle).
+- The family (`model.config.model_type`) picks the prompt, the image preprocessing and the stop
+  strings (`mmtok.eval.prompts`: Qwen2.5-VL follows lmms-eval's `qwen2_5_vl` wrappers); everything
+  else is the same for every family.
 """
 
 from __future__ import annotations
@@ -22,7 +25,14 @@ from lmms_eval.api.instance import Instance
 from lmms_eval.api.model import lmms
 from transformers import LogitsProcessorList
 
-from mmtok.eval.prompts import build_prompt, check_multi_image, check_options, pick_image, preprocess_image
+from mmtok.eval.prompts import (
+    build_prompt,
+    check_multi_image,
+    check_options,
+    pick_image,
+    preprocess_image,
+    stop_strings,
+)
 from mmtok.timing import FirstTokenTimer, now
 
 
@@ -45,7 +55,8 @@ class PrunedLlavaLM(lmms):
         progress: bool = True,
     ):
         super().__init__()
-        check_options(prompt_format, image_preprocess)
+        self.model_type = str(getattr(model.config, "model_type", "llava"))
+        check_options(prompt_format, image_preprocess, self.model_type)
         check_multi_image(multi_image)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -140,8 +151,8 @@ class PrunedLlavaLM(lmms):
             visuals = list(doc_to_visual(doc) or [])
             image = pick_image(visuals, self.multi_image, where=f"{task} doc {doc_id}")
             n_images.append(len(visuals))
-            images.append(preprocess_image(image, self.processor, self.image_preprocess))
-        prompts = [build_prompt(self.processor, c, self.prompt_format) for c in contexts]
+            images.append(preprocess_image(image, self.processor, self.image_preprocess, self.model_type))
+        prompts = [build_prompt(self.processor, c, self.prompt_format, self.model_type) for c in contexts]
         inputs = self.processor(images=images, text=prompts, return_tensors="pt", padding=True, padding_side="left")
         inputs = inputs.to(device)
         inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
@@ -151,8 +162,7 @@ class PrunedLlavaLM(lmms):
         text_tokens = ((inputs["input_ids"] != image_id) & inputs["attention_mask"].bool()).sum(dim=1).tolist()
 
         max_new = min(int(gen_kwargs.get("max_new_tokens", self.max_new_tokens)), self.max_new_tokens)
-        until = gen_kwargs.get("until") or []
-        until = [until] if isinstance(until, str) else list(until)
+        until = stop_strings(gen_kwargs.get("until"), self.model_type)
         timer = FirstTokenTimer(device)
         with self.pruner(self.model, tokenizer=self.tokenizer, questions=contexts), torch.inference_mode():
             t_gen = now(device)

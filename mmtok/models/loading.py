@@ -1,12 +1,16 @@
-"""Load a LLaVA / LLaVA-NeXT checkpoint and its processor by hub id or local folder.
+"""Load a LLaVA / LLaVA-NeXT / Qwen2.5-VL checkpoint and its processor by hub id or local folder.
 
     model, processor, info = load_model("llava-hf/llava-1.5-7b-hf", dtype="float16", device="cuda")
 
-The family comes from `config.model_type` (llava → LlavaForConditionalGeneration, llava_next →
-LlavaNextForConditionalGeneration). A hub id is loaded from the local HF cache only, unless
-`download=True`; a missing folder or an uncached hub id is a one-line `ModelSourceError` (raised
-before any weights are read). `tiny="llava"|"llava_next"` builds a tiny random checkpoint at `path`
-on first use (mmtok/models/tiny.py) and then loads it exactly like any other folder.
+The family comes from `config.model_type` (`mmtok.models.families`: llava →
+LlavaForConditionalGeneration, llava_next → LlavaNextForConditionalGeneration, qwen2_5_vl →
+Qwen2_5_VLForConditionalGeneration). The processor is `AutoProcessor`'s, except for Qwen2.5-VL:
+`Qwen25VLImageProcessor` (AutoProcessor needs torchvision there), with the image sizing
+`min_pixels` / `max_pixels` (None keeps the checkpoint's). A hub id is loaded from the local HF
+cache only, unless `download=True`; a missing folder or an uncached hub id is a one-line
+`ModelSourceError` (raised before any weights are read). `tiny="llava"|"llava_next"|"qwen2_5_vl"`
+builds a tiny random checkpoint at `path` on first use (mmtok/models/tiny.py, tiny_qwen.py) and then
+loads it exactly like any other folder.
 """
 
 from __future__ import annotations
@@ -17,10 +21,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-FAMILIES = {
-    "llava": "LlavaForConditionalGeneration",
-    "llava_next": "LlavaNextForConditionalGeneration",
-}
+from mmtok.models.families import FAMILIES as _FAMILY_INFO
+
+FAMILIES = {model_type: info.hf_class for model_type, info in _FAMILY_INFO.items()}
 
 
 class ModelSourceError(ValueError):
@@ -38,8 +41,6 @@ def ensure_tiny(path: str | Path, family: str) -> Path:
     """Build the tiny `family` checkpoint at `path` unless it is already there (safe for concurrent runs)."""
     from filelock import FileLock
 
-    from mmtok.models.tiny import build_tiny
-
     path = Path(path)
     if (path / "config.json").is_file():
         return path
@@ -49,7 +50,7 @@ def ensure_tiny(path: str | Path, family: str) -> Path:
             return path
         tmp = Path(tempfile.mkdtemp(prefix=path.name + ".", dir=path.parent))
         try:
-            build_tiny(tmp, family)
+            _build_tiny(tmp, family)
             if path.exists():  # a half-written folder from an interrupted build
                 shutil.rmtree(path)
             os.replace(tmp, path)
@@ -57,6 +58,17 @@ def ensure_tiny(path: str | Path, family: str) -> Path:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+def _build_tiny(out_dir: Path, family: str) -> None:
+    if family == "qwen2_5_vl":
+        from mmtok.models.tiny_qwen import build_tiny_qwen25vl
+
+        build_tiny_qwen25vl(out_dir)
+    else:
+        from mmtok.models.tiny import build_tiny
+
+        build_tiny(out_dir, family)
 
 
 def resolve_source(path: str, *, download: bool = False, tiny: str | None = None) -> tuple[str, bool]:
@@ -107,9 +119,12 @@ def load_model(
     device: str = "cpu",
     download: bool = False,
     tiny: str | None = None,
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
 ):
-    """(model in eval mode on `device`, processor, LoadedInfo)."""
-    from transformers import AutoConfig, AutoProcessor
+    """(model in eval mode on `device`, processor, LoadedInfo). `min_pixels` / `max_pixels`: the
+    image sizing of a Qwen2.5-VL processor (None keeps the checkpoint's; other families take none)."""
+    from transformers import AutoConfig
 
     source, local_only = resolve_source(path, download=download, tiny=tiny)
     config = AutoConfig.from_pretrained(source, local_files_only=local_only)
@@ -121,5 +136,29 @@ def load_model(
         local_files_only=local_only,
     )
     model = model.to(device).eval()
-    processor = AutoProcessor.from_pretrained(source, local_files_only=local_only)
+    processor = load_processor(
+        source, config.model_type, local_files_only=local_only, min_pixels=min_pixels, max_pixels=max_pixels
+    )
     return model, processor, LoadedInfo(source=source, family=config.model_type, local_files_only=local_only)
+
+
+def load_processor(
+    source: str,
+    family: str,
+    *,
+    local_files_only: bool = True,
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
+):
+    """The processor of checkpoint `source` of model_type `family`."""
+    if family == "qwen2_5_vl":
+        from mmtok.models.qwen_processor import load_qwen_processor
+
+        return load_qwen_processor(
+            source, min_pixels=min_pixels, max_pixels=max_pixels, local_files_only=local_files_only
+        )
+    if min_pixels is not None or max_pixels is not None:
+        raise ModelSourceError(f"min_pixels / max_pixels size Qwen2.5-VL images; a {family} checkpoint takes neither")
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(source, local_files_only=local_files_only)

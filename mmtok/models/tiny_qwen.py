@@ -12,13 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import ProcessorMixin
-from transformers.models.qwen2_5_vl.processing_qwen2_5_vl import Qwen2_5_VLProcessor
 
+from mmtok.models.qwen_processor import IMAGE_PAD, VIDEO_PAD, Qwen25VLImageProcessor
 from mmtok.models.tiny import _CORPUS
 
-IMAGE_PAD = "<|image_pad|>"
-VIDEO_PAD = "<|video_pad|>"
 VISION_START = "<|vision_start|>"
 VISION_END = "<|vision_end|>"
 IM_START = "<|im_start|>"
@@ -39,22 +36,6 @@ QWEN25VL_CHAT_TEMPLATE = (
     "{% endfor %}<|im_end|>\n{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-
-
-class Qwen25VLImageProcessor(Qwen2_5_VLProcessor):
-    """`Qwen2_5_VLProcessor` without the video part.
-
-    The stock processor (and `AutoProcessor`) always builds a video processor, which needs
-    torchvision; images and text need none of it. Only `image_processor` and `tokenizer` are
-    attributes, so `save_pretrained` / `from_pretrained` (of this class) round-trip without video.
-    """
-
-    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-        self.image_token = getattr(tokenizer, "image_token", None) or IMAGE_PAD
-        self.video_token = getattr(tokenizer, "video_token", None) or VIDEO_PAD
-        self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
-        self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
-        ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
 
 
 def build_qwen_tokenizer(vocab_size: int = 400):
