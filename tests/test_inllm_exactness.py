@@ -89,7 +89,7 @@ def test_visionzip_cls_attention_equals_the_towers_own_weights(tiny_models, tiny
     batch = inputs(processor, QUESTIONS[:2])
     pruner = build_pruner("visionzip", budget=8)
     with torch.no_grad():
-        images = pruner.encode(adapter_for(model), batch["pixel_values"], None)
+        images = pruner.encode(adapter_for(model), batch["pixel_values"])
     eager = tiny_llava_eager
     with torch.no_grad():
         ref = eager.model.vision_tower(batch["pixel_values"], output_attentions=True).attentions[-2][:, :, 0]

@@ -110,7 +110,7 @@ def test_signals_equal_what_the_releases_hooks_capture(tiny_models, family):
     batch = inputs(processor, QUESTIONS[:1])
     try:
         with torch.no_grad():
-            image = adapter.encode(batch["pixel_values"], batch.get("image_sizes"))[0]
+            image = adapter.encode(batch["pixel_values"], image_sizes=batch.get("image_sizes"))[0]
             x = layer.layer_norm1(image.pre)
             q, k = layer.self_attn.q_proj(x), layer.self_attn.k_proj(x)
     finally:

@@ -7,7 +7,8 @@ import warnings
 import pytest
 import torch
 
-from mmtok.models.adapters import CropSelection, LlavaNextAdapter
+from mmtok.models.adapters import CropSelection
+from mmtok.models.llava import LlavaNextAdapter
 from mmtok.pruners import PRUNERS, build_pruner
 from tests._tiny import QUESTIONS, generate, images, inputs
 
@@ -97,7 +98,7 @@ def _image(model, processor, idx=0):
     adapter = LlavaNextAdapter(model)
     batch = processor(images=[images()[idx]], text=["<image>"], return_tensors="pt")
     with torch.no_grad():
-        return adapter, adapter.encode(batch["pixel_values"], batch["image_sizes"])[0]
+        return adapter, adapter.encode(batch["pixel_values"], image_sizes=batch["image_sizes"])[0]
 
 
 def test_hf_layout_keep_all_equals_hf_packing(next_model):

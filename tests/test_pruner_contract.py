@@ -213,7 +213,9 @@ def assert_selecting_every_token_is_identity(name, model, processor):
     for i, q in enumerate(QUESTIONS):
         batch = inputs(processor, [q], imgs=_img(i))
         with torch.no_grad():
-            image = pruner.encode(adapter, batch["pixel_values"], batch.get("image_sizes"))[0]  # tower signals too
+            image = pruner.encode(adapter, batch["pixel_values"], image_sizes=batch.get("image_sizes"))[
+                0
+            ]  # tower signals too
             ids = batch["input_ids"][0]
             ctx = SampleContext(0, ids, q, processor.tokenizer, model.get_input_embeddings(), 0, adapter)
             sel = pruner.select(image, TOKENS_PER_CROP, ctx)

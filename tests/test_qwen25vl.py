@@ -368,7 +368,7 @@ def test_release_budget_and_text_rules(tiny_qwen):
         Q.retain_count(35, 0.0)
     tok = processor.tokenizer
     question = "Is there a cat in the image?\nAnswer the question using a single word or phrase."
-    rows = Q.release_question_embeddings(model, tok, question)
+    rows = Q.release_question_embeddings(model.get_input_embeddings(), tok, question)
     words = ["Question:", "Is", "there", "a", "cat", "in", "the", "image?", "Answer", "the", "question", "using"]
     words += ["a", "single", "word", "or", "phrase."]
     ids = [i for w in words for i in tok.encode(w, add_special_tokens=False)]

@@ -1,29 +1,48 @@
-"""Where each HF LLaVA family keeps its image features, and how kept tokens are laid out.
+"""The family-adapter protocol: everything a model family differs in, behind one interface.
 
-One adapter per family. Pruners never look at model internals; they get `ImageCrops` (what the
-vision tower and projector produced for one image) and return a `CropSelection`; the adapter turns
-that back into the token sequence the LLM receives.
+A pruner never looks at model internals. The request path (`mmtok.pruners.base`) asks the model's
+adapter to encode the images into per-crop tokens (`ImageCrops`), turns each image's kept tokens
+(`CropSelection` from a method) into the tokens the LLM receives (`assemble` -> `KeptImage`), and
+has the adapter build the shortened LLM inputs (`build_inputs` -> `LLMInputs`: embeddings,
+attention mask, position ids, image spans) and the kwargs of the model's own `generate`. In-LLM
+methods reach the decoder through `language_model` (layers, rotary embedding, final norm).
+
+One module per family registers its adapter by HF `model_type` (`@register_family`):
+`mmtok.models.llava` (LLaVA-1.5, LLaVA-NeXT) and `mmtok.models.qwen25vl` (Qwen2.5-VL).
 """
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import nn
 
+from mmtok.models.families import FAMILIES
+
 LAYOUTS = ("paper", "hf")
+
+# model_type -> the module that registers its adapter (imported on first use)
+_FAMILY_MODULES = {
+    "llava": "mmtok.models.llava",
+    "llava_next": "mmtok.models.llava",
+    "qwen2_5_vl": "mmtok.models.qwen25vl",
+}
+_ADAPTERS: dict[str, type[FamilyAdapter]] = {}
 
 
 @dataclass
 class ImageCrops:
-    """Vision features of one image, crop-major (LLaVA-1.5: one crop; NeXT: base image + tiles)."""
+    """Vision features of one image, crop-major (LLaVA-1.5 and Qwen2.5-VL: one crop; NeXT: base image + tiles)."""
 
-    proj: torch.Tensor  # [c, n, D_llm] projected patch tokens (what the LLM would receive)
-    pre: torch.Tensor  # [c, n+1, D_vis] CLIP features at the layer the projector reads, CLS at 0
-    grid: tuple[int, int] | None = None  # NeXT: (rows, cols) of high-resolution tiles
+    proj: torch.Tensor  # [c, n, D_llm] projected tokens (what the LLM would receive)
+    pre: torch.Tensor  # [c, n(+1), D_vis] vision features before the projector; CLS at 0 when has_cls
+    grid: tuple[int, int] | None = None  # NeXT: (rows, cols) of tiles; Qwen: (h, w) of the merged grid
     image_size: tuple[int, int] | None = None  # NeXT: original (height, width)
     extras: dict = field(default_factory=dict)  # per-crop signals captured in the tower (VisionZip)
+    has_cls: bool = True  # CLIP towers (LLaVA) put a CLS token at index 0 of `pre`; Qwen's ViT has none
 
     @property
     def num_crops(self) -> int:
@@ -32,6 +51,11 @@ class ImageCrops:
     @property
     def tokens_per_crop(self) -> int:
         return self.proj.shape[1]
+
+    @property
+    def patches(self) -> torch.Tensor:
+        """[c, n, D_vis] pre-projector features aligned with `proj` (CLS removed)."""
+        return self.pre[:, 1:] if self.has_cls else self.pre
 
 
 @dataclass
@@ -43,172 +67,117 @@ class CropSelection:
     packed_indices: torch.Tensor | None = None  # indices into the family's full (HF) packed sequence
 
 
-class LlavaAdapter:
-    """LLaVA-1.5 (`LlavaForConditionalGeneration`): one 336px crop, patches without CLS."""
+@dataclass
+class KeptImage:
+    """The image tokens one sample's LLM input receives, in sequence order."""
 
-    family = "llava"
+    tokens: torch.Tensor  # [k, D_llm]
+    index: torch.Tensor | None = None  # [k] rows of `full_sequence` they are; None for merged tokens
+
+    @property
+    def count(self) -> int:
+        return int(self.tokens.shape[0])
+
+
+@dataclass
+class ImageSpan:
+    """Where one sample's image tokens sit in the padded sequence the LLM receives."""
+
+    start: int
+    length: int
+
+
+@dataclass
+class LLMInputs:
+    """The shortened, left-padded prompt the LLM's `generate` receives."""
+
+    inputs_embeds: torch.Tensor  # [B, L, D_llm]
+    attention_mask: torch.Tensor  # [B, L]
+    spans: list[ImageSpan]
+    position_ids: torch.Tensor | None = None  # None: the model's own (1-D, from the mask); Qwen: [3, B, L]
+
+
+class FamilyAdapter:
+    """Base of the family adapters (see the module docstring for the protocol)."""
+
+    family: ClassVar[str] = ""
+    # keyword arguments of `generate` that describe the images (popped and handed to the adapter)
+    image_keys: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, model: nn.Module):
         self.model = model
-        self.inner = model.model
         self.config = model.config
 
+    @property
+    def language_model(self) -> nn.Module:
+        """The decoder stack: `.layers`, `.rotary_emb`, `.norm`, `.config`."""
+        return self.model.model.language_model
+
     # -- vision -------------------------------------------------------------------------------
-    @property
-    def tower(self) -> nn.Module:
-        return self.inner.vision_tower
-
-    @property
-    def feature_layer(self) -> int:
-        layer = self.config.vision_feature_layer
-        if not isinstance(layer, int):
-            raise ValueError("mmtok supports a single vision_feature_layer (LLaVA uses -2)")
-        return layer
-
-    def feature_layer_module(self) -> nn.Module:
-        """The CLIP encoder layer whose output the projector reads (hidden_states[-2] -> layer L-2)."""
-        tower = self.tower
-        # the tower is a CLIPVisionModel (layers under .vision_model) or a bare CLIPVisionTransformer
-        layers = (tower.vision_model if hasattr(tower, "vision_model") else tower).encoder.layers
-        hidden_index = self.feature_layer % (len(layers) + 1)  # hidden_states has L+1 entries
-        return layers[hidden_index - 1]
-
-    def _tower_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        out = self.tower(pixel_values, output_hidden_states=True, return_dict=True)
-        feats = out.hidden_states[self.feature_layer]
-        if self.config.vision_feature_select_strategy != "default":
-            raise ValueError("mmtok expects vision_feature_select_strategy='default' (CLS dropped)")
-        return feats  # [crops, n+1, D_vis]
-
-    def project(self, pre_patches: torch.Tensor) -> torch.Tensor:
-        return self.inner.multi_modal_projector(pre_patches)
-
-    def encode(self, pixel_values: torch.Tensor, image_sizes=None) -> list[ImageCrops]:
-        pre = self._tower_features(pixel_values.to(self.tower.dtype))
-        proj = self.project(pre[:, 1:])
-        return [ImageCrops(proj=proj[i : i + 1], pre=pre[i : i + 1]) for i in range(pre.shape[0])]
+    def encode(self, pixel_values: torch.Tensor, **image_inputs) -> list[ImageCrops]:
+        """Run the vision tower once; `image_inputs` are the family's `image_keys` from the call."""
+        raise NotImplementedError
 
     # -- assembly -----------------------------------------------------------------------------
     def max_crops(self) -> int:
-        return max_crops(self.config)
+        return 1
 
     def full_sequence(self, image: ImageCrops) -> torch.Tensor:
         """The image tokens exactly as the unmodified HF model would feed them."""
         return image.proj[0]
 
     def full_length(self, image: ImageCrops) -> int:
-        """How many image tokens the unmodified model feeds (without building them)."""
         return image.tokens_per_crop
 
     def assemble(self, image: ImageCrops, sel: CropSelection, layout: str) -> torch.Tensor:
-        if sel.features is not None:
-            return torch.cat(sel.features, dim=0)
-        if sel.packed_indices is not None:
-            return self.full_sequence(image)[sel.packed_indices]
-        return image.proj[0][sel.indices[0]]
+        """The image tokens [k, D_llm] the LLM receives for selection `sel`."""
+        raise NotImplementedError
+
+    def kept(self, image: ImageCrops, sel: CropSelection, layout: str) -> KeptImage:
+        """`assemble` plus, where the family needs it (original positions), which rows were kept."""
+        return KeptImage(tokens=self.assemble(image, sel, layout))
+
+    def kept_all(self, image: ImageCrops) -> KeptImage:
+        """Every image token, exactly as the unmodified model feeds them."""
+        full = self.full_sequence(image)
+        return KeptImage(tokens=full, index=torch.arange(full.shape[0], device=full.device))
+
+    def build_inputs(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, kept: list[KeptImage], image_inputs: dict
+    ) -> LLMInputs:
+        """The LLM inputs for a padded batch whose sample b keeps image tokens `kept[b]`."""
+        raise NotImplementedError
+
+    def generate_inputs(self, inputs: LLMInputs) -> dict:
+        """The keyword arguments of the model's own `generate` for `inputs`."""
+        out = {"inputs_embeds": inputs.inputs_embeds, "attention_mask": inputs.attention_mask}
+        if inputs.position_ids is not None:
+            out["position_ids"] = inputs.position_ids
+        return out
 
 
-class LlavaNextAdapter(LlavaAdapter):
-    """LLaVA-NeXT (`LlavaNextForConditionalGeneration`): base image + anyres tiles."""
+def register_family(cls: type[FamilyAdapter]) -> type[FamilyAdapter]:
+    """Class decorator: the adapter of HF `model_type` `cls.family`."""
+    if cls.family not in FAMILIES:
+        raise ValueError(f"{cls.__name__}: family {cls.family!r} is not in mmtok.models.families")
+    _ADAPTERS[cls.family] = cls
+    return cls
 
-    family = "llava_next"
 
-    def encode(self, pixel_values: torch.Tensor, image_sizes=None) -> list[ImageCrops]:
-        from transformers.models.llava_next.modeling_llava_next import (
-            get_anyres_image_grid_shape,
-            image_size_to_num_patches,
-        )
-
-        if image_sizes is None:
-            raise ValueError("LLaVA-NeXT inputs need `image_sizes` (the processor returns them)")
-        vision_size = self.config.vision_config.image_size
-        pinpoints = self.config.image_grid_pinpoints
-        counts = [image_size_to_num_patches(s, pinpoints, vision_size) for s in image_sizes]
-        if pixel_values.dim() == 5:
-            pixel_values = torch.cat([pv[:c] for pv, c in zip(pixel_values, counts)], dim=0)
-        pre = self._tower_features(pixel_values.to(self.tower.dtype))
-        proj = self.project(pre[:, 1:])
-        images, start = [], 0
-        for size, c in zip(image_sizes, counts):
-            rows, cols = get_anyres_image_grid_shape(size, pinpoints, vision_size)
-            images.append(
-                ImageCrops(
-                    proj=proj[start : start + c],
-                    pre=pre[start : start + c],
-                    grid=(rows, cols),
-                    image_size=tuple(int(x) for x in size),
-                )
-            )
-            start += c
-        return images
-
-    def _side(self) -> int:
-        return self.config.vision_config.image_size // self.config.vision_config.patch_size
-
-    def _pack(self, image: ImageCrops, values: torch.Tensor, newline: torch.Tensor) -> torch.Tensor:
-        """HF's `pack_image_features` for one image, applied to any per-token `values` [c, n, C]."""
-        packed, _ = self.inner.pack_image_features(
-            [values],
-            torch.tensor([image.image_size]),
-            vision_feature_select_strategy=self.config.vision_feature_select_strategy,
-            image_newline=newline,
-        )
-        return packed[0]
-
-    def full_sequence(self, image: ImageCrops) -> torch.Tensor:
-        return self._pack(image, image.proj, self.inner.image_newline)
-
-    def full_length(self, image: ImageCrops) -> int:
-        c, n, _ = image.proj.shape
-        return self._pack(image, torch.zeros(c, n, 1), torch.zeros(1)).shape[0]
-
-    def _stitched_order(self, image: ImageCrops) -> torch.Tensor:
-        """Flat (crop * n + token) ids of the tiles in raster order of the stitched high-res grid."""
-        rows, cols = image.grid
-        side = self._side()
-        ids = torch.arange((image.num_crops - 1) * side * side).view(rows, cols, side, side)
-        return ids.permute(0, 2, 1, 3).reshape(-1) + side * side  # offset past the base crop
-
-    def assemble(self, image: ImageCrops, sel: CropSelection, layout: str) -> torch.Tensor:
-        if layout not in LAYOUTS:
-            raise ValueError(f"unknown LLaVA-NeXT layout {layout!r}; valid: {', '.join(LAYOUTS)}")
-        if sel.features is not None:  # merged tokens have no grid position: crop order
-            return torch.cat(sel.features, dim=0)
-        if sel.packed_indices is not None:
-            return self.full_sequence(image)[sel.packed_indices]
-        c, n, dim = image.proj.shape
-        keep = torch.zeros(c, n, dtype=torch.bool, device=image.proj.device)
-        for crop, idx in enumerate(sel.indices):
-            keep[crop, idx] = True
-        flat = image.proj.reshape(c * n, dim)
-        if c == 1:
-            return flat[keep.view(-1)]
-        if layout == "paper":
-            # Paper protocol: base tokens, then tiles on the stitched grid in raster order;
-            # no unpadding and no image-newline tokens.
-            order = torch.cat([torch.arange(n), self._stitched_order(image)]).to(flat.device)
-            return flat[order[keep.view(-1)[order]]]
-        # HF layout: HF's own packing (unpad + newline per row) of the kept tokens; a row's
-        # newline survives when the row keeps at least one token, so keep-all equals HF exactly.
-        # integer codes and ids: they pass through HF's packing exactly, on any device
-        codes = keep.long().unsqueeze(-1) + 1  # 2 = kept, 1 = dropped, 3 = newline
-        ids = torch.arange(c * n, device=flat.device).view(c, n, 1)
-        packed = self._pack(image, torch.cat([codes, ids], dim=-1), torch.tensor([3, -1], device=flat.device))
-        code, src = packed[:, 0], packed[:, 1]
-        is_newline = code == 3
-        row = torch.cumsum(is_newline.long(), 0) - is_newline.long()  # a newline closes its row
-        row_kept = torch.zeros(int(row.max()) + 1, dtype=torch.long, device=flat.device)
-        in_tiles = torch.arange(code.shape[0], device=flat.device) >= n  # the base crop has no rows
-        row_kept.scatter_add_(0, row, ((code == 2) & in_tiles).long())
-        survive = (code == 2) | (is_newline & (row_kept[row] > 0))
-        tokens = flat[src.clamp(min=0)]
-        tokens[is_newline] = self.inner.image_newline.to(flat.dtype)
-        return tokens[survive]
+def adapter_for(model: nn.Module) -> FamilyAdapter:
+    """The adapter of `model`'s family (by `config.model_type`); one-line TypeError otherwise."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    info = FAMILIES.get(model_type)
+    if info is None or type(model).__name__ != info.hf_class:
+        valid = ", ".join(f.hf_class for f in FAMILIES.values())
+        raise TypeError(f"unsupported model class {type(model).__name__}; valid: {valid}")
+    importlib.import_module(_FAMILY_MODULES[model_type])
+    return _ADAPTERS[model_type](model)
 
 
 def max_crops(config) -> int:
-    """Crops of the largest split a checkpoint can produce: 1 for LLaVA-1.5; for LLaVA-NeXT the
-    base image plus the most tiles of any grid pinpoint (5 for the llava-hf checkpoints)."""
+    """Crops of the largest split a checkpoint can produce: 1 for LLaVA-1.5 and Qwen2.5-VL; for
+    LLaVA-NeXT the base image plus the most tiles of any grid pinpoint (5 for the llava-hf checkpoints)."""
     pinpoints = getattr(config, "image_grid_pinpoints", None)
     if getattr(config, "model_type", None) != "llava_next" or not pinpoints:
         return 1
@@ -216,19 +185,15 @@ def max_crops(config) -> int:
     return 1 + max((h // size) * (w // size) for h, w in pinpoints)
 
 
-def tokens_per_crop(config) -> int:
+def tokens_per_crop(config) -> int | None:
+    """Image tokens of one crop; None where the count follows the image size (Qwen2.5-VL)."""
     vision = config.vision_config
+    if getattr(config, "model_type", None) == "qwen2_5_vl":
+        return None
     return (vision.image_size // vision.patch_size) ** 2
 
 
-def adapter_for(model: nn.Module) -> LlavaAdapter:
-    from transformers import LlavaForConditionalGeneration, LlavaNextForConditionalGeneration
-
-    if isinstance(model, LlavaNextForConditionalGeneration):
-        return LlavaNextAdapter(model)
-    if isinstance(model, LlavaForConditionalGeneration):
-        return LlavaAdapter(model)
-    raise TypeError(
-        f"unsupported model class {type(model).__name__}; "
-        "valid: LlavaForConditionalGeneration, LlavaNextForConditionalGeneration"
-    )
+def image_capacity(config) -> int | None:
+    """The most image tokens one image can give (a budget label's reference); None where it follows the image."""
+    per_crop = tokens_per_crop(config)
+    return None if per_crop is None else per_crop * max_crops(config)

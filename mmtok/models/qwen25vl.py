@@ -1,6 +1,9 @@
-"""Qwen2.5-VL (`Qwen2_5_VLForConditionalGeneration`, transformers 5.23): image tokens and pruned requests.
+"""Qwen2.5-VL (`Qwen2_5_VLForConditionalGeneration`, transformers 5.23): its family adapter, image tokens
+and pruned requests.
 
-The building blocks a Qwen family adapter consumes; nothing here patches or subclasses the model.
+`QwenAdapter` is what the pruners' request path uses (`with pruner(model): model.generate(**batch)`);
+the functions below are its building blocks, usable on their own; nothing here patches or
+subclasses the model.
 
     images = encode_images(model, batch["pixel_values"], batch["image_grid_thw"])
     request = build_request(model, batch, images)            # full sequence, 3-row M-RoPE positions
@@ -24,6 +27,16 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from mmtok.models.adapters import (
+    CropSelection,
+    FamilyAdapter,
+    ImageCrops,
+    ImageSpan,
+    KeptImage,
+    LLMInputs,
+    register_family,
+)
 
 # MMTok's defaults on Qwen2.5-VL in the authors' release (LLaVA: tau_t 0.02).
 RELEASE_QWEN_MMTOK = {"alpha": 0.5, "tau_t": 0.01, "tau_v": 0.2}
@@ -196,7 +209,7 @@ def retain_count(num_tokens: int, retain_ratio: float) -> int:
     return int(retain_ratio * num_tokens)
 
 
-def release_question_embeddings(model: nn.Module, tokenizer, question: str) -> torch.Tensor:
+def release_question_embeddings(embed_tokens: nn.Module, tokenizer, question: str) -> torch.Tensor:
     """MMTok's text side on Qwen as the release prepares it: input-embedding rows of "Question: <question>".
 
     Unlike its LLaVA path there is no cleaning: no stop words or benchmark post-prompts removed,
@@ -208,5 +221,91 @@ def release_question_embeddings(model: nn.Module, tokenizer, question: str) -> t
     ids = tokenizer(words, is_split_into_words=True)["input_ids"]
     if len(ids) > 1 and tokenizer.bos_token_id is not None and ids[0] == tokenizer.bos_token_id:
         ids = ids[1:]
-    table = model.get_input_embeddings().weight
+    table = embed_tokens.weight
     return table[torch.tensor(ids, device=table.device)]
+
+
+@register_family
+class QwenAdapter(FamilyAdapter):
+    """Qwen2.5-VL: one image = one "crop" of t*h*w merged tokens (the count follows the image size).
+
+    Kept tokens keep their original M-RoPE positions (`keep_image_tokens`); the request goes to
+    `generate` as embeddings + the 3 position rows, so decoding continues at the unpruned
+    sequence's next position. Methods see `proj` = the merger outputs and `pre` = the ViT's last
+    block averaged per 2x2 merge unit (raster order, no CLS).
+    """
+
+    family = "qwen2_5_vl"
+    image_keys = ("image_grid_thw", "mm_token_type_ids")
+
+    def encode(self, pixel_values: torch.Tensor, image_grid_thw=None, mm_token_type_ids=None) -> list[ImageCrops]:
+        if image_grid_thw is None:
+            raise ValueError("Qwen2.5-VL inputs need `image_grid_thw` (the processor returns them)")
+        return [
+            ImageCrops(proj=im.merged[None], pre=im.vit[None], grid=im.grid[1:], has_cls=False)
+            for im in encode_images(self.model, pixel_values, image_grid_thw)
+        ]
+
+    def assemble(self, image: ImageCrops, sel: CropSelection, layout: str) -> torch.Tensor:
+        return self.kept(image, sel, layout).tokens
+
+    def kept(self, image: ImageCrops, sel: CropSelection, layout: str) -> KeptImage:
+        if sel.features is not None:
+            raise ValueError("Qwen2.5-VL keeps original M-RoPE positions: merged tokens have none (select indices)")
+        index = sel.packed_indices if sel.packed_indices is not None else sel.indices[0]
+        index = index.to(image.proj.device).sort().values
+        return KeptImage(tokens=image.proj[0][index], index=index)
+
+    def build_inputs(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, kept: list[KeptImage], image_inputs: dict
+    ) -> LLMInputs:
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, **image_inputs}
+        if batch.get("mm_token_type_ids") is None:
+            raise ValueError(
+                "Qwen2.5-VL inputs need `mm_token_type_ids` (the processor returns them); without them "
+                "get_rope_index is skipped and M-RoPE positions are lost"
+            )
+        inner = self.model.model
+        embeds = inner.get_input_embeddings()(input_ids)
+        image_mask = input_ids == self.config.image_token_id
+        for b, k in enumerate(kept):
+            if k.index is None:
+                raise ValueError("Qwen2.5-VL needs the kept tokens' indices (their original positions)")
+            rows = image_mask[b].nonzero().view(-1)
+            embeds[b, rows[k.index.to(rows.device)]] = k.tokens.to(embeds.dtype)
+        position_ids, deltas = inner.get_rope_index(
+            input_ids,
+            mm_token_type_ids=batch["mm_token_type_ids"],
+            image_grid_thw=batch["image_grid_thw"],
+            attention_mask=attention_mask,
+        )
+        full = QwenRequest(
+            inputs_embeds=embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            image_mask=image_mask & attention_mask.bool(),
+            next_position=(attention_mask.sum(-1) + deltas.view(-1).to(attention_mask.device)).long(),
+        )
+        pruned = keep_image_tokens(full, [k.index for k in kept])
+        spans = []
+        for b in range(len(kept)):
+            where = pruned.image_mask[b].nonzero().view(-1)
+            # an image pruned to nothing: an empty span right after its <|vision_start|>, which is kept
+            start = int(where[0]) if where.numel() else _vision_start_row(full, pruned, input_ids, b, self.config) + 1
+            spans.append(ImageSpan(start=start, length=int(where.numel())))
+        last = pruned.position_ids[:, :, -1]
+        if not bool((last == (pruned.next_position - 1).to(last.device)).all()):
+            raise ValueError("the request does not end with a text token at its original position")
+        return LLMInputs(pruned.inputs_embeds, pruned.attention_mask, spans, position_ids=pruned.position_ids)
+
+    def generate_inputs(self, inputs: LLMInputs) -> dict:
+        self.model.model.rope_deltas = None  # stale deltas of an earlier native call are never read on this path
+        return super().generate_inputs(inputs)
+
+
+def _vision_start_row(full: QwenRequest, pruned: QwenRequest, input_ids: torch.Tensor, b: int, config) -> int:
+    """Row of sample b's <|vision_start|> in the pruned (re-padded) request."""
+    row = int((input_ids[b] == config.vision_start_token_id).nonzero().view(-1)[0])
+    before = int((full.attention_mask[b, : row + 1].bool() & ~full.image_mask[b, : row + 1]).sum())
+    pad = pruned.attention_mask.shape[1] - int(pruned.attention_mask[b].sum())
+    return pad + before - 1

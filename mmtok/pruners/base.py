@@ -15,6 +15,7 @@ the original `generate` runs on them. In-LLM methods additionally register decod
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import warnings
 import zlib
 from dataclasses import dataclass, field, fields
@@ -26,11 +27,15 @@ from torch import nn
 from mmtok.models.adapters import (
     LAYOUTS,
     CropSelection,
+    FamilyAdapter,
     ImageCrops,
-    LlavaAdapter,
+    ImageSpan,
+    KeptImage,
     adapter_for,
     max_crops,
+    tokens_per_crop,
 )
+from mmtok.models.families import TRAITS, missing_traits
 from mmtok.timing import now
 
 
@@ -44,15 +49,7 @@ class SampleContext:
     tokenizer: Any
     embed_tokens: nn.Module  # the LLM's input embedding table
     seed: int
-    adapter: LlavaAdapter  # the model family (for methods that work on the packed sequence)
-
-
-@dataclass
-class ImageSpan:
-    """Where one sample's image tokens sit in the padded sequence the LLM receives."""
-
-    start: int
-    length: int
+    adapter: FamilyAdapter  # the model family (for methods that work on the packed sequence)
 
 
 @dataclass
@@ -63,6 +60,7 @@ class Request:
     attention_mask: torch.Tensor  # [B, L] of the (possibly shortened) prompt
     prompt_length: int
     contexts: list[SampleContext]
+    position_ids: torch.Tensor | None = None  # [3, B, L] on M-RoPE families (Qwen2.5-VL), else None
 
 
 @dataclass
@@ -73,10 +71,15 @@ class Pruner:
     labels are upper bounds over the largest anyres split (5 crops for LLaVA-NeXT: `budget=160`
     means 32 per crop); each crop keeps `budget // max_crops` tokens, and the LLM receives that many
     per crop actually present. A per-crop budget at or above the crop size keeps every token (with
-    a warning when it is strictly above).
+    a warning when it is strictly above). Qwen2.5-VL (one image = one crop of a size-dependent
+    count n): `budget` tokens, or all n when n <= budget.
+
+    `retain_ratio` (instead of `budget`): every crop keeps int(ratio x its tokens), the release's
+    Qwen rule (k = int(0.2 x n) there); a method that cannot honour a ratio says so.
     """
 
     budget: int | None = None
+    retain_ratio: float | None = None
     next_layout: str = "paper"  # LLaVA-NeXT assembly of kept tokens: "paper" or "hf" (see adapters)
     seed: int = 0
 
@@ -87,12 +90,23 @@ class Pruner:
     # what the method needs from a model family (mmtok.models.families.TRAITS); families lacking
     # one are refused with a one-line error before any weights load
     requires: ClassVar[frozenset[str]] = frozenset()
+    takes_ratio: ClassVar[bool] = True  # accepts `retain_ratio`
+    # per family (model_type), the values that parameters left at None take (e.g. MMTok's tau_t)
+    family_defaults: ClassVar[dict[str, dict]] = {}
 
     last_stats: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.budget is not None and (not isinstance(self.budget, int) or self.budget < 1):
             raise ValueError(f"budget must be an integer >= 1 (or None to keep all), got {self.budget!r}")
+        if self.retain_ratio is not None:
+            if not self.takes_ratio:
+                raise ValueError(f"pruner {self.name!r} does not take retain_ratio; give a budget")
+            if self.budget is not None:
+                raise ValueError("give either budget or retain_ratio, not both")
+            ratio = self.retain_ratio
+            if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 < ratio <= 1.0:
+                raise ValueError(f"retain_ratio must be a number in (0, 1], got {ratio!r}")
         if self.next_layout not in LAYOUTS:
             raise ValueError(f"unknown next_layout {self.next_layout!r}; valid: {', '.join(LAYOUTS)}")
 
@@ -108,20 +122,30 @@ class Pruner:
         """Pre-LLM methods: keep `k` tokens of every crop of `image` (k < tokens per crop)."""
         raise NotImplementedError(f"{type(self).__name__} does not select before the LLM")
 
-    def encode(self, adapter: LlavaAdapter, pixel_values, image_sizes) -> list[ImageCrops]:
+    def encode(self, adapter: FamilyAdapter, pixel_values, **image_inputs) -> list[ImageCrops]:
         """Run the vision tower once; methods that need signals from inside it override this."""
-        return adapter.encode(pixel_values, image_sizes)
+        return adapter.encode(pixel_values, **image_inputs)
 
-    def llm_hooks(self, model: nn.Module, adapter: LlavaAdapter) -> list:
+    def llm_hooks(self, model: nn.Module, adapter: FamilyAdapter) -> list:
         """In-LLM methods: register hooks (they read `self.request`); return their handles."""
         return []
+
+    def for_family(self, model_type: str) -> Pruner:
+        """This pruner with every parameter left at None set to the family's default (a copy)."""
+        defaults = self.family_defaults.get(model_type, {})
+        unset = {k: v for k, v in defaults.items() if getattr(self, k) is None}
+        return dataclasses.replace(self, **unset) if unset else self
 
     def params(self) -> dict:
         """Every hyper-parameter by name (for result rows)."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.init}
 
     # -- budget ---------------------------------------------------------------------------------
-    def per_crop_budget(self, adapter: LlavaAdapter) -> int | None:
+    def per_crop_budget(self, adapter: FamilyAdapter, image: ImageCrops | None = None) -> int | None:
+        """Tokens each crop of `image` keeps (None: all); a ratio needs the image."""
+        if self.retain_ratio is not None and not self.in_llm:
+            n = image.tokens_per_crop if image is not None else tokens_per_crop(adapter.config)
+            return int(self.retain_ratio * n)
         return self._per_crop(adapter.config)
 
     def _per_crop(self, config) -> int | None:
@@ -146,6 +170,10 @@ class Pruner:
     @contextlib.contextmanager
     def __call__(self, model: nn.Module, *, tokenizer=None, questions: list[str] | None = None):
         adapter = adapter_for(model)  # raises for unsupported classes before touching the model
+        missing = missing_traits(self.requires, adapter.family)
+        if missing:
+            needs = " and ".join(TRAITS[t] for t in missing)
+            raise ValueError(f"pruner {self.name!r} does not apply to {adapter.family}: it needs {needs}")
         if "generate" in vars(model):
             raise RuntimeError("a pruner is already applied to this model (nested `with pruner(model)`)")
         self.tokenizer, self.questions = tokenizer, questions
@@ -160,21 +188,24 @@ class Pruner:
                 h.remove()
 
     # -- the per-image reduction (shared by every method) ---------------------------------------
-    def reduce_image(self, adapter: LlavaAdapter, image: ImageCrops, ctx: SampleContext) -> torch.Tensor:
-        k = self.per_crop_budget(adapter)
+    def reduce_image(self, adapter: FamilyAdapter, image: ImageCrops, ctx: SampleContext) -> KeptImage:
+        k = self.per_crop_budget(adapter, image)
         n = image.tokens_per_crop
         if k is None:  # no budget: exactly the unmodified model's image tokens
-            return adapter.full_sequence(image)
+            return adapter.kept_all(image)
+        if k == 0:  # a ratio of a small image (the release drops every image token then)
+            empty = torch.zeros(0, dtype=torch.long, device=image.proj.device)
+            return adapter.kept(image, CropSelection(indices=[empty] * image.num_crops), self.next_layout)
         if k >= n:
-            if k > n:
+            if k > n and tokens_per_crop(adapter.config) is not None:  # Qwen's n follows the image: no warning
                 warnings.warn(
                     f"{self.name}: per-crop budget {k} exceeds the {n} tokens of a crop; keeping all",
                     stacklevel=3,
                 )
             # every token, laid out as this pruner lays out kept tokens (so counts grow with k)
             every = torch.arange(n, device=image.proj.device)
-            return adapter.assemble(image, CropSelection(indices=[every] * image.num_crops), self.next_layout)
-        return adapter.assemble(image, self.select(image, k, ctx), self.next_layout)
+            return adapter.kept(image, CropSelection(indices=[every] * image.num_crops), self.next_layout)
+        return adapter.kept(image, self.select(image, k, ctx), self.next_layout)
 
     def sample_seed(self, ctx: SampleContext) -> int:
         """A seed that depends on the run seed and the prompt, never on the batch position."""
@@ -184,16 +215,17 @@ class Pruner:
 class _PrunedGenerate:
     """Stands in for `model.generate` inside the `with` block (an instance attribute, removed on exit)."""
 
-    def __init__(self, pruner: Pruner, model: nn.Module, adapter: LlavaAdapter, generate):
+    def __init__(self, pruner: Pruner, model: nn.Module, adapter: FamilyAdapter, generate):
         self.pruner, self.model, self.adapter, self.generate = pruner, model, adapter, generate
 
-    def __call__(self, input_ids=None, attention_mask=None, pixel_values=None, image_sizes=None, **kwargs):
-        if pixel_values is None or input_ids is None:
-            return self.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-        kwargs = _length_as_new_tokens(self.model, input_ids, kwargs)
-        if self.pruner.in_llm and (kwargs.get("num_beams", 1) > 1 or kwargs.get("num_return_sequences", 1) > 1):
-            raise ValueError(f"pruner {self.pruner.name!r} supports num_beams=1 and num_return_sequences=1 only")
+    def __call__(self, input_ids=None, attention_mask=None, pixel_values=None, **kwargs):
         pruner, adapter, model = self.pruner, self.adapter, self.model
+        image_inputs = {key: kwargs.pop(key) for key in adapter.image_keys if key in kwargs}
+        if pixel_values is None or input_ids is None:
+            return self.generate(input_ids=input_ids, attention_mask=attention_mask, **image_inputs, **kwargs)
+        kwargs = _length_as_new_tokens(model, input_ids, kwargs)
+        if pruner.in_llm and (kwargs.get("num_beams", 1) > 1 or kwargs.get("num_return_sequences", 1) > 1):
+            raise ValueError(f"pruner {pruner.name!r} supports num_beams=1 and num_return_sequences=1 only")
         batch = input_ids.shape[0]
         if batch > 1 and not pruner.supports_batch:
             raise ValueError(f"pruner {pruner.name!r} supports batch size 1 only (got {batch})")
@@ -207,7 +239,7 @@ class _PrunedGenerate:
 
         with torch.no_grad():
             t0 = now(device)
-            images = pruner.encode(adapter, pixel_values, image_sizes)
+            images = pruner.encode(adapter, pixel_values, **image_inputs)
             t1 = now(device)
             if len(images) != batch:
                 raise ValueError(f"mmtok supports one image per sample; got {len(images)} images for {batch} samples")
@@ -226,22 +258,25 @@ class _PrunedGenerate:
                 contexts.append(ctx)
                 kept.append(pruner.reduce_image(adapter, images[b], ctx))
             t2 = now(device)
-            embeds, mask, spans = _build_inputs(model, [c.input_ids for c in contexts], kept)
+            inputs = adapter.build_inputs(input_ids, attention_mask, kept, image_inputs)
 
-        pruner.request = Request(spans=spans, attention_mask=mask, prompt_length=mask.shape[1], contexts=contexts)
+        mask = inputs.attention_mask
+        pruner.request = Request(
+            spans=inputs.spans,
+            attention_mask=mask,
+            prompt_length=mask.shape[1],
+            contexts=contexts,
+            position_ids=inputs.position_ids,
+        )
         pruner.last_stats = {
             "vision_s": t1 - t0,
             "select_s": t2 - t1,
             "samples": [
-                {
-                    "vision_tokens_full": adapter.full_length(img),
-                    "vision_tokens": int(k.shape[0]),
-                    "crops": img.num_crops,
-                }
+                {"vision_tokens_full": adapter.full_length(img), "vision_tokens": k.count, "crops": img.num_crops}
                 for img, k in zip(images, kept)
             ],
         }
-        out = self.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
+        out = self.generate(**adapter.generate_inputs(inputs), **kwargs)
         # HF returns only new tokens for an embeddings prompt; put the prompt ids back in front so
         # callers slice `out[:, input_ids.shape[1]:]` exactly as with the unmodified model.
         if isinstance(out, torch.Tensor):
@@ -262,36 +297,3 @@ def _length_as_new_tokens(model, input_ids, kwargs: dict) -> dict:
     kwargs = {k: v for k, v in kwargs.items() if k != "max_length"}
     kwargs["max_new_tokens"] = max(max_length - input_ids.shape[1], 0)
     return kwargs
-
-
-def _build_inputs(model, prompts: list[torch.Tensor], image_tokens):
-    """Per sample: the unpadded prompt's embeddings with the image placeholder run replaced by
-    `image_tokens[b]`, then left-padded again (the pruned lengths can differ per sample)."""
-    embed = model.get_input_embeddings()
-    image_id = model.config.image_token_id
-    pad_id = model.generation_config.pad_token_id
-    if pad_id is None:
-        pad_id = 0
-    rows, spans = [], []
-    for b, (ids, feats) in enumerate(zip(prompts, image_tokens)):
-        where = (ids == image_id).nonzero().flatten()
-        if where.numel() == 0:
-            raise ValueError(f"sample {b} has no image placeholder token (id {image_id})")
-        start, end = int(where[0]), int(where[-1]) + 1
-        if end - start != where.numel():
-            raise ValueError(f"sample {b}: image placeholders are not one contiguous run (one image per sample)")
-        text = embed(ids)
-        rows.append(torch.cat([text[:start], feats.to(text.dtype), text[end:]], dim=0))
-        spans.append(start)
-    length = max(r.shape[0] for r in rows)
-    device = prompts[0].device
-    pad = embed(torch.tensor([pad_id], device=device))[0]
-    embeds = pad.expand(len(rows), length, pad.shape[0]).clone()
-    mask = torch.zeros(len(rows), length, dtype=torch.long, device=device)
-    out_spans = []
-    for b, (row, feats) in enumerate(zip(rows, image_tokens)):
-        offset = length - row.shape[0]
-        embeds[b, offset:] = row
-        mask[b, offset:] = 1
-        out_spans.append(ImageSpan(start=offset + spans[b], length=int(feats.shape[0])))
-    return embeds, mask, out_spans

@@ -27,7 +27,7 @@ from typing import ClassVar
 
 import torch
 
-from mmtok.models.adapters import max_crops, tokens_per_crop
+from mmtok.models.adapters import image_capacity
 from mmtok.pruners.inllm import Cut, InLLMPruner, LayerView, keep_vision
 from mmtok.pruners.registry import register
 from mmtok.selection import top_in_order
@@ -47,6 +47,7 @@ class FastVPruner(InLLMPruner):
     budget_mode: str = "equivalent"
 
     name: ClassVar[str] = "fastv"
+    takes_ratio: ClassVar[bool] = True  # R = int(retain_ratio x image tokens)
     renumber_positions: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
@@ -68,6 +69,8 @@ class FastVPruner(InLLMPruner):
         LLaVA-NeXT). An equivalent budget is a label relative to it, like the NeXT tables' labels:
         an image of n tokens gets the target T_eq = budget * n / capacity (= budget on LLaVA-1.5).
         """
+        if self.retain_ratio is not None:  # the release's Qwen rule, applied to R
+            return int(self.retain_ratio * n)
         if self.budget is None:
             return n
         if self.budget_mode == "kept":
@@ -89,17 +92,18 @@ class FastVPruner(InLLMPruner):
         return min(r, n)
 
     def llm_hooks(self, model, adapter):
-        self._capacity = tokens_per_crop(adapter.config) * max_crops(adapter.config)
+        self._capacity = image_capacity(adapter.config)
         return super().llm_hooks(model, adapter)
 
     def check_budget(self, config) -> None:
         super().check_budget(config)
-        capacity = tokens_per_crop(config) * max_crops(config)
-        self.kept_tokens(capacity, config.text_config.num_hidden_layers, capacity)
+        capacity = image_capacity(config)
+        if capacity is not None:  # Qwen2.5-VL: the count follows the image, checked per request
+            self.kept_tokens(capacity, config.text_config.num_hidden_layers, capacity)
 
     def layer_schedule(self, n: int, config) -> list[int]:
         layers = config.text_config.num_hidden_layers
-        r = self.kept_tokens(n, layers, tokens_per_crop(config) * max_crops(config))
+        r = self.kept_tokens(n, layers, image_capacity(config))
         return [n] * self.layer + [min(r, n)] * (layers - self.layer)
 
     def cut(self, step: int, view: LayerView) -> list[Cut]:

@@ -35,8 +35,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from mmtok.models.adapters import LlavaAdapter
-from mmtok.pruners.base import ImageSpan, Pruner
+from mmtok.models.adapters import FamilyAdapter, ImageSpan
+from mmtok.pruners.base import Pruner
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -134,6 +134,7 @@ class Stage:
     spans: list[ImageSpan]
     shift: torch.Tensor  # [B] decode positions: incoming position id - shift
     changed: bool  # False while it equals stage 0 (then the layers' inputs are left untouched)
+    mrope: torch.Tensor | None = None  # [3, B, P] M-RoPE rows (Qwen2.5-VL); then `pos` is unused
     # Read once when the stage is built (prefill), so decode steps never wait on the device
     all_valid: bool = False
     any_shift: bool = False
@@ -179,6 +180,7 @@ class InLLMPruner(Pruner):
     """Base of the in-LLM methods: say where to prune (`prune_layers`) and what to keep (`cut`)."""
 
     in_llm: ClassVar[bool] = True
+    takes_ratio: ClassVar[bool] = False  # schedules are defined by budget; a method opts in
     renumber_positions: ClassVar[bool] = False  # False: kept tokens keep their original positions
 
     # per prune layer of the last prefill: {"layer", "scores", "keep", ...} with per-sample lists
@@ -198,7 +200,7 @@ class InLLMPruner(Pruner):
         tests count what each layer really receives and compare."""
         raise NotImplementedError
 
-    def llm_hooks(self, model: nn.Module, adapter: LlavaAdapter) -> list:
+    def llm_hooks(self, model: nn.Module, adapter: FamilyAdapter) -> list:
         return LayerDropper(self, adapter).register()
 
     def check_budget(self, config) -> None:
@@ -208,9 +210,9 @@ class InLLMPruner(Pruner):
 class LayerDropper:
     """Physically shortens the decoder's sequence at a method's prune layers (module docstring)."""
 
-    def __init__(self, pruner: InLLMPruner, adapter: LlavaAdapter):
+    def __init__(self, pruner: InLLMPruner, adapter: FamilyAdapter):
         self.pruner = pruner
-        self.lm = adapter.model.model.language_model
+        self.lm = adapter.language_model
         self.layers = self.lm.layers
         impl = self.lm.config._attn_implementation
         if impl not in ("sdpa", "eager"):
@@ -263,6 +265,10 @@ class LayerDropper:
             pos = kwargs.get("position_ids")
             if pos is None:
                 pos = torch.arange(length, device=hidden.device)
+            # M-RoPE families: the layers see only cos/sin, so the 3 position rows come from the request
+            mrope = None if request.position_ids is None else request.position_ids.to(hidden.device)
+            if mrope is not None and self.pruner.renumber_positions:
+                raise ValueError(f"{self.pruner.name} renumbers positions, which M-RoPE (3-row) positions do not allow")
             self.prompt_length = length
             self.mask_dtype = None if kwargs.get("attention_mask") is None else kwargs["attention_mask"].dtype
             self.embeds = hidden
@@ -274,6 +280,7 @@ class LayerDropper:
                     spans=list(request.spans),
                     shift=torch.zeros(batch, dtype=torch.long, device=hidden.device),
                     changed=False,
+                    mrope=mrope,
                 )
             ]
             self.pruner.last_trace = []
@@ -331,6 +338,7 @@ class LayerDropper:
                     _splice(stage.valid[b], head, torch.ones(m, dtype=torch.bool, device=device), tail),
                     _splice(stage.origin[b], head, torch.full((m,), -1, device=device), tail),
                     _splice(stage.pos[b], head, torch.zeros(m, dtype=torch.long, device=device), tail),
+                    None if stage.mrope is None else stage.mrope[:, b][:, torch.cat([head, tail])],
                     before,
                     kept_vision + m,
                 )
@@ -344,10 +352,13 @@ class LayerDropper:
         valid = torch.zeros(batch, rows, dtype=torch.bool, device=device)
         origin = torch.full((batch, rows), -1, dtype=torch.long, device=device)
         pos = torch.zeros(batch, rows, dtype=torch.long, device=device)
+        mrope = None if stage.mrope is None else stage.mrope.new_zeros(3, batch, rows)
         spans = []
-        for b, (h, v, o, p, start, length) in enumerate(pieces):
+        for b, (h, v, o, p, rope, start, length) in enumerate(pieces):
             offset = rows - h.shape[0]
             new_out[b, offset:], valid[b, offset:], origin[b, offset:], pos[b, offset:] = h, v, o, p
+            if mrope is not None:
+                mrope[:, b, offset:] = rope
             spans.append(ImageSpan(start=offset + start, length=length))
         if self.pruner.renumber_positions:
             # contiguous over the real tokens; decode tokens continue from the stage's own length
@@ -355,7 +366,7 @@ class LayerDropper:
             shift = self.stages[0].valid.sum(1) - valid.sum(1)
         else:
             shift = torch.zeros(batch, dtype=torch.long, device=device)
-        stage = Stage(valid, origin, pos, spans, shift, changed=True)
+        stage = Stage(valid, origin, pos, spans, shift, changed=True, mrope=mrope)
         stage.all_valid, stage.any_shift = bool(valid.all()), bool(shift.any())
         return stage, new_out
 
@@ -405,6 +416,8 @@ class LayerDropper:
         else:
             causal = torch.ones(stage.rows, stage.rows, dtype=torch.bool, device=hidden.device).tril()
             mask = self._styled(causal[None, None] & valid[:, None, None, :])
+        if stage.mrope is not None:  # the model passes no 1-D positions to its layers then
+            return mask, None, self.lm.rotary_emb(hidden, stage.mrope.to(hidden.device))
         return mask, pos, self.lm.rotary_emb(hidden, pos)
 
     def _decode_inputs(self, stage: Stage, hidden: torch.Tensor, embeddings):
@@ -425,6 +438,8 @@ class LayerDropper:
                 tail = tail.expand(batch, 1, q, new)
             prompt = valid[:, None, None, :].expand(batch, 1, q, stage.rows)
             mask = self._styled(torch.cat([prompt, tail], dim=-1))
+        if pos_in is None:  # M-RoPE family: positions only in the cos/sin, which no shift changes
+            return mask, None, embeddings
         pos = pos_in.to(device).expand(batch, -1)
         if stage.any_shift:
             pos = pos - shift[:, None]

@@ -18,7 +18,7 @@ from typing import ClassVar
 
 import torch
 
-from mmtok.models.adapters import CropSelection, ImageCrops, LlavaAdapter
+from mmtok.models.adapters import CropSelection, FamilyAdapter, ImageCrops
 from mmtok.pruners.base import Pruner, SampleContext
 from mmtok.pruners.registry import register
 from mmtok.selection.visionzip import (
@@ -58,7 +58,7 @@ class VisionZipPruner(Pruner):
         if self.next_tiles not in NEXT_TILES:
             raise ValueError(f"unknown visionzip next_tiles {self.next_tiles!r}; valid: {', '.join(NEXT_TILES)}")
 
-    def encode(self, adapter: LlavaAdapter, pixel_values, image_sizes) -> list[ImageCrops]:
+    def encode(self, adapter: FamilyAdapter, pixel_values, **image_inputs) -> list[ImageCrops]:
         attn = adapter.feature_layer_module().self_attn
         captured = {}
 
@@ -67,7 +67,7 @@ class VisionZipPruner(Pruner):
 
         handle = attn.register_forward_pre_hook(grab, with_kwargs=True)
         try:
-            images = adapter.encode(pixel_values, image_sizes)
+            images = adapter.encode(pixel_values, **image_inputs)
         finally:
             handle.remove()
         probs, keys = cls_attention_and_keys(attn, captured["x"])
