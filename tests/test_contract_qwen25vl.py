@@ -288,3 +288,67 @@ def test_deterministic_and_model_unmodified(tiny_qwen):
         assert "generate" not in vars(model)
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def _fastv_reference(model, batch, k_layer: int, r: int, steps: int) -> list[int]:
+    """FastV on Qwen2.5-VL by hand, without a cache, batch 1: layers < K run on the whole sequence;
+    the last prompt token's head-averaged attention in layer K-1 (eager softmax of q.k, computed
+    here) picks the top-r image tokens; layers >= K run on the kept rows, every row keeping its
+    original 3-row position. Each new token enters at the unpruned next position."""
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb, repeat_kv
+
+    lm = model.model.language_model
+    embed = model.get_input_embeddings()
+    with torch.no_grad():
+        full = Q.build_request(model, batch)
+        x0 = full.inputs_embeds
+        pos = full.position_ids
+        is_image = full.image_mask[0]
+        nxt = int(full.next_position[0])
+        out: list[int] = []
+        keep = None
+        for step in range(steps):
+            h = x0
+            for i, layer in enumerate(lm.layers):
+                if i == k_layer:  # drop the unkept image rows from here on
+                    h, p = h[:, keep], pos[:, :, keep]
+                else:
+                    p = pos if i < k_layer else pos[:, :, keep]
+                cos_sin = lm.rotary_emb(h, p)
+                if i == k_layer - 1 and step == 0:
+                    attn = layer.self_attn
+                    xn = layer.input_layernorm(h)
+                    q = attn.q_proj(xn).view(1, h.shape[1], -1, attn.head_dim).transpose(1, 2)
+                    kk = attn.k_proj(xn).view(1, h.shape[1], -1, attn.head_dim).transpose(1, 2)
+                    q, kk = apply_rotary_pos_emb(q, kk, *cos_sin)
+                    kk = repeat_kv(kk, attn.num_key_value_groups)
+                    probs = torch.softmax((q[:, :, -1:] @ kk.transpose(-1, -2)).float() * attn.scaling, -1)
+                    score = probs.mean(1)[0, 0, : is_image.numel()][is_image]
+                    top = torch.topk(score, r).indices.sort().values  # no ties on random features
+                    rows = torch.arange(is_image.numel())
+                    keep_image = rows[is_image][top]
+                    keep = torch.cat([rows[~is_image], keep_image]).sort().values
+                h = layer(h, attention_mask=None, position_embeddings=cos_sin, position_ids=None)
+                if isinstance(h, tuple):
+                    h = h[0]
+            token = int(model.lm_head(lm.norm(h))[0, -1].argmax())
+            out.append(token)
+            if token in _eos(model):
+                break
+            x0 = torch.cat([x0, embed(torch.tensor([[token]]))], dim=1)
+            pos = torch.cat([pos, torch.full((3, 1, 1), nxt + step)], dim=-1)
+            keep = torch.cat([keep, torch.tensor([x0.shape[1] - 1])])
+            is_image = torch.cat([is_image, torch.tensor([False])])
+    return out
+
+
+@pytest.mark.parametrize("which", [0, 1, 2])
+def test_fastv_on_qwen_equals_a_hand_run_reference(tiny_qwen, which):
+    model, processor = tiny_qwen
+    batch = _batch(processor, (which,))
+    pruner = build_pruner("fastv", budget=5, budget_mode="kept")
+    with pruner(model, tokenizer=processor.tokenizer, questions=_questions((which,))):
+        ours = _generate(model, batch, max_new_tokens=8)
+    ref = _fastv_reference(model, batch, k_layer=2, r=5, steps=8)
+    assert _until_eos(ours[0], _eos(model)) == ref
+    assert pruner.last_stats["samples"][0]["layer_vision_tokens"][2:] == [5] * 6
