@@ -352,3 +352,38 @@ def test_fastv_on_qwen_equals_a_hand_run_reference(tiny_qwen, which):
     ref = _fastv_reference(model, batch, k_layer=2, r=5, steps=8)
     assert _until_eos(ours[0], _eos(model)) == ref
     assert pruner.last_stats["samples"][0]["layer_vision_tokens"][2:] == [5] * 6
+
+
+def _release_qwen_divprune(features: torch.Tensor, k: int) -> list[int]:
+    """The MMTok authors' Qwen DivPrune loop, restated: 1 - cos in the input dtype; the seed column
+    score is its second-smallest entry (self included); then the min distance to the kept set."""
+    unit = features / features.norm(dim=1, keepdim=True)
+    dist = 1.0 - torch.mm(unit, unit.t())
+    chosen: list[int] = []
+    taken = torch.zeros(dist.shape[0], dtype=torch.bool)
+    for i in range(k):
+        m2 = dist if i == 0 else dist[torch.tensor(chosen)]
+        scores = torch.topk(m2, 2, dim=0, largest=False).values[1] if i == 0 else m2.min(dim=0).values
+        scores[taken] = float("-inf")
+        j = int(torch.argmax(scores))
+        chosen.append(j)
+        taken[j] = True
+    return sorted(chosen)
+
+
+def test_divprune_on_qwen_equals_the_release_variant(tiny_qwen):
+    """On Qwen the release runs DivPrune on the 2x2-averaged ViT features, not on the merged tokens."""
+    model, processor = tiny_qwen
+    batch = _batch(processor)
+    with torch.no_grad():
+        feats = Q.encode_images(model, batch["pixel_values"], batch["image_grid_thw"])
+    differs = 0
+    for k in (4, 8, 12):
+        pruner = build_pruner("divprune", budget=k)
+        with pruner(model, tokenizer=processor.tokenizer, questions=QUESTIONS[:3]):
+            _generate(model, batch, max_new_tokens=1)
+        for b, im in enumerate(feats):
+            got = pruner.last_stats["samples"][b]["kept_index"]
+            assert got == _release_qwen_divprune(im.vit, k), (k, b)
+            differs += got != _release_qwen_divprune(im.merged, k)
+    assert differs > 0  # the features matter: on the merged tokens the picks would differ
