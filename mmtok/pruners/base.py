@@ -272,7 +272,13 @@ class _PrunedGenerate:
             "vision_s": t1 - t0,
             "select_s": t2 - t1,
             "samples": [
-                {"vision_tokens_full": adapter.full_length(img), "vision_tokens": k.count, "crops": img.num_crops}
+                {
+                    "vision_tokens_full": adapter.full_length(img),
+                    "vision_tokens": k.count,
+                    "crops": img.num_crops,
+                    # rows of the full image sequence kept, where the family tracks them (Qwen2.5-VL)
+                    "kept_index": None if k.index is None else k.index.tolist(),
+                }
                 for img, k in zip(images, kept)
             ],
         }

@@ -8,6 +8,10 @@ tokens included, keeping as many tokens as the per-crop budget gives the image's
 (float16 in real runs), so the picks are the release's; `"float32"` widens it first (exactly
 symmetric distances; in float16 it picks ~15 % different tokens, decided by geometry rather than by
 half-precision ties). See `mmtok.selection.divprune.divprune_select`.
+
+Qwen2.5-VL: the MMTok authors' DivPrune variant (their Qwen release) selects on the ViT's last
+block averaged per 2x2 merge unit, in raster order (the features MMTok's vision-vision term uses),
+keeping k = int(retain_ratio x image tokens) or `budget` of the merged tokens.
 """
 
 from __future__ import annotations
@@ -32,6 +36,10 @@ class DivPrunePruner(Pruner):
     arithmetic: str = "release"  # "release" (input dtype, as the authors) or "float32"
 
     name: ClassVar[str] = "divprune"
+    # the release's features per family: LLaVA's projected tokens; on Qwen2.5-VL (the MMTok
+    # authors' DivPrune variant) the ViT's last block averaged per 2x2 merge unit, as MMTok's
+    # vision-vision term (`ImageCrops.patches`)
+    vision_feature_families: ClassVar[frozenset[str]] = frozenset({"qwen2_5_vl"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -42,7 +50,8 @@ class DivPrunePruner(Pruner):
 
     def select(self, image: ImageCrops, k: int, ctx: SampleContext) -> CropSelection:
         if self.scope == "crop" or image.num_crops == 1:
-            return CropSelection(indices=list(divprune_select(image.proj, k, arithmetic=self.arithmetic)))
+            feats = image.patches if ctx.adapter.family in self.vision_feature_families else image.proj
+            return CropSelection(indices=list(divprune_select(feats, k, arithmetic=self.arithmetic)))
         packed = ctx.adapter.full_sequence(image)
         total = k * image.num_crops
         if total >= packed.shape[0]:

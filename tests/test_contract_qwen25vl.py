@@ -1,0 +1,389 @@
+"""The pruner contract on the third family, a tiny Qwen2.5-VL (built in code, reloaded with `from_pretrained`).
+
+The same table as `test_pruner_contract` (every registered method, default parameters), restricted
+by declared traits to the methods that apply to Qwen2.5-VL (`pruners_for`); the others must refuse
+with a one-line error. Checks: keep-all = the unmodified model's `generate` (batch 1 and 3); the LLM
+receives exactly the budgeted image tokens, for counts and retain ratios; in-LLM methods follow
+their schedule layer by layer; batch = one by one; a pruned run equals a no-cache greedy reference
+that feeds the kept tokens with their ORIGINAL M-RoPE positions; MMTok picks what a plain loop of
+the release's Qwen rule picks.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mmtok.models import qwen25vl as Q
+from mmtok.pruners import PRUNERS, build_pruner, pruners_for
+from tests._tiny import QUESTIONS, images
+from tests.test_pruner_contract import METHODS, ids
+from tests.test_qwen25vl import _eos, _prompt, _reference, _until_eos
+
+FAMILY = "qwen2_5_vl"
+# merged grids 4x6, 5x7 and 4x7: 24, 35 and 28 image tokens (sizes where every method prunes)
+SIZES = [(60, 90), (80, 112), (64, 112)]
+QWEN = [m for m in METHODS if m.name in pruners_for(FAMILY)]
+PRE_LLM = [m for m in QWEN if not m.in_llm and m.name != "none"]
+IN_LLM = [m for m in QWEN if m.in_llm]
+MAX_NEW = 8
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen(tmp_path_factory):
+    from mmtok.models.tiny_qwen import build_tiny_qwen25vl, load_tiny_qwen25vl
+
+    return load_tiny_qwen25vl(build_tiny_qwen25vl(tmp_path_factory.mktemp("tiny-qwen25vl") / "ckpt"))
+
+
+def _batch(processor, which=(0, 1, 2)):
+    imgs = images(SIZES)
+    return processor(
+        images=[imgs[i] for i in which],
+        text=[_prompt(processor, QUESTIONS[i]) for i in which],
+        return_tensors="pt",
+        padding=True,
+    )
+
+
+def _generate(model, batch, max_new_tokens=MAX_NEW):
+    with torch.no_grad():
+        out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
+    return out[:, batch["input_ids"].shape[1] :]
+
+
+def _questions(which):
+    return [QUESTIONS[i] for i in which]
+
+
+def test_the_table_splits_by_traits():
+    names = {m.name for m in QWEN}
+    assert {"none", "random", "mmtok", "divprune", "fastv"} <= names
+    # Qwen2.5-VL offers no CLS token and 3-row positions: exactly the methods requiring neither run
+    assert names == {name for name, cls in PRUNERS.items() if not cls.requires}
+
+
+@pytest.mark.parametrize("method", ids(QWEN))
+def test_keep_all_reproduces_unpruned_generations(tiny_qwen, method):
+    model, processor = tiny_qwen
+    for which in ((1,), (0, 1, 2)):
+        batch = _batch(processor, which)
+        ref = _generate(model, batch)
+        pruner = method.cls.keep_all()
+        with pruner(model, tokenizer=processor.tokenizer, questions=_questions(which)):
+            out = _generate(model, batch)
+        assert torch.equal(out, ref), f"{method.name} keep-all differs from the unpruned model (batch {len(which)})"
+        stats = pruner.last_stats["samples"]
+        assert [s["vision_tokens"] for s in stats] == [s["vision_tokens_full"] for s in stats]
+
+
+@pytest.mark.parametrize("name", [n for n, c in PRUNERS.items() if n not in pruners_for(FAMILY)])
+def test_methods_that_do_not_apply_refuse_in_one_line(tiny_qwen, name):
+    model, processor = tiny_qwen
+    pruner = PRUNERS[name].keep_all()
+    with pytest.raises(ValueError, match=rf"^pruner '{name}' does not apply to qwen2_5_vl: it needs [^\n]+$"):
+        with pruner(model, tokenizer=processor.tokenizer, questions=QUESTIONS[:1]):
+            pass
+    assert "generate" not in vars(model)
+
+
+def _llm_prefill_lengths(model):
+    seen = []
+
+    def hook(module, args, kwargs):
+        cache = kwargs.get("past_key_values")
+        if cache is None or cache.get_seq_length() == 0:
+            seen.append(kwargs["attention_mask"].sum(-1).tolist())
+
+    return seen, model.model.language_model.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+@pytest.mark.parametrize("budget", [{"budget": 8}, {"budget": 30}, {"retain_ratio": 0.2}, {"retain_ratio": 0.5}])
+@pytest.mark.parametrize("method", ids(PRE_LLM))
+def test_llm_receives_exactly_the_budget(tiny_qwen, method, budget):
+    model, processor = tiny_qwen
+    batch = _batch(processor)
+    full = [24, 35, 28]
+    n_text = ((batch["input_ids"] != model.config.image_token_id) & batch["attention_mask"].bool()).sum(-1).tolist()
+    if "budget" in budget:
+        want = [min(budget["budget"], n) for n in full]  # a budget above an image's count keeps it whole
+    else:
+        want = [int(budget["retain_ratio"] * n) for n in full]  # the release's k = int(ratio x n)
+    pruner = build_pruner(method.name, **budget)
+    seen, handle = _llm_prefill_lengths(model)
+    try:
+        with pruner(model, tokenizer=processor.tokenizer, questions=QUESTIONS[:3]):
+            _generate(model, batch, max_new_tokens=2)
+    finally:
+        handle.remove()
+    assert seen == [[t + k for t, k in zip(n_text, want)]], (method.name, budget)
+    stats = pruner.last_stats["samples"]
+    assert [s["vision_tokens"] for s in stats] == want
+    assert [s["vision_tokens_full"] for s in stats] == full
+    assert [len(s["kept_index"]) for s in stats] == want
+    assert [span.length for span in pruner.request.spans] == want
+
+
+def _decoder_rows(model):
+    seen: dict[int, list[int]] = {}
+
+    def hook_for(i):
+        def hook(module, args, kwargs):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            seen.setdefault(i, hidden.shape[1])
+
+        return hook
+
+    layers = model.model.language_model.layers
+    return seen, [layer.register_forward_pre_hook(hook_for(i), with_kwargs=True) for i, layer in enumerate(layers)]
+
+
+@pytest.mark.parametrize("method", ids(IN_LLM))
+def test_in_llm_layers_receive_the_schedule(tiny_qwen, method):
+    model, processor = tiny_qwen
+    layers = model.config.text_config.num_hidden_layers
+    for i in range(3):
+        batch = _batch(processor, (i,))
+        n_text = int((batch["input_ids"] != model.config.image_token_id).sum())
+        pruner = build_pruner(method.name, budget=16)
+        seen, handles = _decoder_rows(model)
+        try:
+            with pruner(model, tokenizer=processor.tokenizer, questions=_questions((i,))):
+                _generate(model, batch, max_new_tokens=2)
+        finally:
+            for h in handles:
+                h.remove()
+        stats = pruner.last_stats["samples"][0]
+        n = stats["vision_tokens_full"]
+        counted = [seen[j] - n_text for j in range(layers)]
+        assert counted == pruner.layer_schedule(n, model.config), (method.name, i)
+        assert counted[0] == n and counted[-1] < n, "the schedule must prune on the tiny model"
+        assert stats["layer_vision_tokens"] == counted
+        assert stats["equivalent_tokens"] == pytest.approx(sum(counted) / layers)
+
+
+def test_fastv_retain_ratio_keeps_int_ratio_of_each_image(tiny_qwen):
+    model, processor = tiny_qwen
+    batch = _batch(processor)
+    pruner = build_pruner("fastv", retain_ratio=0.2)
+    with pruner(model, tokenizer=processor.tokenizer, questions=QUESTIONS[:3]):
+        _generate(model, batch, max_new_tokens=2)
+    assert [s["vision_tokens"] for s in pruner.last_stats["samples"]] == [4, 7, 5]  # int(0.2 * 24 / 35 / 28)
+
+
+@pytest.mark.parametrize("method", ids([m for m in QWEN if m.batched and m.name != "none"]))
+def test_batch_equals_one_by_one(tiny_qwen, method):
+    model, processor = tiny_qwen
+    pruner = build_pruner(method.name, budget=16 if method.in_llm else 8)
+    with pruner(model, tokenizer=processor.tokenizer, questions=QUESTIONS[:3]):
+        together = _generate(model, _batch(processor))
+        kept = [s["vision_tokens"] for s in pruner.last_stats["samples"]]
+    eos = _eos(model)
+    for i in range(3):
+        with pruner(model, tokenizer=processor.tokenizer, questions=_questions((i,))):
+            alone = _generate(model, _batch(processor, (i,)))
+        assert kept[i] == pruner.last_stats["samples"][0]["vision_tokens"]
+        assert _until_eos(together[i], eos) == _until_eos(alone[0], eos), (method.name, i)
+
+
+@pytest.mark.parametrize("method", ids(PRE_LLM))
+def test_pruned_run_equals_no_cache_reference_at_original_positions(tiny_qwen, method):
+    """The kept tokens with their original (t, h, w) positions, decoding from the unpruned next position."""
+    model, processor = tiny_qwen
+    batch = _batch(processor)
+    pruner = build_pruner(method.name, budget=8)
+    with pruner(model, tokenizer=processor.tokenizer, questions=QUESTIONS[:3]):
+        ours = _generate(model, batch, max_new_tokens=10)
+    kept = [torch.tensor(s["kept_index"]) for s in pruner.last_stats["samples"]]
+    with torch.no_grad():
+        full = Q.build_request(model, batch)
+    pruned = Q.keep_image_tokens(full, kept)
+    eos = _eos(model)
+    refs = [_reference(model, pruned, full, b, steps=10) for b in range(3)]
+    assert [_until_eos(ours[b], eos) for b in range(3)] == refs
+    assert max(len(r) for r in refs) >= 5
+
+
+def _plain_greedy(C: torch.Tensor, k: int) -> list[int]:
+    """The release's greedy over the [m + n, n] coverage matrix, as a plain loop (lowest index on ties)."""
+    best = torch.zeros(C.shape[0], dtype=torch.float64)
+    chosen: list[int] = []
+    for _ in range(k):
+        gains = [
+            -float("inf") if j in chosen else float(torch.clamp(C[:, j] - best, min=0).sum()) for j in range(C.shape[1])
+        ]
+        j = max(range(len(gains)), key=lambda i: (gains[i], -i))
+        chosen.append(j)
+        best = torch.maximum(best, C[:, j])
+    return sorted(chosen)
+
+
+def _release_qwen_rule(text, merged, vit, k, alpha=0.5, tau_t=0.01, tau_v=0.2):
+    unit = lambda x: x / x.norm(dim=-1, keepdim=True)  # noqa: E731
+    t, v, w = unit(text.double()), unit(merged.double()), unit(vit.double())
+    P = torch.softmax(t @ v.T / tau_t, dim=-1) / t.shape[0]
+    Qm = torch.softmax(w @ w.T / tau_v, dim=-1) / w.shape[0]
+    return _plain_greedy(torch.cat([P, alpha * Qm]), k)
+
+
+def _gap(text, merged, vit, k, alpha=0.5, tau_t=0.01, tau_v=0.2) -> float:
+    """Smallest margin between the best and second-best gain over the greedy's steps (ties guard)."""
+    unit = lambda x: x / x.norm(dim=-1, keepdim=True)  # noqa: E731
+    t, v, w = unit(text.double()), unit(merged.double()), unit(vit.double())
+    C = torch.cat(
+        [torch.softmax(t @ v.T / tau_t, -1) / t.shape[0], alpha * torch.softmax(w @ w.T / tau_v, -1) / w.shape[0]]
+    )
+    best, chosen, margin = torch.zeros(C.shape[0], dtype=torch.float64), [], float("inf")
+    for _ in range(k):
+        gains = torch.clamp(C - best[:, None], min=0).sum(0)
+        gains[chosen] = -float("inf")
+        top = torch.topk(gains, 2).values
+        margin = min(margin, float(top[0] - top[1]))
+        j = int(gains.argmax())
+        chosen.append(j)
+        best = torch.maximum(best, C[:, j])
+    return margin
+
+
+def test_mmtok_on_qwen_equals_the_release_rule(tiny_qwen):
+    """Picks = a plain loop of the release's Qwen rule: text "Question: <q>" rows of the embedding
+    table vs the merged tokens (tau_t 0.01), ViT last-block features averaged per 2x2 unit and put back
+    in raster order vs themselves (tau_v 0.2), alpha 0.5 (the features' plain loop is checked in
+    test_qwen25vl.test_qwen_features_match_plain_loop)."""
+    model, processor = tiny_qwen
+    batch = _batch(processor)
+    with torch.no_grad():
+        feats = Q.encode_images(model, batch["pixel_values"], batch["image_grid_thw"])
+    embed = model.get_input_embeddings()
+    checked = 0
+    for k in (4, 8, 12):
+        pruner = build_pruner("mmtok", budget=k)
+        with pruner(model, tokenizer=processor.tokenizer, questions=QUESTIONS[:3]):
+            _generate(model, batch, max_new_tokens=1)
+        for b, im in enumerate(feats):
+            with torch.no_grad():
+                text = Q.release_question_embeddings(embed, processor.tokenizer, QUESTIONS[b])
+            if _gap(text, im.merged, im.vit, k) < 1e-6:  # a numerical tie: either pick is the rule's
+                continue
+            assert pruner.last_stats["samples"][b]["kept_index"] == _release_qwen_rule(text, im.merged, im.vit, k)
+            checked += 1
+    assert checked >= 7
+    # the family default is Qwen's tau_t (0.01), and the runner can record it resolved
+    assert build_pruner("mmtok", budget=8).for_family(FAMILY).tau_t == 0.01
+    assert build_pruner("mmtok", budget=8).for_family("llava").tau_t == 0.02
+    assert build_pruner("mmtok", budget=8, tau_t=0.05).for_family(FAMILY).tau_t == 0.05
+
+
+def test_deterministic_and_model_unmodified(tiny_qwen):
+    model, processor = tiny_qwen
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    batch = _batch(processor, (1,))
+    for method in QWEN:
+        pruner = build_pruner(method.name, budget=None if method.name == "none" else 16 if method.in_llm else 8)
+        runs = []
+        for _ in range(2):
+            with pruner(model, tokenizer=processor.tokenizer, questions=_questions((1,))):
+                runs.append(_generate(model, batch))
+        assert torch.equal(runs[0], runs[1]), method.name
+        assert "generate" not in vars(model)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def _fastv_reference(model, batch, k_layer: int, r: int, steps: int) -> list[int]:
+    """FastV on Qwen2.5-VL by hand, without a cache, batch 1: layers < K run on the whole sequence;
+    the last prompt token's head-averaged attention in layer K-1 (eager softmax of q.k, computed
+    here) picks the top-r image tokens; layers >= K run on the kept rows, every row keeping its
+    original 3-row position. Each new token enters at the unpruned next position."""
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb, repeat_kv
+
+    lm = model.model.language_model
+    embed = model.get_input_embeddings()
+    with torch.no_grad():
+        full = Q.build_request(model, batch)
+        x0 = full.inputs_embeds
+        pos = full.position_ids
+        is_image = full.image_mask[0]
+        nxt = int(full.next_position[0])
+        out: list[int] = []
+        keep = None
+        for step in range(steps):
+            h = x0
+            for i, layer in enumerate(lm.layers):
+                if i == k_layer:  # drop the unkept image rows from here on
+                    h, p = h[:, keep], pos[:, :, keep]
+                else:
+                    p = pos if i < k_layer else pos[:, :, keep]
+                cos_sin = lm.rotary_emb(h, p)
+                if i == k_layer - 1 and step == 0:
+                    attn = layer.self_attn
+                    xn = layer.input_layernorm(h)
+                    q = attn.q_proj(xn).view(1, h.shape[1], -1, attn.head_dim).transpose(1, 2)
+                    kk = attn.k_proj(xn).view(1, h.shape[1], -1, attn.head_dim).transpose(1, 2)
+                    q, kk = apply_rotary_pos_emb(q, kk, *cos_sin)
+                    kk = repeat_kv(kk, attn.num_key_value_groups)
+                    probs = torch.softmax((q[:, :, -1:] @ kk.transpose(-1, -2)).float() * attn.scaling, -1)
+                    score = probs.mean(1)[0, 0, : is_image.numel()][is_image]
+                    top = torch.topk(score, r).indices.sort().values  # no ties on random features
+                    rows = torch.arange(is_image.numel())
+                    keep_image = rows[is_image][top]
+                    keep = torch.cat([rows[~is_image], keep_image]).sort().values
+                h = layer(h, attention_mask=None, position_embeddings=cos_sin, position_ids=None)
+                if isinstance(h, tuple):
+                    h = h[0]
+            token = int(model.lm_head(lm.norm(h))[0, -1].argmax())
+            out.append(token)
+            if token in _eos(model):
+                break
+            x0 = torch.cat([x0, embed(torch.tensor([[token]]))], dim=1)
+            pos = torch.cat([pos, torch.full((3, 1, 1), nxt + step)], dim=-1)
+            keep = torch.cat([keep, torch.tensor([x0.shape[1] - 1])])
+            is_image = torch.cat([is_image, torch.tensor([False])])
+    return out
+
+
+@pytest.mark.parametrize("which", [0, 1, 2])
+def test_fastv_on_qwen_equals_a_hand_run_reference(tiny_qwen, which):
+    model, processor = tiny_qwen
+    batch = _batch(processor, (which,))
+    pruner = build_pruner("fastv", budget=5, budget_mode="kept")
+    with pruner(model, tokenizer=processor.tokenizer, questions=_questions((which,))):
+        ours = _generate(model, batch, max_new_tokens=8)
+    ref = _fastv_reference(model, batch, k_layer=2, r=5, steps=8)
+    assert _until_eos(ours[0], _eos(model)) == ref
+    assert pruner.last_stats["samples"][0]["layer_vision_tokens"][2:] == [5] * 6
+
+
+def _release_qwen_divprune(features: torch.Tensor, k: int) -> list[int]:
+    """The MMTok authors' Qwen DivPrune loop, restated: 1 - cos in the input dtype; the seed column
+    score is its second-smallest entry (self included); then the min distance to the kept set."""
+    unit = features / features.norm(dim=1, keepdim=True)
+    dist = 1.0 - torch.mm(unit, unit.t())
+    chosen: list[int] = []
+    taken = torch.zeros(dist.shape[0], dtype=torch.bool)
+    for i in range(k):
+        m2 = dist if i == 0 else dist[torch.tensor(chosen)]
+        scores = torch.topk(m2, 2, dim=0, largest=False).values[1] if i == 0 else m2.min(dim=0).values
+        scores[taken] = float("-inf")
+        j = int(torch.argmax(scores))
+        chosen.append(j)
+        taken[j] = True
+    return sorted(chosen)
+
+
+def test_divprune_on_qwen_equals_the_release_variant(tiny_qwen):
+    """On Qwen the release runs DivPrune on the 2x2-averaged ViT features, not on the merged tokens."""
+    model, processor = tiny_qwen
+    batch = _batch(processor)
+    with torch.no_grad():
+        feats = Q.encode_images(model, batch["pixel_values"], batch["image_grid_thw"])
+    differs = 0
+    for k in (4, 8, 12):
+        pruner = build_pruner("divprune", budget=k)
+        with pruner(model, tokenizer=processor.tokenizer, questions=QUESTIONS[:3]):
+            _generate(model, batch, max_new_tokens=1)
+        for b, im in enumerate(feats):
+            got = pruner.last_stats["samples"][b]["kept_index"]
+            assert got == _release_qwen_divprune(im.vit, k), (k, b)
+            differs += got != _release_qwen_divprune(im.merged, k)
+    assert differs > 0  # the features matter: on the merged tokens the picks would differ
