@@ -60,10 +60,15 @@ def log(msg: str) -> None:
 
 
 # -- pieces --------------------------------------------------------------------------------------
-def build_pruner_from(cfg: DictConfig):
-    """The configured pruner; its parameter errors become one-line ConfigErrors."""
+def build_pruner_from(cfg: DictConfig, model_type: str | None = None):
+    """The configured pruner, with the parameters left at None set to the model family's defaults
+    (`Pruner.for_family`, e.g. MMTok's tau_t: 0.02 on LLaVA, 0.01 on Qwen2.5-VL), so rows and the
+    resume hash record the values that run. The family is `model_type`, else read from disk without
+    loading (`mmtok.config.model_family`); unknown (a checkpoint not downloaded yet): left unresolved.
+    Parameter errors become one-line ConfigErrors."""
     from dataclasses import fields
 
+    from mmtok.config import model_family
     from mmtok.pruners import PRUNERS, build_pruner
 
     name = cfg.pruner.name
@@ -74,9 +79,12 @@ def build_pruner_from(cfg: DictConfig):
     if cls is not None and "seed" not in params and any(f.name == "seed" for f in fields(cls)):
         params["seed"] = int(cfg.seed)  # the run seed, unless the pruner config sets its own
     try:
-        return build_pruner(name, cfg.budget, **params)
+        pruner = build_pruner(name, cfg.budget, **params)
     except (ValueError, TypeError) as exc:
         raise ConfigError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+    if model_type is None and not OmegaConf.is_missing(cfg.model, "path"):
+        model_type = model_family(cfg.model)
+    return pruner.for_family(model_type) if model_type else pruner
 
 
 def identity(resolved: dict, pruner) -> dict:
@@ -101,6 +109,15 @@ def identity(resolved: dict, pruner) -> dict:
 
 
 _SIZING = ("min_pixels", "max_pixels")
+
+
+def _family(cfg: DictConfig) -> str:
+    """The checkpoint's model_type: from disk, else from its config (a download run fetches config.json)."""
+    from mmtok.config import model_family
+    from mmtok.models.loading import load_config
+
+    m = cfg.model
+    return model_family(m) or load_config(str(m.path), download=bool(m.download), tiny=m.tiny).model_type
 
 
 def check_device(device: str) -> None:
@@ -267,7 +284,7 @@ def base_row(cfg: DictConfig, run_id: str, key: str, pruner, tasks: list[str], r
 def run(cfg: DictConfig) -> RunOutcome:
     validate(cfg)
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    pruner = build_pruner_from(cfg)
+    pruner = build_pruner_from(cfg, model_type=_family(cfg))
     key = results.config_hash(identity(resolved, pruner))
     results_dir = Path(cfg.results_dir)
     csv_path = results_dir / "runs.csv"

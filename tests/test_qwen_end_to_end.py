@@ -96,7 +96,8 @@ def test_mmtok_at_8_tokens_writes_a_complete_row(run_cli, tmp_path, unpruned):
     _, full, _ = unpruned
     row, samples = _cli_run(run_cli, tmp_path, "pruner=mmtok", "budget=8")
     assert row["pruner"] == "mmtok" and int(row["budget"]) == 8
-    assert json.loads(row["pruner_params"])["budget"] == 8
+    params = json.loads(row["pruner_params"])
+    assert (params["budget"], params["tau_t"], params["tau_v"], params["alpha"]) == (8, 0.01, 0.2, 0.5)  # the release's
     by_doc = {s["doc_id"]: s for s in full}
     for s in samples:
         unpruned = by_doc[s["doc_id"]]

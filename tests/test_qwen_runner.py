@@ -381,3 +381,15 @@ def test_run_py_refuses_visionzip_on_qwen_in_one_line(run_cli, tmp_path):
     assert res.returncode == 2 and len(lines) == 1, res.stderr
     assert lines[0].startswith("error: pruner 'visionzip' does not apply to Qwen2.5-VL (qwen2_5_vl)"), lines[0]
     assert not (tmp_path / "results").exists()  # nothing loaded, nothing written
+
+
+def test_pruner_parameters_left_null_take_the_family_value():
+    """MMTok's tau_t is null in its config: the run records (and hashes) the family's value, the
+    release's 0.01 on Qwen2.5-VL and the paper's 0.02 on LLaVA; an explicit value wins."""
+    from mmtok.runner import build_pruner_from
+
+    assert compose(["pruner=mmtok"]).pruner.params.tau_t is None
+    assert build_pruner_from(compose(["model=tiny_qwen25vl", "pruner=mmtok"])).tau_t == 0.01
+    assert build_pruner_from(compose(["model=tiny_llava", "pruner=mmtok"])).tau_t == 0.02
+    assert build_pruner_from(compose(["model=tiny_qwen25vl", "pruner=mmtok", "pruner.params.tau_t=0.05"])).tau_t == 0.05
+    assert build_pruner_from(compose(["model=tiny_qwen25vl", "pruner=mmtok"]), model_type="llava").tau_t == 0.02
