@@ -18,6 +18,7 @@ POPE = [c for c in results.METRIC_COLUMNS if c.startswith("pope_")]
 
 
 def _cli_run(run_cli, cwd: Path, *args: str) -> tuple[dict, list[dict]]:
+    cwd.mkdir(parents=True, exist_ok=True)
     res = run_cli([*COMMON, *args], cwd=cwd)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
     rows = results.read_rows(cwd / "results" / "runs.csv")
@@ -104,3 +105,16 @@ def test_mmtok_at_8_tokens_writes_a_complete_row(run_cli, tmp_path, unpruned):
         assert s["vision_tokens"] == 8 and s["vision_tokens_full"] == unpruned["vision_tokens_full"] > 8
         assert s["text_tokens"] == unpruned["text_tokens"] and s["prefill_tokens"] == s["text_tokens"] + 8
     assert (float(row["vision_tokens_mean"]), int(row["vision_tokens_min"]), int(row["vision_tokens_max"])) == (8, 8, 8)
+
+
+@pytest.mark.parametrize("pruner", ["none", "mmtok"])
+def test_batched_run_answers_as_one_by_one(run_cli, tmp_path, unpruned, pruner):
+    """batch_size=3 (left padding, images of different sizes) gives every question the answer and
+    token counts of its batch-1 run."""
+    budget = ["budget=8"] if pruner == "mmtok" else []
+    single = unpruned[1] if pruner == "none" else _cli_run(run_cli, tmp_path / "one", f"pruner={pruner}", *budget)[1]
+    _, batched = _cli_run(run_cli, tmp_path / "three", f"pruner={pruner}", *budget, "batch_size=3")
+    keys = ("answer", "new_tokens", "vision_tokens", "vision_tokens_full", "text_tokens")
+    one = {s["doc_id"]: tuple(s[k] for k in keys) for s in single}
+    assert {s["doc_id"]: tuple(s[k] for k in keys) for s in batched} == one
+    assert {s["batch_size"] for s in batched} == {3}
