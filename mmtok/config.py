@@ -64,6 +64,9 @@ class ModelConfig:
 class PrunerConfig:
     name: str = MISSING  # a key of mmtok.pruners.PRUNERS
     params: dict[str, Any] = field(default_factory=dict)  # the pruner dataclass's fields (not budget)
+    # The release's Qwen budget: every crop keeps int(ratio x its tokens), instead of `budget` (set
+    # budget=null). The same as pruner.params.retain_ratio; the pruner checks it.
+    retain_ratio: float | None = None
 
 
 @dataclass

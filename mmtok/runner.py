@@ -73,6 +73,18 @@ def build_pruner_from(cfg: DictConfig, model_type: str | None = None):
 
     name = cfg.pruner.name
     params = dict(OmegaConf.to_container(cfg.pruner.params, resolve=True) or {})
+    ratio = cfg.pruner.get("retain_ratio")
+    if ratio is not None:
+        if params.get("retain_ratio") not in (None, ratio):
+            raise ConfigError(
+                f"pruner.retain_ratio={ratio} disagrees with pruner.params.retain_ratio={params['retain_ratio']}"
+            )
+        params["retain_ratio"] = ratio
+    if params.get("retain_ratio") is not None and cfg.budget is not None:
+        raise ConfigError(
+            f"retain_ratio={params['retain_ratio']} replaces the token budget: "
+            f"pass budget=null (budget is {cfg.budget})"
+        )
     # YAML lists become tuples: sequence-valued pruner fields are tuples (hashable, like their defaults)
     params = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
     cls = PRUNERS.get(name)
@@ -247,8 +259,17 @@ def versions_and_git() -> dict[str, Any]:
     return {"git_commit": commit, "git_dirty": dirty, **results.library_versions()}
 
 
+def budget_label(cfg: DictConfig) -> str:
+    """The budget part of a run id: the token budget, `r<ratio>` for a retain ratio, `all` for neither."""
+    if cfg.budget is not None:
+        return str(cfg.budget)
+    ratio = cfg.pruner.get("retain_ratio")
+    ratio = (cfg.pruner.params or {}).get("retain_ratio") if ratio is None else ratio
+    return "all" if ratio is None else f"r{float(ratio):g}"
+
+
 def new_run_id(cfg: DictConfig, key: str) -> str:
-    budget = "all" if cfg.budget is None else str(cfg.budget)
+    budget = budget_label(cfg)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     return f"{stamp}_{cfg.model.name}_{cfg.pruner.name}-{budget}_{cfg.benchmark.name}_{key[:8]}{secrets.token_hex(2)}"
 

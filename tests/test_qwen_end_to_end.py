@@ -118,3 +118,14 @@ def test_batched_run_answers_as_one_by_one(run_cli, tmp_path, unpruned, pruner):
     one = {s["doc_id"]: tuple(s[k] for k in keys) for s in single}
     assert {s["doc_id"]: tuple(s[k] for k in keys) for s in batched} == one
     assert {s["batch_size"] for s in batched} == {3}
+
+
+def test_the_releases_retain_ratio_through_run_py(run_cli, tmp_path, unpruned):
+    """The paper protocol's budget on Qwen: 20 % of each image's tokens, truncated (k = int(0.2 n))."""
+    _, full, _ = unpruned
+    row, samples = _cli_run(run_cli, tmp_path, "pruner=mmtok", "budget=null", "pruner.retain_ratio=0.2")
+    assert "_mmtok-r0.2_" in row["run_id"] and row["budget"] == ""
+    assert json.loads(row["pruner_params"])["retain_ratio"] == 0.2
+    n = {s["doc_id"]: s["vision_tokens_full"] for s in full}
+    assert [s["vision_tokens"] for s in samples] == [int(0.2 * n[s["doc_id"]]) for s in samples]
+    assert all(s["vision_tokens_full"] == n[s["doc_id"]] for s in samples)

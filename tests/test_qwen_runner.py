@@ -393,3 +393,32 @@ def test_pruner_parameters_left_null_take_the_family_value():
     assert build_pruner_from(compose(["model=tiny_llava", "pruner=mmtok"])).tau_t == 0.02
     assert build_pruner_from(compose(["model=tiny_qwen25vl", "pruner=mmtok", "pruner.params.tau_t=0.05"])).tau_t == 0.05
     assert build_pruner_from(compose(["model=tiny_qwen25vl", "pruner=mmtok"]), model_type="llava").tau_t == 0.02
+
+
+def test_retain_ratio_on_the_command_line():
+    """`pruner.retain_ratio` = `pruner.params.retain_ratio` (same pruner, same run identity); it
+    replaces the token budget, so a budget beside it is a one-line error naming budget=null."""
+    from omegaconf import OmegaConf
+
+    from mmtok.runner import budget_label, build_pruner_from, identity
+
+    def built(*overrides):
+        cfg = compose(["model=tiny_qwen25vl", "pruner=mmtok", *overrides])
+        pruner = build_pruner_from(cfg)
+        return pruner, results_hash(identity(OmegaConf.to_container(cfg, resolve=True), pruner)), budget_label(cfg)
+
+    a, hash_a, label = built("budget=null", "pruner.retain_ratio=0.2")
+    b, hash_b, _ = built("budget=null", "+pruner.params.retain_ratio=0.2")
+    assert (a.retain_ratio, a.budget, hash_a, label) == (0.2, None, hash_b, "r0.2") and b == a
+    assert built("budget=8")[2] == "8" and built("budget=null")[2] == "all"
+    message = r"^retain_ratio=0.2 replaces the token budget: pass budget=null \(budget is 16\)$"
+    with pytest.raises(ConfigError, match=message):
+        built("pruner.retain_ratio=0.2")
+    with pytest.raises(ConfigError, match="disagrees with pruner.params.retain_ratio=0.5"):
+        built("budget=null", "pruner.retain_ratio=0.2", "+pruner.params.retain_ratio=0.5")
+
+
+def results_hash(ident):
+    from mmtok import results
+
+    return results.config_hash(ident)
