@@ -174,12 +174,9 @@ def _llava_image(image: Image.Image, processor, mode: str) -> Image.Image:
 
 
 def _qwen_image(image: Image.Image, processor, mode: str) -> Image.Image:
-    ip = processor.image_processor
-    factor = int(ip.patch_size * ip.merge_size)
-    # transformers keeps the pixel bounds as size.shortest_edge / longest_edge
-    height, width = qwen_smart_resize(
-        image.height, image.width, factor, int(ip.size.shortest_edge), int(ip.size.longest_edge)
-    )
+    from mmtok.models.qwen_processor import pixel_bounds, resize_factor
+
+    height, width = qwen_smart_resize(image.height, image.width, resize_factor(processor), *pixel_bounds(processor))
     return qwen_to_rgb(image).resize((width, height))
 
 
