@@ -49,6 +49,10 @@ MMTok release's Qwen evaluation is the same wrapper); `vicuna_v1` and `pad` are 
                 twice (once with qwen_vl_utils' default bounds, 4 to 16384 tokens, then the processor's).
     stop        the task's `until` strings without "\\n\\n" (lmms-eval's `qwen2_5_vl` drops it "to
                 prevent truncation"; the chat wrapper applies none).
+    decoding    greedy, as every family here (the wrapper); the answer ends at the first EOS of the
+                generation config (<|im_end|> or <|endoftext|>), special tokens skipped. lmms-eval
+                stops at the tokenizer's <|im_end|> only, and where a task sets no cap its wrappers
+                allow 128 (chat) / 32768 (simple) new tokens against our 1024 (llava_hf's).
 """
 
 from __future__ import annotations
