@@ -422,3 +422,14 @@ def results_hash(ident):
     from mmtok import results
 
     return results.config_hash(ident)
+
+
+def test_every_pruner_requires_only_known_traits():
+    """The preflight skips importing the pruners for a family that has every trait in TRAITS; that
+    is sound only while no pruner requires anything else."""
+    from mmtok.models.families import TRAITS
+    from mmtok.pruners import PRUNERS
+
+    unknown = {name: sorted(set(cls.requires) - set(TRAITS)) for name, cls in PRUNERS.items()}
+    assert {name: traits for name, traits in unknown.items() if traits} == {}
+    assert any(cls.requires for cls in PRUNERS.values())  # some pruner does require a trait
