@@ -17,7 +17,8 @@ Two guards the release lacks (it then divides by zero or by the root of a negati
 keeps fewer than T distinct tokens): a constant relevance (max = min) becomes all ones, and once a
 crop's best remaining gain is not positive (its kernel rank is used up, or rounding made it
 negative) its remaining picks follow the kernel diagonal (relevance squared), highest first.
-Neither triggers at the paper's budgets on real sizes; both keep the count exactly T.
+Both keep the count exactly T; neither triggers on random instances of real size (576 correlated
+tokens of width 1024-4096, float32 or float16: all 576 greedy gains stay positive).
 """
 
 from __future__ import annotations
