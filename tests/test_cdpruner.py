@@ -173,7 +173,7 @@ def test_pruner_uses_the_question_and_the_clip(tiny_models):
     for q in QUESTIONS:
         batch = inputs(processor, [q])
         with torch.no_grad():
-            image = pruner.encode(adapter, batch["pixel_values"], None)[0]
+            image = pruner.encode(adapter, batch["pixel_values"])[0]
             embed = model.get_input_embeddings()
             ctx = SampleContext(0, batch["input_ids"][0], q, processor.tokenizer, embed, 0, adapter)
             got = pruner.select(image, 8, ctx).indices[0]
@@ -215,6 +215,8 @@ def test_missing_clip_is_a_one_line_error_before_any_generation(tiny_models, tmp
         build_pruner("cdpruner", budget=8, clip_path=str(tmp_path)).check_budget(model.config)
     with pytest.raises(ValueError, match="clip_path '/no/such/clip' does not exist"):
         build_pruner("cdpruner", budget=8, clip_path="/no/such/clip").check_budget(model.config)
+    with pytest.raises(ValueError, match="is not in the local HF cache"):  # a ratio prunes too
+        build_pruner("cdpruner", retain_ratio=0.25).check_budget(model.config)
     build_pruner("cdpruner", budget=None).check_budget(model.config)  # keep-all needs no CLIP
     build_pruner("cdpruner", budget=8, clip_path=tiny_clip_path()).check_budget(model.config)
 

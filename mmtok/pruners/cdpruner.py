@@ -121,8 +121,8 @@ class CDPrunerPruner(Pruner):
     theta: float | None = None  # the release's commented-out relevance reweighting; None = off, as released
 
     name: ClassVar[str] = "cdpruner"
-    # reads CLIP vision features (LLaVA's tower) and a CLIP model beside the VLM
-    needs_clip_tower: ClassVar[bool] = True
+    # CLIP vision features (LLaVA's tower: CLS at 0, dropped) go through a CLIP model's projection
+    requires: ClassVar[frozenset[str]] = frozenset({"cls"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -137,7 +137,7 @@ class CDPrunerPruner(Pruner):
         """Also fails early, from the configs alone, when the CLIP model is missing or does not fit
         the VLM's vision tower (runners call this before the VLM's weights load)."""
         super().check_budget(config)
-        if self.budget is None:
+        if self.budget is None and self.retain_ratio is None:
             return  # keeps everything: no CLIP needed
         problem = clip_source_problem(self.clip_path)
         if problem:
