@@ -266,7 +266,8 @@ def test_an_experiments_own_sweep_is_preflighted():
         preflight(["-m", "experiment=tiny", "benchmark=pope_local,gqa_local,gqq"])
     with pytest.raises(ConfigError, match=r"cell 'mmtok@0' needs a budget >= 1"):
         preflight(["-m", "experiment=tiny", "cells=[none,mmtok@8,mmtok@0]"])
-    with pytest.raises(ConfigError, match=r"unknown pruner 'mmtk' in cell 'mmtk@8'; valid: dart, divprune, fastv"):
+    valid = r"valid: cdpruner, dart, divprune, fastv"
+    with pytest.raises(ConfigError, match=rf"unknown pruner 'mmtk' in cell 'mmtk@8'; {valid}"):
         preflight(["-m", "experiment=tiny", "cells=[none,mmtk@8]"])
 
 

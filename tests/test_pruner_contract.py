@@ -5,7 +5,8 @@ method's schedule (in-LLM), batch == one-by-one, determinism, an unmodified mode
 
 `METHODS` is the table that drives it (kvpress-style): every registered method with its default
 parameters, its traits read from the class. A new method is covered by registering it; exclusions
-go by declared trait (`in_llm`, `supports_batch`, `merges`), never by name.
+go by declared trait (`in_llm`, `supports_batch`, `merges`), never by name. Parameters a method
+needs from the test session go by declared field (`method_params`: a `clip_path` gets a tiny CLIP).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pytest
 import torch
 
 from mmtok.pruners import PRUNERS, build_pruner
-from tests._tiny import QUESTIONS, generate, inputs
+from tests._tiny import QUESTIONS, generate, inputs, method_params
 
 FAMILIES = ("llava", "llava_next")
 TOKENS_PER_CROP = 36  # tiny tower: 48 px / 8 px patches
@@ -47,7 +48,12 @@ class Method:
         pre-LLM methods; 16 for in-LLM ones, whose budget is a layer average (a staged method's
         first layers always see all 36 tokens of a tiny crop)."""
         per_crop = per_crop or (16 if self.in_llm else 8)
-        return build_pruner(self.name, budget=per_crop * MAX_CROPS[family])
+        return make(self.name, budget=per_crop * MAX_CROPS[family])
+
+
+def make(name: str, budget: int | None, **params):
+    """`build_pruner` with the defaults plus what the method needs from the session (`method_params`)."""
+    return build_pruner(name, budget=budget, **{**method_params(PRUNERS[name]), **params})
 
 
 METHODS = [Method(name, cls) for name, cls in PRUNERS.items()]
@@ -67,9 +73,9 @@ def keep_all(name: str, family: str):
     """A pruner configured so that it keeps every vision token."""
     cls = PRUNERS[name]
     if name == "none" or cls.in_llm:
-        return cls.keep_all()  # the method's own declaration of "keep everything"
+        return cls.keep_all(**method_params(cls))  # the method's own declaration of "keep everything"
     # per-crop budget == crop size; "hf" layout = HF's own packing for LLaVA-NeXT
-    return build_pruner(name, budget=TOKENS_PER_CROP * MAX_CROPS[family], next_layout="hf")
+    return make(name, budget=TOKENS_PER_CROP * MAX_CROPS[family], next_layout="hf")
 
 
 PRE_LLM = [m.name for m in METHODS if not m.in_llm and m.name != "none"]
@@ -124,7 +130,7 @@ def test_llm_receives_exactly_the_budget(models, family, name):
         batch = inputs(processor, QUESTIONS[q : q + 1], imgs=None if q == 0 else _img(q))
         n_text = int((batch["input_ids"] != model.config.image_token_id).sum())
         crops = 1 if family == "llava" else int(batch["pixel_values"].shape[1])
-        pruner = build_pruner(name, budget=budget)
+        pruner = make(name, budget=budget)
         seen, handle = _llm_input_lengths(model)
         try:
             with pruner(model, tokenizer=processor.tokenizer, questions=QUESTIONS[q : q + 1]):
@@ -164,7 +170,7 @@ def test_batch_equals_one_by_one(models, family, name):
 @pytest.mark.parametrize("name", [n for n, c in PRUNERS.items() if not c.supports_batch])
 def test_batch_one_pruners_reject_batches(models, name):
     model, processor = models["llava"]
-    pruner = build_pruner(name, budget=64)
+    pruner = make(name, budget=64)
     with pruner(model, tokenizer=processor.tokenizer, questions=QUESTIONS):
         with pytest.raises(ValueError, match=f"pruner '{name}' supports batch size 1 only"):
             generate(model, inputs(processor))
@@ -195,7 +201,7 @@ def test_pruning_changes_generations(models):
     batch = inputs(processor, QUESTIONS[:1])
     outs = set()
     for name in PRE_LLM:
-        with build_pruner(name, budget=2)(model, tokenizer=processor.tokenizer, questions=QUESTIONS[:1]):
+        with make(name, budget=2)(model, tokenizer=processor.tokenizer, questions=QUESTIONS[:1]):
             outs.add(tuple(generate(model, batch)[0].tolist()))
     outs.add(tuple(generate(model, batch)[0].tolist()))
     assert len(outs) >= 3
@@ -209,7 +215,7 @@ def assert_selecting_every_token_is_identity(name, model, processor):
     from mmtok.pruners.base import SampleContext
 
     adapter = adapter_for(model)
-    pruner = build_pruner(name, budget=TOKENS_PER_CROP * adapter.max_crops())
+    pruner = make(name, budget=TOKENS_PER_CROP * adapter.max_crops())
     for i, q in enumerate(QUESTIONS):
         batch = inputs(processor, [q], imgs=_img(i))
         with torch.no_grad():
