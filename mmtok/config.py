@@ -54,6 +54,9 @@ class ModelConfig:
     device: str = "cuda"  # the default for the top-level `device`
     threads: int | None = None  # the default for the top-level `threads`
     download: bool = False  # allow from_pretrained to download a hub id that is not in the HF cache
+    # the checkpoint's model_type, declared by hub-model configs so that a machine without the
+    # weights (a report, a sweep's preflight) knows the family; checked against config.json when on disk
+    family: str | None = None
     # Qwen2.5-VL image sizing: images are resized to a pixel count in [min_pixels, max_pixels]
     # (null keeps the checkpoint's). Other families take neither. Left out of the run identity when null.
     min_pixels: int | None = None
@@ -187,6 +190,8 @@ def validate(cfg: DictConfig, *, check_model: bool = True) -> None:
     ):
         if value not in valid:
             raise ConfigError(f"unknown {key} {value!r}; valid: {_choices(valid)}")
+    if cfg.model.get("family") is not None and cfg.model.family not in TINY_FAMILIES:
+        raise ConfigError(f"unknown model.family {cfg.model.family!r}; valid: {_choices(TINY_FAMILIES)} or null")
     if cfg.model.tiny is not None and cfg.model.tiny not in TINY_FAMILIES:
         raise ConfigError(f"unknown model.tiny {cfg.model.tiny!r}; valid: {_choices(TINY_FAMILIES)} or null")
     if not _DEVICE_RE.match(str(cfg.device)):
@@ -219,12 +224,23 @@ def validate(cfg: DictConfig, *, check_model: bool = True) -> None:
 
 def model_family(model: DictConfig) -> str | None:
     """The checkpoint's `model_type` without loading anything: `model.tiny`, else the config.json of
-    the local folder or of the cached hub snapshot; None when it is not on disk (a download run)."""
-    import json
-
+    the local folder or of the cached hub snapshot, else the config's declared `model.family`; None
+    when none of them says (a local config of a checkpoint not downloaded yet)."""
     if model.tiny is not None:
         return str(model.tiny)
-    path = str(model.path)
+    on_disk = _model_type_on_disk(str(model.path))
+    declared = model.get("family")
+    if on_disk is not None and declared is not None and on_disk != declared:
+        raise ConfigError(
+            f"model {model.path!r} (model={model.name}) is a {on_disk!r} checkpoint but its config declares "
+            f"family={declared}; fix model.family"
+        )
+    return on_disk or declared
+
+
+def _model_type_on_disk(path: str) -> str | None:
+    import json
+
     found = os.path.join(path, "config.json") if os.path.isdir(path) else None
     if found is None and is_hub_id(path):
         found = cached_hub_snapshot(path)

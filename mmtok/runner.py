@@ -103,7 +103,11 @@ def identity(resolved: dict, pruner) -> dict:
     """What determines a run's results: the resolved config without operational keys, with the
     pruner's full parameter set (dataclass defaults included)."""
     ident = {k: v for k, v in resolved.items() if k not in OPERATIONAL_KEYS}
-    ident["pruner"] = {"name": resolved["pruner"]["name"], "params": pruner.params()}
+    params = pruner.params()
+    # retain_ratio came after budgets: left unset it changes nothing, so earlier runs still resume
+    if params.get("retain_ratio") is None:
+        params.pop("retain_ratio", None)
+    ident["pruner"] = {"name": resolved["pruner"]["name"], "params": params}
     # benchmark.multi_image only supplies the default of the top-level multi_image (what acts);
     # multi_image=error behaves as every run did before the option existed (single-image documents
     # only), so it adds nothing to the hash and those runs' rows still resume.
@@ -114,7 +118,10 @@ def identity(resolved: dict, pruner) -> dict:
     if ident.get("multi_image") == "error":
         del ident["multi_image"]
     # Image sizing keys (Qwen2.5-VL) only when set: the rows of the other families resume as before.
-    ident["model"] = {k: v for k, v in resolved["model"].items() if k not in _SIZING or v is not None}
+    # model.family is read off the checkpoint (declared for configs of hub models): not an identity.
+    ident["model"] = {
+        k: v for k, v in resolved["model"].items() if k != "family" and (k not in _SIZING or v is not None)
+    }
     if resolved["model"].get("tiny"):  # built from code: where the cache lives is not an identity
         ident["model"] = {k: v for k, v in ident["model"].items() if k != "path"}
     return ident

@@ -355,3 +355,48 @@ def test_prefill_flops_come_from_the_recorded_token_counts():
     assert samples[1]["prefill_flops"] != prefill_flops(cfg, 8)  # not the layer-average shortcut
     assert samples[2]["prefill_flops"] == prefill_flops(cfg, 8)  # round(5 + 2.6)
     assert samples[3]["prefill_flops"] == 7
+
+
+@pytest.mark.parametrize(
+    "overrides, pinned",
+    [
+        # hashes of these configs before the family-adapter refactor: the rows of earlier sweeps
+        # resume only while they stay. Changing one means every such run re-runs: do it on purpose.
+        (["model=llava15_7b", "pruner=divprune", "budget=64", "benchmark=pope"], "1f2c8db2db05"),
+        (["model=llava15_7b", "pruner=mmtok", "budget=64", "benchmark=pope"], "147bf4ea04bb"),
+        (["model=llavanext_7b", "pruner=fastv", "budget=64", "benchmark=gqa"], "e34ddeef005f"),
+    ],
+)
+def test_run_identity_of_earlier_configs_is_unchanged(overrides, pinned):
+    """Without the weights on this machine: the family comes from the model config's declared
+    `family`, MMTok's tau_t resolves to LLaVA's 0.02, and unset newer options add nothing."""
+    from omegaconf import OmegaConf
+
+    from mmtok import results
+    from mmtok.config import compose
+    from mmtok.runner import build_pruner_from, identity
+
+    cfg = compose(overrides)
+    pruner = build_pruner_from(cfg)
+    ident = identity(OmegaConf.to_container(cfg, resolve=True), pruner)
+    assert "retain_ratio" not in ident["pruner"]["params"] and "family" not in ident["model"]
+    if cfg.pruner.name == "mmtok":
+        assert pruner.tau_t == 0.02
+    assert results.config_hash(ident)[:12] == pinned
+
+
+def test_qwen_config_resolves_its_family_defaults_without_the_weights():
+    from mmtok.config import compose
+    from mmtok.runner import build_pruner_from
+
+    assert build_pruner_from(compose(["model=qwen25vl_7b", "pruner=mmtok", "budget=64"])).tau_t == 0.01
+
+
+def test_a_declared_family_must_match_the_checkpoint(tiny_llava_path):
+    from mmtok.config import ConfigError, compose, validate
+
+    cfg = compose(["model=local", f"model.path={tiny_llava_path}", "model.family=qwen2_5_vl"])
+    with pytest.raises(ConfigError, match=r"is a 'llava' checkpoint but its config declares family=qwen2_5_vl"):
+        validate(cfg)
+    with pytest.raises(ConfigError, match=r"unknown model.family 'qwen'; valid: llava, llava_next, qwen2_5_vl"):
+        validate(compose(["model=local", f"model.path={tiny_llava_path}", "model.family=qwen"]))
