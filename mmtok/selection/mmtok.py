@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import operator
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["build_coverage_matrix", "coverage", "coverage_columns", "greedy_max_coverage", "mmtok_select"]
+__all__ = ["build_coverage_matrix", "coverage", "greedy_max_coverage", "mmtok_select"]
 
 
 def _check_shapes(text_emb: torch.Tensor, vision_proj: torch.Tensor, vision_pre: torch.Tensor) -> None:
@@ -60,40 +61,31 @@ def _unit_float32(x: torch.Tensor) -> torch.Tensor:
     return F.normalize(x, dim=-1).float()
 
 
-def coverage_columns(
+def _coverage_blocks(
     text_emb: torch.Tensor,
     vision_proj: torch.Tensor,
     vision_pre: torch.Tensor,
-    alpha: float = 0.5,
-    tau_t: float = 0.02,
-    tau_v: float = 0.2,
-) -> torch.Tensor:
-    """The coverage matrix stored column-major: `Ct[j]` = column j of C, contiguous.
+    alpha: float,
+    tau_t: float,
+    tau_v: float,
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """The two blocks of C, float32: P `[..., m, n]` (None when m = 0) and alpha * Q `[..., n, n]`.
 
-    `[n, m + n]` for 2-D vision inputs, `[B, n, m + n]` for 3-D ones; `Ct.mT` is
-    `build_coverage_matrix`. The greedy reads one candidate column per row of `Ct`, so a gain is a
-    contiguous inner sum whose float result does not depend on which other columns are evaluated
-    beside it (what makes the lazy greedy equal to the dense one bit for bit).
-
-    One pass per term, written straight into the output: the divisions run in place on fresh
-    buffers and the vision-vision block is scaled by alpha while it is transposed into place. The
-    arithmetic is the spec's, operation for operation (`softmax(x / tau) / n`, then `alpha * q`),
-    so `Ct.mT` equals the textbook `cat([P, alpha * Q])` exactly, not just closely.
+    The spec's arithmetic operation for operation (`softmax(x / tau) / n`, then `alpha * q`), with
+    every elementwise step in place on the fresh matmul / softmax buffers (no copies).
     """
     _check_shapes(text_emb, vision_proj, vision_pre)
     if tau_t <= 0 or tau_v <= 0:
         raise ValueError(f"temperatures must be positive, got tau_t={tau_t}, tau_v={tau_v}")
     m, n = text_emb.shape[-2], vision_proj.shape[-2]
-    t = _unit_float32(text_emb)
-    v = _unit_float32(vision_proj)
-    w = _unit_float32(vision_pre)
-    out = torch.empty(*vision_proj.shape[:-2], n, m + n, dtype=torch.float32, device=vision_proj.device)
+    p = None
     if m:
-        text_vision = torch.matmul(t, v.mT).div_(tau_t)  # a 2-D question broadcasts over the crops
-        out[..., :m] = torch.softmax(text_vision, dim=-1).div_(m).mT
-    q = torch.softmax(torch.matmul(w, w.mT).div_(tau_v), dim=-1).div_(n)
-    torch.mul(q.mT, alpha, out=out[..., m:])
-    return out
+        t, v = _unit_float32(text_emb), _unit_float32(vision_proj)
+        # A 2-D question broadcasts over the crops.
+        p = torch.softmax(torch.matmul(t, v.mT).div_(tau_t), dim=-1).div_(m)
+    w = _unit_float32(vision_pre)
+    q = torch.softmax(torch.matmul(w, w.mT).div_(tau_v), dim=-1).div_(n).mul_(alpha)
+    return p, q
 
 
 def build_coverage_matrix(
@@ -109,11 +101,26 @@ def build_coverage_matrix(
     P = softmax(cos(t, v) / tau_t over vision tokens) / m   -> rows 0..m-1
     Q = softmax(cos(v', v') / tau_v over vision tokens) / n -> rows m..m+n-1 (diagonal included)
 
-    Returns `[m + n, n]` for 2-D vision inputs and `[B, m + n, n]` for 3-D ones (a transposed view
-    of `coverage_columns`, which is how the greedy reads it). `m = 0` (a question with no text at
-    all) is allowed and leaves only the vision-vision term.
+    Returns `[m + n, n]` for 2-D vision inputs and `[B, m + n, n]` for 3-D ones, equal to the
+    textbook `cat([P, alpha * Q])` bit for bit. `m = 0` (a question with no text at all) is
+    allowed and leaves only the vision-vision term. `mmtok_select` does not build it on a CPU:
+    its greedy reads the two blocks' columns (`_coverage_columns`).
     """
-    return coverage_columns(text_emb, vision_proj, vision_pre, alpha, tau_t, tau_v).mT
+    p, q = _coverage_blocks(text_emb, vision_proj, vision_pre, alpha, tau_t, tau_v)
+    return q if p is None else torch.cat([p.expand(*q.shape[:-2], *p.shape[-2:]), q], dim=-2)
+
+
+def _coverage_columns(p: torch.Tensor | None, q: torch.Tensor) -> np.ndarray:
+    """C stored column-major, `Ct[..., j, :]` = column j of C, as one contiguous float32 array
+    (`[B, n, m + n]`): each block transposed straight into place, C itself never built."""
+    q = q.reshape(-1, *q.shape[-2:])
+    batch, n, _ = q.shape
+    m = 0 if p is None else p.shape[-2]
+    Ct = np.empty((batch, n, m + n), dtype=np.float32)
+    if p is not None:
+        Ct[:, :, :m] = p.numpy().swapaxes(-1, -2)  # broadcasts a shared question over the crops
+    Ct[:, :, m:] = q.numpy().swapaxes(-1, -2)
+    return Ct
 
 
 def coverage(C: torch.Tensor, S: torch.Tensor) -> torch.Tensor:
@@ -151,133 +158,146 @@ def _exclude_mask(exclude: torch.Tensor | None, batch: int, n: int, device: torc
     return exclude.to(device).expand(batch, n)
 
 
-# Lazy greedy: candidates rescored together per round (one small [LAZY_BLOCK, m + n] op).
+# Lazy greedy: columns rescored together when the best bound's own rescore does not decide.
 LAZY_BLOCK = 16
-# "auto" on CPU takes the lazy greedy from this many picks per crop on. Below it the dense steps
-# are few and cheap (CPU, LLaVA sizes: 576 -> 16 dense 1.1 ms vs lazy 1.8 ms; 576 -> 192 dense
-# 17 ms vs lazy 6 ms; one thread, scripts/bench_selection.py has both side by side).
-LAZY_MIN_K = 48
 METHODS = ("auto", "dense", "lazy")
 
 
-def _gains(cols: torch.Tensor, best: torch.Tensor) -> torch.Tensor:
-    """gain[j] = sum_r max(C[r, j] - best[r], 0) for the columns stored as rows of `cols`.
+def _gains(Ct: np.ndarray, best: np.ndarray) -> np.ndarray:
+    """gain[j] = sum_r max(C[r, j] - best[r], 0) for the columns stored as rows of `Ct`
+    (`[..., c, R]`, one column or many; `best` `[R]`, or `[B, 1, R]` for `[B, c, R]`).
 
-    The one place the greedy's float arithmetic lives, shared by both greedy variants. Each gain
-    is an independent inner sum over one contiguous row (torch's CPU sum reduces each output
-    separately), so a column's gain has the same bits whether it is evaluated with all n columns
-    or with a few. As `best` only grows, every term only shrinks, and float subtraction, clamping
-    and a fixed-order sum are monotone: a gain computed earlier is an exact upper bound of the
-    same column's gain later (submodularity, holding in float32 too).
+    The CPU greedy's float arithmetic, shared by both variants. numpy sums each contiguous row
+    on its own with one fixed (pairwise) order that depends only on R, not on the row's address
+    or on the rows beside it, so a column has the same gain whether it is scored with all n
+    columns, a few, or alone. As `best` only grows, every term only shrinks, and float
+    subtraction, clamping and a fixed-order sum are monotone: a gain computed earlier is an exact
+    upper bound of the same column's gain later (submodularity, holding in float32 too).
     """
-    return (cols - best).clamp_min_(0).sum(dim=-1)
+    terms = np.subtract(Ct, best)
+    np.maximum(terms, 0, out=terms)
+    return terms.sum(axis=-1)
 
 
-def _dense_greedy(Ct: torch.Tensor, k: int, forbidden: torch.Tensor) -> torch.Tensor:
-    """The spec's greedy, all crops at once: every step scores every column (`Ct`: `[B, n, R]`).
+def _first_gains(Ct: np.ndarray) -> np.ndarray:
+    """`_gains(Ct, 0)` (step 1, `best` = 0), one pass cheaper: x - 0 is x exactly."""
+    return np.maximum(Ct, 0).sum(axis=-1)
 
-    k steps of a handful of large kernels and no host synchronisation inside the loop: the fast
-    variant on a GPU, where a step costs about its kernel launches whatever n is.
-    """
-    batch, n, rows = Ct.shape
-    penalty = torch.zeros(batch, n, dtype=Ct.dtype, device=Ct.device)
-    penalty.masked_fill_(forbidden, float("-inf"))
-    best = Ct.new_zeros(batch, 1, rows)
-    picks = torch.empty(batch, k, dtype=torch.long, device=Ct.device)
+
+def _dense_greedy_cpu(Ct: np.ndarray, k: int, forbidden: np.ndarray) -> np.ndarray:
+    """The spec's greedy on `Ct` `[B, n, R]`: every step scores every column of every crop."""
+    batch, _, rows = Ct.shape
+    best = np.zeros((batch, 1, rows), dtype=Ct.dtype)
+    dead = forbidden.copy()
+    picks = np.empty((batch, k), dtype=np.int64)
+    crops = np.arange(batch)
     for step in range(k):
-        j = (_gains(Ct, best) + penalty).argmax(dim=-1)  # first maximum: ties to the lowest index
+        gain = _gains(Ct, best) if step else _first_gains(Ct)
+        gain[dead] = -np.inf
+        j = gain.argmax(axis=-1)  # first maximum: ties to the lowest index
         picks[:, step] = j
-        best = torch.maximum(best, Ct.gather(1, j.view(batch, 1, 1).expand(batch, 1, rows)))
+        dead[crops, j] = True
+        np.maximum(best[:, 0], Ct[crops, j], out=best[:, 0])
+    return picks
+
+
+def _lazy_greedy_cpu(Ct: np.ndarray, k: int, forbidden: np.ndarray, first: np.ndarray, block: int) -> list[int]:
+    """The dense greedy's picks for one crop (`Ct` `[n, R]`), rescoring few columns per step.
+
+    `first` holds every column's step-1 gain. `bounds` holds, per column, its gain at some
+    earlier step: an exact upper bound of its gain now (see `_gains`; -inf once picked or
+    excluded), and `fresh` marks the bounds computed since the last pick. Whenever the first
+    maximum of the bounds is fresh, no column can beat it on (gain, -index) (one left of it has
+    a smaller bound, one right of it at most an equal one): it is the dense greedy's pick. If it
+    is stale, it is rescored alone; if that does not settle the step, the `block` columns of
+    largest bound are rescored together, and if even that does not, the best fresh gain g is a
+    lower bound of the step's winner, so only the columns whose bound reaches g can beat it: all
+    of them are rescored, after which the first maximum is fresh. Picks are the dense greedy's,
+    bit for bit; most steps score one or a few columns instead of n.
+    """
+    n = Ct.shape[0]
+    bounds = first.copy()
+    bounds[forbidden] = -np.inf
+    fresh = np.zeros(n, dtype=bool)
+    best = np.zeros(Ct.shape[1], dtype=Ct.dtype)
+    avail = n - int(forbidden.sum())
+    picks: list[int] = []
+    j = int(bounds.argmax())  # step 1: every bound is a fresh gain
+    while True:
+        picks.append(j)
+        bounds[j] = -np.inf
+        avail -= 1
+        if len(picks) == k:
+            return picks
+        np.maximum(best, Ct[j], out=best)
+        fresh[:] = False
+        j = int(bounds.argmax())
+        bounds[j] = _gains(Ct[j], best)
+        fresh[j] = True
+        j = int(bounds.argmax())
+        if fresh[j]:
+            continue
+        size = min(block, avail)
+        top = np.argpartition(bounds, n - size)[n - size :] if size < n else np.arange(n)
+        gains = _gains(Ct[top], best)
+        bounds[top] = gains
+        fresh[top] = True
+        j = int(bounds.argmax())
+        if fresh[j]:
+            continue
+        cand = np.flatnonzero(bounds >= bounds[fresh].max())
+        bounds[cand] = _gains(Ct[cand], best)
+        fresh[cand] = True
+        j = int(bounds.argmax())
+
+
+def _greedy_cpu(Ct: np.ndarray, k: int, forbidden: np.ndarray, method: str) -> torch.Tensor:
+    """CPU greedy picks `[B, k]` on `Ct` `[B, n, R]`, in numpy: no torch dispatch in the small steps."""
+    if method == "dense":
+        picks = _dense_greedy_cpu(Ct, k, forbidden)
+    else:
+        first = _first_gains(Ct)  # step 1 of every crop at once
+        picks = np.array([_lazy_greedy_cpu(Ct[b], k, forbidden[b], first[b], LAZY_BLOCK) for b in range(len(Ct))])
+    return torch.from_numpy(picks.reshape(len(Ct), k))
+
+
+def _dense_greedy(C: torch.Tensor, k: int, forbidden: torch.Tensor) -> torch.Tensor:
+    """The spec's greedy in torch, all crops at once (`C`: `[B, R, n]`): the non-CPU variant.
+
+    The spec's plain operations (gains summed over C's rows), k steps of a handful of large
+    kernels and no host synchronisation inside the loop: on a GPU a step costs about its kernel
+    launches whatever n is.
+    """
+    batch, rows, n = C.shape
+    penalty = torch.zeros(batch, n, dtype=C.dtype, device=C.device)
+    penalty.masked_fill_(forbidden, float("-inf"))
+    best = C.new_zeros(batch, rows, 1)
+    picks = torch.empty(batch, k, dtype=torch.long, device=C.device)
+    for step in range(k):
+        j = ((C - best).clamp_min_(0).sum(dim=1) + penalty).argmax(dim=-1)  # first maximum: lowest index
+        picks[:, step] = j
+        best = torch.maximum(best, C.gather(2, j.view(batch, 1, 1).expand(batch, rows, 1)))
         penalty.scatter_(1, j.unsqueeze(1), float("-inf"))
     return picks
 
 
-def _lazy_greedy(Ct: torch.Tensor, k: int, forbidden: torch.Tensor, block: int | None = None) -> list[int]:
-    """The dense greedy's picks for one crop (`Ct`: `[n, R]`), scoring few columns per step.
-
-    Stale gains are exact upper bounds (see `_gains`). Step 1 scores every column. Then each round
-    sorts the bounds (stable: equal bounds keep index order), scores the `block` best columns with
-    fresh gains and picks the best of them (lowest index among equal gains) as long as it beats
-    every column outside the block on (gain, -index): a fresh gain above their largest bound, or
-    equal to it with a lower index than the first column holding that bound. The dense greedy
-    would pick it too. When the block cannot decide, its best fresh gain g is a lower bound of
-    the step's winner, so only the columns whose bound reaches g can win: exactly those are
-    scored (their fresh gains become their bounds) and the best of them is picked. Picks are the
-    dense greedy's, bit for bit, and most steps cost O(block * R) instead of O(n * R).
-    """
-    n, _ = Ct.shape
-    block = LAZY_BLOCK if block is None else block
-    neg = float("-inf")
-    best = Ct.new_zeros(Ct.shape[1])
-    dead = forbidden.clone()
-    bounds = _gains(Ct, best).masked_fill_(dead, neg)
-    avail = n - int(dead.sum())
-    picks: list[int] = []
-    pending: list[int] = []  # picked since `bounds` and `dead` were last updated
-
-    def take(j: int, col: torch.Tensor) -> None:
-        nonlocal avail
-        picks.append(j)
-        pending.append(j)
-        avail -= 1
-        torch.maximum(best, col, out=best)
-
-    def flush() -> None:
-        if pending:
-            gone = torch.tensor(pending, device=Ct.device)
-            bounds.index_fill_(0, gone, neg)
-            dead.index_fill_(0, gone, True)
-            pending.clear()
-
-    j = int(bounds.argmax())  # step 1 is a dense step: every bound is a fresh gain
-    take(j, Ct[j])
-    while len(picks) < k:
-        flush()
-        size = min(block, avail)
-        values, order = torch.sort(bounds, descending=True, stable=True)
-        head = order[: size + 1].tolist()
-        members = head[:size]
-        first_out, bound_out = (head[size], float(values[size])) if avail > size else (n, neg)
-        cols = Ct[members]
-        alive = [True] * size
-        while len(picks) < k:
-            gains = _gains(cols, best).tolist()
-            top = -1  # best alive member on (gain, -index); members are in bound order, not index order
-            for p in range(size):
-                if alive[p] and (
-                    top < 0 or gains[p] > gains[top] or (gains[p] == gains[top] and members[p] < members[top])
-                ):
-                    top = p
-            if top < 0:
-                break  # every member picked: new round
-            g, j = gains[top], members[top]
-            if g > bound_out or (g == bound_out and j < first_out):
-                alive[top] = False
-                take(j, cols[top])
-                continue
-            # Undecided. Only columns whose bound reaches g can beat the member holding g.
-            flush()
-            reach = int((values >= g).sum())
-            cand = order[:reach].sort().values  # index order, so argmax breaks ties to the lowest
-            fresh = _gains(Ct[cand], best).masked_fill_(dead[cand], neg)
-            bounds.index_copy_(0, cand, fresh)
-            p = int(fresh.argmax())
-            j = int(cand[p])
-            take(j, Ct[j])
-            break
-    return picks
-
-
-def _greedy_columns(Ct: torch.Tensor, k: int, forbidden: torch.Tensor, method: str) -> torch.Tensor:
-    """Greedy picks in pick order for `Ct` `[B, n, R]`; `method` as in `greedy_max_coverage`."""
+def _check_method(method: str, device: torch.device) -> str:
+    """The greedy variant to run: "cpu-dense", "cpu-lazy" or "dense" (torch)."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-    if method == "auto":
-        method = "lazy" if Ct.device.type == "cpu" and k >= LAZY_MIN_K else "dense"
-    if method == "dense":
-        return _dense_greedy(Ct, k, forbidden)
-    picks = [_lazy_greedy(Ct[b], k, forbidden[b]) for b in range(Ct.shape[0])]
-    return torch.tensor(picks, dtype=torch.long, device=Ct.device)
+    if device.type == "cpu":
+        return "cpu-dense" if method == "dense" else "cpu-lazy"
+    if method == "lazy":
+        raise ValueError(f"method 'lazy' runs on CPU tensors; on {device.type} use 'auto' or 'dense'")
+    return "dense"
+
+
+def _prepare(k: object, exclude: torch.Tensor | None, batch: int, n: int, single: bool, device) -> tuple:
+    """Checked (k, forbidden `[batch, n]` boolean mask)."""
+    if exclude is not None and single and exclude.dim() != 1:
+        raise ValueError(f"exclude must have shape [{n}] for a single crop, got {tuple(exclude.shape)}")
+    forbidden = _exclude_mask(exclude, batch, n, device)
+    return _check_budget(k, forbidden, n), forbidden
 
 
 def _check_budget(k: object, forbidden: torch.Tensor, n: int) -> int:
@@ -299,22 +319,26 @@ def greedy_max_coverage(
     already chosen columns get -inf, argmax breaks ties towards the lowest index (torch.argmax
     returns the first maximum). `C` is `[R, n]` (result `[k]`) or `[B, R, n]` (result `[B, k]`).
 
-    `method`: `"dense"` scores every column at every step, batched over crops (few large kernels
-    per step: the fast one on a GPU); `"lazy"` rescores only the columns that can still win
-    (`_lazy_greedy`; the fast one on a CPU, where a step's cost is its arithmetic). Both return
-    the same picks, bit for bit. `"auto"` (default) takes lazy on CPU for k >= `LAZY_MIN_K` and
-    dense otherwise (always on GPUs: there a dense step costs its kernel launches, not its size).
+    `method`: `"dense"` scores every column at every step, batched over crops; `"lazy"` rescores
+    only the columns that can still win (`_lazy_greedy_cpu`, CPU only). On CPU both run in numpy
+    with one gain arithmetic (`_gains`: per column a float32 sum in row order), so they return
+    the same picks, bit for bit; `"auto"` (default) is lazy there, the faster at every budget.
+    On other devices `"auto"` is the torch dense greedy (the spec's operations, k steps of a few
+    large kernels: there a step costs its launches, not its size).
     """
     if C.dim() not in (2, 3):
         raise ValueError(f"C must be [R, n] or [B, R, n], got shape {tuple(C.shape)}")
     single = C.dim() == 2
-    Ct = (C.unsqueeze(0) if single else C).mT.contiguous()  # a no-op for build_coverage_matrix's view
-    batch, n, _ = Ct.shape
-    if exclude is not None and single and exclude.dim() != 1:
-        raise ValueError(f"exclude must have shape [{n}] for a single crop, got {tuple(exclude.shape)}")
-    forbidden = _exclude_mask(exclude, batch, n, Ct.device)
-    k = _check_budget(k, forbidden, n)
-    picks = _greedy_columns(Ct, k, forbidden, method)
+    C3 = C.unsqueeze(0) if single else C
+    variant = _check_method(method, C3.device)
+    k, forbidden = _prepare(k, exclude, C3.shape[0], C3.shape[2], single, C3.device)
+    if variant == "dense":
+        picks = _dense_greedy(C3, k, forbidden)
+    else:
+        if C3.dtype not in (torch.float32, torch.float64):
+            C3 = C3.float()  # numpy has no bfloat16
+        Ct = np.ascontiguousarray(C3.detach().numpy().swapaxes(-1, -2))
+        picks = _greedy_cpu(Ct, k, forbidden.numpy(), variant[4:])
     return picks[0] if single else picks
 
 
@@ -342,5 +366,16 @@ def mmtok_select(
     Defaults are the LLaVA settings (alpha 0.5, tau_t 0.02, tau_v 0.2). `method` picks the greedy
     variant (`greedy_max_coverage`); every method returns the same tokens.
     """
-    Ct = coverage_columns(text_emb, vision_proj, vision_pre, alpha, tau_t, tau_v)
-    return greedy_max_coverage(Ct.mT, k, exclude=exclude, method=method).sort(dim=-1).values
+    single = vision_proj.dim() == 2
+    variant = _check_method(method, vision_proj.device)
+    p, q = _coverage_blocks(text_emb, vision_proj, vision_pre, alpha, tau_t, tau_v)
+    n = q.shape[-1]
+    batch = 1 if single else q.shape[0]
+    k, forbidden = _prepare(k, exclude, batch, n, single, vision_proj.device)
+    if variant == "dense":
+        C = q if p is None else torch.cat([p.expand(*q.shape[:-2], *p.shape[-2:]), q], dim=-2)
+        picks = _dense_greedy(C.reshape(batch, -1, n), k, forbidden)
+    else:
+        picks = _greedy_cpu(_coverage_columns(p, q), k, forbidden.numpy(), variant[4:])
+    picks = picks.sort(dim=-1).values
+    return picks[0] if single else picks
