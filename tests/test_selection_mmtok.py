@@ -300,53 +300,58 @@ def _wide_range(gen: torch.Generator, *shape: int) -> np.ndarray:
     return x.float().numpy()
 
 
-def test_gain_of_a_column_does_not_depend_on_its_neighbours():
+@pytest.mark.parametrize("m", [0, 1, 3, 6, 9])
+def test_gain_of_a_column_does_not_depend_on_its_neighbours(m):
     """What the lazy greedy's exactness rests on: a column's gain has the same bits whether it is
     scored with all columns, a few, or alone, and wherever its copy sits in memory (any shape and
     alignment the two variants use)."""
-    gen = torch.Generator().manual_seed(8)
-    for rows in (1, 7, 8, 9, 31, 127, 128, 129, 582, 2000):
+    gen = torch.Generator().manual_seed(8 + m)
+    for rows in (9, 16, 31, 127, 128, 129, 137, 582, 2000):
         Ct = _wide_range(gen, 3, 64, rows)
         best = _wide_range(gen, 3, 1, rows) * 0.5
-        full = _gains(Ct, best)
+        full = _gains(Ct, best, m)
         assert full.dtype == np.float32 and full.shape == (3, 64)
-        assert np.array_equal(_first_gains(Ct), _gains(Ct, np.zeros_like(best)))
+        assert np.array_equal(_first_gains(Ct, m)[2], _gains(Ct, np.zeros_like(best), m))
         for b in range(3):
-            assert np.array_equal(full[b], _gains(Ct[b], best[b, 0]))
+            assert np.array_equal(full[b], _gains(Ct[b], best[b, 0], m))
             for j in (0, 5, 63):
-                assert _gains(Ct[b, j], best[b, 0]) == full[b, j]
+                assert _gains(Ct[b, j], best[b, 0], m) == full[b, j]
                 for shift in range(1, 17):  # the same column copied to every 4-byte alignment of a cache line
                     buf = np.zeros(rows + 16, dtype=np.float32)
                     buf[shift : shift + rows] = Ct[b, j]
-                    assert _gains(buf[shift : shift + rows], best[b, 0]) == full[b, j]
+                    assert _gains(buf[shift : shift + rows], best[b, 0], m) == full[b, j]
             for size in (1, 2, 5, 16, 17, 63):
                 idx = torch.randperm(64, generator=gen)[:size].numpy()
-                assert np.array_equal(_gains(Ct[b, idx], best[b, 0]), full[b, idx])
+                assert np.array_equal(_gains(Ct[b, idx], best[b, 0], m), full[b, idx])
 
 
-def test_gains_are_upper_bounds_as_best_grows():
-    """Submodularity in float32: raising `best` never raises a computed gain, bit for bit."""
+@pytest.mark.parametrize("m", [0, 6])
+def test_gains_are_upper_bounds_as_best_grows(m):
+    """Submodularity in float32: raising `best` never raises a computed gain, nor the sum of the
+    current text part and an earlier vision part (the lazy greedy's tightened bound), bit for bit."""
     gen = torch.Generator().manual_seed(9)
     Ct = _wide_range(gen, 50, 300)
     best = np.zeros(300, dtype=np.float32)
-    previous = _first_gains(Ct)
+    _, vision, previous = _first_gains(Ct, m)
     for j in torch.randperm(50, generator=gen)[:20].tolist():
         np.maximum(best, Ct[j], out=best)
-        now = _gains(Ct, best)
+        now = _gains(Ct, best, m)
+        text = np.maximum(Ct[:, :m] - best[:m], 0).sum(axis=-1)
         assert (now <= previous).all()
+        assert (now <= text + vision).all()
         previous = now
 
 
-def _lazy_equals_dense(C, k, exclude=None, block=None):
+def _lazy_equals_dense(C, k, exclude=None, block=None, text_rows=0):
     import mmtok.selection.mmtok as mm
 
-    dense = greedy_max_coverage(C, k, exclude=exclude, method="dense")
+    dense = greedy_max_coverage(C, k, exclude=exclude, method="dense", text_rows=text_rows)
     if block is None:
-        lazy = greedy_max_coverage(C, k, exclude=exclude, method="lazy")
+        lazy = greedy_max_coverage(C, k, exclude=exclude, method="lazy", text_rows=text_rows)
     else:
         saved, mm.LAZY_BLOCK = mm.LAZY_BLOCK, block
         try:
-            lazy = greedy_max_coverage(C, k, exclude=exclude, method="lazy")
+            lazy = greedy_max_coverage(C, k, exclude=exclude, method="lazy", text_rows=text_rows)
         finally:
             mm.LAZY_BLOCK = saved
     assert torch.equal(lazy, dense), (lazy.tolist(), dense.tolist())  # same picks in the same order
@@ -370,7 +375,7 @@ def test_lazy_equals_dense_on_coverage_matrices(seed):
         exclude[..., 0] = False
     selectable = n - (0 if exclude is None else int(exclude.sum(-1).max()))
     k = rng.randint(1, selectable)
-    _lazy_equals_dense(C, k, exclude, block=rng.choice([None, 1, 2, 4]))
+    _lazy_equals_dense(C, k, exclude, block=rng.choice([None, 1, 2, 4]), text_rows=m)
     assert torch.equal(
         mmtok_select(t, v, w, k, exclude=exclude, method="lazy", **p),
         mmtok_select(t, v, w, k, exclude=exclude, method="dense", **p),
@@ -393,7 +398,8 @@ def test_lazy_equals_dense_with_ties_and_zero_gains(seed):
         exclude[0] = False
     k = rng.randint(1, n - (0 if exclude is None else int(exclude.sum())))
     for block in (1, 2, 3, 16):
-        _lazy_equals_dense(C, k, exclude, block=block)
+        for text_rows in {0, rows // 2, rows}:
+            _lazy_equals_dense(C, k, exclude, block=block, text_rows=text_rows)
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -405,6 +411,7 @@ def test_lazy_equals_dense_at_llava_sizes(seed):
     w = w + 3 * torch.randn(2, 8, 128, generator=gen)[:, torch.randint(0, 8, (576,), generator=gen)]
     for k in (4, 64, 192, 575):
         C = build_coverage_matrix(t, v, w)
+        _lazy_equals_dense(C, k, text_rows=6)
         _lazy_equals_dense(C, k)
 
 
@@ -423,9 +430,9 @@ def test_select_equals_greedy_on_the_built_matrix(method):
     v, w = torch.randn(3, 90, 32, generator=gen), torch.randn(3, 90, 16, generator=gen)
     C = build_coverage_matrix(t, v, w)
     for k in (1, 7, 30, 90):
-        want = greedy_max_coverage(C, k, method="dense").sort(dim=-1).values
+        want = greedy_max_coverage(C, k, method="dense", text_rows=4).sort(dim=-1).values
         assert torch.equal(mmtok_select(t, v, w, k, method=method), want)
-        assert torch.equal(greedy_max_coverage(C, k, method=method).sort(dim=-1).values, want)
+        assert torch.equal(greedy_max_coverage(C, k, method=method, text_rows=4).sort(dim=-1).values, want)
         assert torch.equal(mmtok_select(t, v[2], w[2], k, method=method), want[2])
 
 

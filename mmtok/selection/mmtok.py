@@ -3,11 +3,13 @@
 The objective (spec, "Objective") rewards a subset of vision tokens for covering both the question
 (text-vision softmax similarities) and the image itself (vision-vision softmax similarities). Both
 terms are facility-location functions, hence monotone submodular, so the greedy below is within
-(1 - 1/e) of the optimum. Everything here is pure tensor code; model wiring lives elsewhere.
+(1 - 1/e) of the optimum. Everything here is pure array code; model wiring lives elsewhere.
 
 Shapes: a single crop uses 2-D inputs; a batch of crops uses 3-D vision inputs with either one
-shared question `[m, D]` or one per crop `[B, m, D]`. The batch is processed in one vectorised
-greedy (only the k steps loop), because LLaVA-NeXT selects on up to five crops per request.
+shared question `[m, D]` or one per crop `[B, m, D]` (LLaVA-NeXT selects on up to five crops per
+request). The similarity matmuls and softmaxes run in torch, batched over crops. The greedy runs
+in numpy on a CPU (a lazy greedy whose small steps would otherwise cost more in torch dispatch
+than in arithmetic) and as the spec's batched dense greedy in torch elsewhere.
 """
 
 from __future__ import annotations
@@ -158,33 +160,46 @@ def _exclude_mask(exclude: torch.Tensor | None, batch: int, n: int, device: torc
     return exclude.to(device).expand(batch, n)
 
 
-# Lazy greedy: columns rescored together when the best bound's own rescore does not decide.
+# Lazy greedy: columns rescored together per step (one [LAZY_BLOCK, R] gather).
 LAZY_BLOCK = 16
 METHODS = ("auto", "dense", "lazy")
 
 
-def _gains(Ct: np.ndarray, best: np.ndarray) -> np.ndarray:
-    """gain[j] = sum_r max(C[r, j] - best[r], 0) for the columns stored as rows of `Ct`
-    (`[..., c, R]`, one column or many; `best` `[R]`, or `[B, 1, R]` for `[B, c, R]`).
+def _split_sum(terms: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(text part, vision part, gain) of gain terms `[..., c, R]`: the sums over the m text rows
+    and over the n vision rows, and the gain, their float32 sum."""
+    vision = terms[..., m:].sum(axis=-1)
+    if not m:
+        return np.zeros_like(vision), vision, vision.copy()
+    text = terms[..., :m].sum(axis=-1)
+    return text, vision, text + vision
 
-    The CPU greedy's float arithmetic, shared by both variants. numpy sums each contiguous row
-    on its own with one fixed (pairwise) order that depends only on R, not on the row's address
-    or on the rows beside it, so a column has the same gain whether it is scored with all n
-    columns, a few, or alone. As `best` only grows, every term only shrinks, and float
-    subtraction, clamping and a fixed-order sum are monotone: a gain computed earlier is an exact
-    upper bound of the same column's gain later (submodularity, holding in float32 too).
+
+def _gains(Ct: np.ndarray, best: np.ndarray, m: int) -> np.ndarray:
+    """gain[j] = sum_r max(C[r, j] - best[r], 0) for the columns stored as rows of `Ct`
+    (`[..., c, R]`, one column or many; `best` `[R]`, or `[B, 1, R]` for `[B, c, R]`); the
+    first m rows of C are the text rows.
+
+    The CPU greedy's float arithmetic, shared by both variants: the text rows and the vision rows
+    are summed separately, each by numpy's pairwise sum over its contiguous segment (an order
+    that depends only on the segment's length, not on its address or on the rows beside it), and
+    the two sums added. So a column has the same gain whether it is scored with all n columns, a
+    few, or alone. As `best` only grows, every term only shrinks, and float subtraction,
+    clamping, fixed-order sums and the final addition are monotone: a gain computed earlier is an
+    exact upper bound of the same column's gain later (submodularity, holding in float32 too), and
+    so is the sum of its current text part and an earlier vision part.
     """
     terms = np.subtract(Ct, best)
     np.maximum(terms, 0, out=terms)
-    return terms.sum(axis=-1)
+    return _split_sum(terms, m)[2]
 
 
-def _first_gains(Ct: np.ndarray) -> np.ndarray:
-    """`_gains(Ct, 0)` (step 1, `best` = 0), one pass cheaper: x - 0 is x exactly."""
-    return np.maximum(Ct, 0).sum(axis=-1)
+def _first_gains(Ct: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(text part, vision part, gain) at step 1 (`best` = 0) of every column; x - 0 is x exactly."""
+    return _split_sum(np.maximum(Ct, 0), m)
 
 
-def _dense_greedy_cpu(Ct: np.ndarray, k: int, forbidden: np.ndarray) -> np.ndarray:
+def _dense_greedy_cpu(Ct: np.ndarray, k: int, forbidden: np.ndarray, m: int) -> np.ndarray:
     """The spec's greedy on `Ct` `[B, n, R]`: every step scores every column of every crop."""
     batch, _, rows = Ct.shape
     best = np.zeros((batch, 1, rows), dtype=Ct.dtype)
@@ -192,7 +207,7 @@ def _dense_greedy_cpu(Ct: np.ndarray, k: int, forbidden: np.ndarray) -> np.ndarr
     picks = np.empty((batch, k), dtype=np.int64)
     crops = np.arange(batch)
     for step in range(k):
-        gain = _gains(Ct, best) if step else _first_gains(Ct)
+        gain = _gains(Ct, best, m) if step else _first_gains(Ct, m)[2]
         gain[dead] = -np.inf
         j = gain.argmax(axis=-1)  # first maximum: ties to the lowest index
         picks[:, step] = j
@@ -201,63 +216,89 @@ def _dense_greedy_cpu(Ct: np.ndarray, k: int, forbidden: np.ndarray) -> np.ndarr
     return picks
 
 
-def _lazy_greedy_cpu(Ct: np.ndarray, k: int, forbidden: np.ndarray, first: np.ndarray, block: int) -> list[int]:
+def _lazy_greedy_cpu(
+    Ct: np.ndarray, k: int, forbidden: np.ndarray, m: int, first: tuple[np.ndarray, ...], block: int
+) -> list[int]:
     """The dense greedy's picks for one crop (`Ct` `[n, R]`), rescoring few columns per step.
 
-    `first` holds every column's step-1 gain. `bounds` holds, per column, its gain at some
-    earlier step: an exact upper bound of its gain now (see `_gains`; -inf once picked or
-    excluded), and `fresh` marks the bounds computed since the last pick. Whenever the first
-    maximum of the bounds is fresh, no column can beat it on (gain, -index) (one left of it has
-    a smaller bound, one right of it at most an equal one): it is the dense greedy's pick. If it
-    is stale, it is rescored alone; if that does not settle the step, the `block` columns of
-    largest bound are rescored together, and if even that does not, the best fresh gain g is a
-    lower bound of the step's winner, so only the columns whose bound reaches g can beat it: all
-    of them are rescored, after which the first maximum is fresh. Picks are the dense greedy's,
-    bit for bit; most steps score one or a few columns instead of n.
+    `first` holds every column's step-1 (text part, vision part, gain). `bounds` holds, per column, an exact
+    upper bound of its gain now (see `_gains`; -inf once picked or excluded), and `stamp` the
+    step at which it was last computed as the gain itself. Each step rescores the `block` columns
+    of largest bound together. If the first maximum of the bounds is then a fresh gain, no column
+    can beat it on (gain, -index) (one left of it has a smaller bound, one right of it at most an
+    equal one): it is the dense greedy's pick. Otherwise the bounds are tightened for all columns
+    at once (current text part, a cheap m-row pass, plus the vision part of its last scoring:
+    after the first picks the question's rows are covered and every step-1 bound is loose by its
+    text part), and the columns that can still win are rescored in rounds of doubling size,
+    largest bound first, or all in one pass once that is most of them, until the first maximum is
+    fresh. Picks are the dense greedy's, bit for bit; most steps score `block` columns, not n.
     """
-    n = Ct.shape[0]
-    bounds = first.copy()
+    n, rows = Ct.shape
+    vision, bounds = first[1].copy(), first[2].copy()
     bounds[forbidden] = -np.inf
-    fresh = np.zeros(n, dtype=bool)
-    best = np.zeros(Ct.shape[1], dtype=Ct.dtype)
+    stamp = np.zeros(n, dtype=np.int64)
+    best = np.zeros(rows, dtype=Ct.dtype)
+    buf = np.empty((n, rows), dtype=Ct.dtype)  # reused: large fresh arrays cost page faults
     avail = n - int(forbidden.sum())
-    picks: list[int] = []
-    j = int(bounds.argmax())  # step 1: every bound is a fresh gain
-    while True:
-        picks.append(j)
+    j = int(bounds.argmax())  # step 1 (stamp 0): every bound is a fresh gain
+    picks = [j]
+
+    def score(cols: np.ndarray, step: int) -> None:
+        terms = buf[: len(cols)]
+        np.take(Ct, cols, axis=0, out=terms)
+        np.subtract(terms, best, out=terms)
+        np.maximum(terms, 0, out=terms)
+        _, v, g = _split_sum(terms, m)
+        bounds[cols] = g
+        vision[cols] = v
+        stamp[cols] = step
+
+    for step in range(1, k):
         bounds[j] = -np.inf
         avail -= 1
-        if len(picks) == k:
-            return picks
         np.maximum(best, Ct[j], out=best)
-        fresh[:] = False
-        j = int(bounds.argmax())
-        bounds[j] = _gains(Ct[j], best)
-        fresh[j] = True
-        j = int(bounds.argmax())
-        if fresh[j]:
-            continue
         size = min(block, avail)
-        top = np.argpartition(bounds, n - size)[n - size :] if size < n else np.arange(n)
-        gains = _gains(Ct[top], best)
-        bounds[top] = gains
-        fresh[top] = True
+        score(np.argpartition(bounds, n - size)[n - size :], step)
         j = int(bounds.argmax())
-        if fresh[j]:
+        if stamp[j] == step:
+            picks.append(j)
             continue
-        cand = np.flatnonzero(bounds >= bounds[fresh].max())
-        bounds[cand] = _gains(Ct[cand], best)
-        fresh[cand] = True
-        j = int(bounds.argmax())
+        if m:
+            live = (bounds > -np.inf) & (stamp != step)
+            t = np.maximum(Ct[:, :m] - best[:m], 0).sum(axis=-1)
+            bounds[live] = np.minimum(bounds[live], t[live] + vision[live])
+        order = np.argsort(bounds)[::-1][:avail]  # live columns, largest bound first
+        pos = 0
+        while True:
+            j = int(bounds.argmax())
+            if stamp[j] == step:
+                break
+            if 2 * (pos + size) >= avail:  # most columns can still win: score them all, no gather
+                np.subtract(Ct, best, out=buf)
+                np.maximum(buf, 0, out=buf)
+                _, v, g = _split_sum(buf, m)
+                live = bounds > -np.inf
+                bounds[live] = g[live]
+                vision[live] = v[live]
+                j = int(bounds.argmax())
+                break
+            score(order[pos : pos + size], step)
+            pos += size
+            size *= 2
+        picks.append(j)
+    return picks
 
 
-def _greedy_cpu(Ct: np.ndarray, k: int, forbidden: np.ndarray, method: str) -> torch.Tensor:
-    """CPU greedy picks `[B, k]` on `Ct` `[B, n, R]`, in numpy: no torch dispatch in the small steps."""
+def _greedy_cpu(Ct: np.ndarray, k: int, forbidden: np.ndarray, m: int, method: str) -> torch.Tensor:
+    """CPU greedy picks `[B, k]` on `Ct` `[B, n, R]` (m text rows first), in numpy: no torch
+    dispatch in the small steps."""
     if method == "dense":
-        picks = _dense_greedy_cpu(Ct, k, forbidden)
+        picks = _dense_greedy_cpu(Ct, k, forbidden, m)
     else:
-        first = _first_gains(Ct)  # step 1 of every crop at once
-        picks = np.array([_lazy_greedy_cpu(Ct[b], k, forbidden[b], first[b], LAZY_BLOCK) for b in range(len(Ct))])
+        first = _first_gains(Ct, m)  # step 1 of every crop at once
+        picks = np.array(
+            [_lazy_greedy_cpu(Ct[b], k, forbidden[b], m, [x[b] for x in first], LAZY_BLOCK) for b in range(len(Ct))]
+        )
     return torch.from_numpy(picks.reshape(len(Ct), k))
 
 
@@ -311,7 +352,7 @@ def _check_budget(k: object, forbidden: torch.Tensor, n: int) -> int:
 
 
 def greedy_max_coverage(
-    C: torch.Tensor, k: int, *, exclude: torch.Tensor | None = None, method: str = "auto"
+    C: torch.Tensor, k: int, *, exclude: torch.Tensor | None = None, method: str = "auto", text_rows: int = 0
 ) -> torch.Tensor:
     """Greedy maximisation of `coverage(C, S)` over k columns; indices in *pick order*.
 
@@ -321,11 +362,14 @@ def greedy_max_coverage(
 
     `method`: `"dense"` scores every column at every step, batched over crops; `"lazy"` rescores
     only the columns that can still win (`_lazy_greedy_cpu`, CPU only). On CPU both run in numpy
-    with one gain arithmetic (`_gains`: per column a float32 sum in row order), so they return
-    the same picks, bit for bit; `"auto"` (default) is lazy there, the faster at every budget.
-    On other devices `"auto"` is the torch dense greedy (the spec's operations, k steps of a few
-    large kernels: there a step costs its launches, not its size).
+    with one gain arithmetic (`_gains`: the first `text_rows` rows and the others summed apart,
+    then added; MMTok's text rows, `mmtok_select` passes m), so they return the same picks, bit
+    for bit; `"auto"` (default) is lazy there, the faster at every budget. On other devices
+    `"auto"` is the torch dense greedy (the spec's operations, k steps of a few large kernels:
+    there a step costs its launches, not its size; `text_rows` is not used).
     """
+    if not 0 <= text_rows <= C.shape[-2]:
+        raise ValueError(f"text_rows must be in [0, {C.shape[-2]}], got {text_rows}")
     if C.dim() not in (2, 3):
         raise ValueError(f"C must be [R, n] or [B, R, n], got shape {tuple(C.shape)}")
     single = C.dim() == 2
@@ -338,7 +382,7 @@ def greedy_max_coverage(
         if C3.dtype not in (torch.float32, torch.float64):
             C3 = C3.float()  # numpy has no bfloat16
         Ct = np.ascontiguousarray(C3.detach().numpy().swapaxes(-1, -2))
-        picks = _greedy_cpu(Ct, k, forbidden.numpy(), variant[4:])
+        picks = _greedy_cpu(Ct, k, forbidden.numpy(), text_rows, variant[4:])
     return picks[0] if single else picks
 
 
@@ -376,6 +420,7 @@ def mmtok_select(
         C = q if p is None else torch.cat([p.expand(*q.shape[:-2], *p.shape[-2:]), q], dim=-2)
         picks = _dense_greedy(C.reshape(batch, -1, n), k, forbidden)
     else:
-        picks = _greedy_cpu(_coverage_columns(p, q), k, forbidden.numpy(), variant[4:])
+        m = 0 if p is None else p.shape[-2]
+        picks = _greedy_cpu(_coverage_columns(p, q), k, forbidden.numpy(), m, variant[4:])
     picks = picks.sort(dim=-1).values
     return picks[0] if single else picks
