@@ -63,33 +63,6 @@ def _unit_float32(x: torch.Tensor) -> torch.Tensor:
     return F.normalize(x, dim=-1).float()
 
 
-def _coverage_blocks(
-    text_emb: torch.Tensor,
-    vision_proj: torch.Tensor,
-    vision_pre: torch.Tensor,
-    alpha: float,
-    tau_t: float,
-    tau_v: float,
-) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """The two blocks of C, float32: P `[..., m, n]` (None when m = 0) and alpha * Q `[..., n, n]`.
-
-    The spec's arithmetic operation for operation (`softmax(x / tau) / n`, then `alpha * q`), with
-    every elementwise step in place on the fresh matmul / softmax buffers (no copies).
-    """
-    _check_shapes(text_emb, vision_proj, vision_pre)
-    if tau_t <= 0 or tau_v <= 0:
-        raise ValueError(f"temperatures must be positive, got tau_t={tau_t}, tau_v={tau_v}")
-    m, n = text_emb.shape[-2], vision_proj.shape[-2]
-    p = None
-    if m:
-        t, v = _unit_float32(text_emb), _unit_float32(vision_proj)
-        # A 2-D question broadcasts over the crops.
-        p = torch.softmax(torch.matmul(t, v.mT).div_(tau_t), dim=-1).div_(m)
-    w = _unit_float32(vision_pre)
-    q = torch.softmax(torch.matmul(w, w.mT).div_(tau_v), dim=-1).div_(n).mul_(alpha)
-    return p, q
-
-
 def build_coverage_matrix(
     text_emb: torch.Tensor,
     vision_proj: torch.Tensor,
@@ -103,26 +76,35 @@ def build_coverage_matrix(
     P = softmax(cos(t, v) / tau_t over vision tokens) / m   -> rows 0..m-1
     Q = softmax(cos(v', v') / tau_v over vision tokens) / n -> rows m..m+n-1 (diagonal included)
 
-    Returns `[m + n, n]` for 2-D vision inputs and `[B, m + n, n]` for 3-D ones, equal to the
-    textbook `cat([P, alpha * Q])` bit for bit. `m = 0` (a question with no text at all) is
-    allowed and leaves only the vision-vision term. `mmtok_select` does not build it on a CPU:
-    its greedy reads the two blocks' columns (`_coverage_columns`).
+    Returns `[m + n, n]` for 2-D vision inputs and `[B, m + n, n]` for 3-D ones. `m = 0` (a
+    question with no text at all) is allowed and leaves only the vision-vision term.
+
+    One pass per block, straight into the output (no `cat`): each softmax writes its rows of C
+    and the divisions and the alpha scale run in place there. The arithmetic is the spec's,
+    operation for operation (`softmax(x / tau) / n`, then `alpha * q`), so C equals the textbook
+    `cat([P, alpha * Q])` exactly, not just closely.
     """
-    p, q = _coverage_blocks(text_emb, vision_proj, vision_pre, alpha, tau_t, tau_v)
-    return q if p is None else torch.cat([p.expand(*q.shape[:-2], *p.shape[-2:]), q], dim=-2)
+    _check_shapes(text_emb, vision_proj, vision_pre)
+    if tau_t <= 0 or tau_v <= 0:
+        raise ValueError(f"temperatures must be positive, got tau_t={tau_t}, tau_v={tau_v}")
+    m, n = text_emb.shape[-2], vision_proj.shape[-2]
+    out = torch.empty(*vision_proj.shape[:-2], m + n, n, dtype=torch.float32, device=vision_proj.device)
+    if m:
+        t, v = _unit_float32(text_emb), _unit_float32(vision_proj)
+        text_vision = torch.matmul(t, v.mT).div_(tau_t)  # a 2-D question broadcasts over the crops
+        torch.softmax(text_vision, dim=-1, out=out[..., :m, :]).div_(m)
+    w = _unit_float32(vision_pre)
+    torch.softmax(torch.matmul(w, w.mT).div_(tau_v), dim=-1, out=out[..., m:, :]).div_(n).mul_(alpha)
+    return out
 
 
-def _coverage_columns(p: torch.Tensor | None, q: torch.Tensor) -> np.ndarray:
-    """C stored column-major, `Ct[..., j, :]` = column j of C, as one contiguous float32 array
-    (`[B, n, m + n]`): each block transposed straight into place, C itself never built."""
-    q = q.reshape(-1, *q.shape[-2:])
-    batch, n, _ = q.shape
-    m = 0 if p is None else p.shape[-2]
-    Ct = np.empty((batch, n, m + n), dtype=np.float32)
-    if p is not None:
-        Ct[:, :, :m] = p.numpy().swapaxes(-1, -2)  # broadcasts a shared question over the crops
-    Ct[:, :, m:] = q.numpy().swapaxes(-1, -2)
-    return Ct
+def _coverage_columns(C: torch.Tensor) -> np.ndarray:
+    """C (`[R, n]` or `[B, R, n]`, CPU) stored column-major as one contiguous array `[B, n, R]`:
+    `Ct[b, j]` = column j of crop b's C. float32 and float64 are kept, others widened to float32."""
+    if C.dtype not in (torch.float32, torch.float64):
+        C = C.float()  # numpy has no bfloat16
+    C = C.detach().reshape(-1, *C.shape[-2:])
+    return np.ascontiguousarray(C.numpy().swapaxes(-1, -2))
 
 
 def coverage(C: torch.Tensor, S: torch.Tensor) -> torch.Tensor:
@@ -162,6 +144,11 @@ def _exclude_mask(exclude: torch.Tensor | None, batch: int, n: int, device: torc
 
 # Lazy greedy: columns rescored together per step (one [LAZY_BLOCK, R] gather).
 LAZY_BLOCK = 16
+# "auto" on CPU takes the lazy greedy from this many picks per crop on. Below it the dense steps
+# are few and the torch dense greedy (two threads) is faster (CPU, LLaVA sizes, random inputs:
+# 576 -> 16 dense 6.0 ms vs lazy 7.3 ms; 576 -> 64 dense 8.6 vs lazy 7.9; 576 -> 192 dense 15.8
+# vs lazy 10.6; scripts/bench_selection.py has both side by side).
+LAZY_MIN_K = 48
 METHODS = ("auto", "dense", "lazy")
 
 
@@ -199,49 +186,60 @@ def _first_gains(Ct: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray, np.nda
     return _split_sum(np.maximum(Ct, 0), m)
 
 
-def _dense_greedy_cpu(Ct: np.ndarray, k: int, forbidden: np.ndarray, m: int) -> np.ndarray:
-    """The spec's greedy on `Ct` `[B, n, R]`: every step scores every column of every crop."""
-    batch, _, rows = Ct.shape
-    best = np.zeros((batch, 1, rows), dtype=Ct.dtype)
-    dead = forbidden.copy()
-    picks = np.empty((batch, k), dtype=np.int64)
-    crops = np.arange(batch)
-    for step in range(k):
-        gain = _gains(Ct, best, m) if step else _first_gains(Ct, m)[2]
-        gain[dead] = -np.inf
-        j = gain.argmax(axis=-1)  # first maximum: ties to the lowest index
-        picks[:, step] = j
-        dead[crops, j] = True
-        np.maximum(best[:, 0], Ct[crops, j], out=best[:, 0])
-    return picks
+def _tie_ratio(terms: int) -> float:
+    """rho such that no summation order can make a gain below rho * g beat a gain g (float32).
+
+    Each gain is a sum of the same float32 terms, which are >= 0 (the subtraction and clamping
+    are elementwise, identical in numpy and torch); only the order of the additions differs. Any
+    order of `terms` additions of non-negative floats is within a factor 1 +- gamma of the exact
+    sum (gamma = (N - 1) u / (1 - (N - 1) u), u = 2^-24), so two gains in another order can swap
+    only if they are within ((1 - gamma) / (1 + gamma))^2 of each other. A further 1e-6 covers
+    the rounding of the threshold itself.
+    """
+    lin = max(terms - 1, 1) * 2.0**-24
+    gamma = lin / (1 - lin)
+    return ((1 - gamma) / (1 + gamma)) ** 2 * (1 - 1e-6)
 
 
 def _lazy_greedy_cpu(
-    Ct: np.ndarray, k: int, forbidden: np.ndarray, m: int, first: tuple[np.ndarray, ...], block: int
+    Ct: np.ndarray,
+    k: int,
+    forbidden: np.ndarray,
+    m: int,
+    first: tuple[np.ndarray, ...],
+    best: np.ndarray,
+    exact,
+    block: int,
 ) -> list[int]:
     """The dense greedy's picks for one crop (`Ct` `[n, R]`), rescoring few columns per step.
 
-    `first` holds every column's step-1 (text part, vision part, gain). `bounds` holds, per column, an exact
-    upper bound of its gain now (see `_gains`; -inf once picked or excluded), and `stamp` the
-    step at which it was last computed as the gain itself. Each step rescores the `block` columns
-    of largest bound together. If the first maximum of the bounds is then a fresh gain, no column
-    can beat it on (gain, -index) (one left of it has a smaller bound, one right of it at most an
-    equal one): it is the dense greedy's pick. Otherwise the bounds are tightened for all columns
-    at once (current text part, a cheap m-row pass, plus the vision part of its last scoring:
-    after the first picks the question's rows are covered and every step-1 bound is loose by its
-    text part), and the columns that can still win are rescored in rounds of doubling size,
-    largest bound first, or all in one pass once that is most of them, until the first maximum is
-    fresh. Picks are the dense greedy's, bit for bit; most steps score `block` columns, not n.
+    Gains are scored in numpy (`_gains`); they equal the torch dense greedy's up to the order of
+    the additions. `first` holds every column's step-1 (text part, vision part, gain); `best`
+    (`[R]`, updated in place) is this crop's row of the coverage so far; `exact()` returns this
+    crop's gains for every column computed exactly as `_dense_greedy` computes them at this step.
+
+    `bounds` holds, per column, an upper bound of its numpy gain now (see `_gains`; -inf once
+    picked or excluded), and `stamp` the step at which it was last computed as the gain itself.
+    Each step rescores the `block` columns of largest bound together. While the first maximum
+    of the bounds is stale, the bounds are tightened for all columns at once (current text part,
+    a cheap m-row pass, plus the vision part of its last scoring: after the first picks the
+    question's rows are covered and every step-1 bound is loose by its text part) and the
+    columns that can still win are rescored in rounds of doubling size, largest bound first (or
+    all in one pass once that is most of them). Once the first maximum g is fresh, every column
+    whose bound reaches `_tie_ratio` * g is rescored too: if g's column is then alone in that
+    band, no order of the additions could make another column win and it is the dense greedy's
+    pick; otherwise (a near-tie, where rounding decides) the step is decided by `exact()`, the
+    dense greedy's own arithmetic. Picks are the torch dense greedy's, bit for bit; most steps
+    score `block` columns, not n.
     """
     n, rows = Ct.shape
+    rho = _tie_ratio(rows)
     vision, bounds = first[1].copy(), first[2].copy()
     bounds[forbidden] = -np.inf
     stamp = np.zeros(n, dtype=np.int64)
-    best = np.zeros(rows, dtype=Ct.dtype)
     buf = np.empty((n, rows), dtype=Ct.dtype)  # reused: large fresh arrays cost page faults
     avail = n - int(forbidden.sum())
-    j = int(bounds.argmax())  # step 1 (stamp 0): every bound is a fresh gain
-    picks = [j]
+    dead = forbidden.copy()
 
     def score(cols: np.ndarray, step: int) -> None:
         terms = buf[: len(cols)]
@@ -253,53 +251,70 @@ def _lazy_greedy_cpu(
         vision[cols] = v
         stamp[cols] = step
 
-    for step in range(1, k):
+    def settle(step: int) -> int:
+        """The dense greedy's pick at this step, from bounds whose first maximum is fresh."""
+        j = int(bounds.argmax())
+        near = (bounds >= bounds[j] * rho) & (stamp != step)
+        if near.any():
+            score(np.flatnonzero(near), step)
+            j = int(bounds.argmax())  # every column that could reach the maximum is fresh now
+        if bounds[j] == 0 or np.count_nonzero(bounds >= bounds[j] * rho) == 1:
+            return j  # a unique winner in any order of additions (all-zero gains: lowest index)
+        gains = exact()
+        gains[dead] = -np.inf
+        return int(gains.argmax())
+
+    picks: list[int] = []
+    for step in range(k):
+        if step:
+            size = min(block, avail)
+            score(np.argpartition(bounds, n - size)[n - size :], step)
+            if stamp[bounds.argmax()] != step:
+                if m:
+                    live = (bounds > -np.inf) & (stamp != step)
+                    t = np.maximum(Ct[:, :m] - best[:m], 0).sum(axis=-1)
+                    bounds[live] = np.minimum(bounds[live], t[live] + vision[live])
+                order = np.argsort(bounds)[::-1][:avail]  # live columns, largest bound first
+                pos = 0
+                while stamp[bounds.argmax()] != step:
+                    if 2 * (pos + size) >= avail:  # most columns can still win: score them all, no gather
+                        np.subtract(Ct, best, out=buf)
+                        np.maximum(buf, 0, out=buf)
+                        _, v, g = _split_sum(buf, m)
+                        live = bounds > -np.inf
+                        bounds[live], vision[live], stamp[live] = g[live], v[live], step
+                        break
+                    score(order[pos : pos + size], step)
+                    pos += size
+                    size *= 2
+        j = settle(step)
+        picks.append(j)
         bounds[j] = -np.inf
+        dead[j] = True
         avail -= 1
         np.maximum(best, Ct[j], out=best)
-        size = min(block, avail)
-        score(np.argpartition(bounds, n - size)[n - size :], step)
-        j = int(bounds.argmax())
-        if stamp[j] == step:
-            picks.append(j)
-            continue
-        if m:
-            live = (bounds > -np.inf) & (stamp != step)
-            t = np.maximum(Ct[:, :m] - best[:m], 0).sum(axis=-1)
-            bounds[live] = np.minimum(bounds[live], t[live] + vision[live])
-        order = np.argsort(bounds)[::-1][:avail]  # live columns, largest bound first
-        pos = 0
-        while True:
-            j = int(bounds.argmax())
-            if stamp[j] == step:
-                break
-            if 2 * (pos + size) >= avail:  # most columns can still win: score them all, no gather
-                np.subtract(Ct, best, out=buf)
-                np.maximum(buf, 0, out=buf)
-                _, v, g = _split_sum(buf, m)
-                live = bounds > -np.inf
-                bounds[live] = g[live]
-                vision[live] = v[live]
-                j = int(bounds.argmax())
-                break
-            score(order[pos : pos + size], step)
-            pos += size
-            size *= 2
-        picks.append(j)
     return picks
 
 
-def _greedy_cpu(Ct: np.ndarray, k: int, forbidden: np.ndarray, m: int, method: str) -> torch.Tensor:
-    """CPU greedy picks `[B, k]` on `Ct` `[B, n, R]` (m text rows first), in numpy: no torch
-    dispatch in the small steps."""
-    if method == "dense":
-        picks = _dense_greedy_cpu(Ct, k, forbidden, m)
-    else:
-        first = _first_gains(Ct, m)  # step 1 of every crop at once
-        picks = np.array(
-            [_lazy_greedy_cpu(Ct[b], k, forbidden[b], m, [x[b] for x in first], LAZY_BLOCK) for b in range(len(Ct))]
-        )
-    return torch.from_numpy(picks.reshape(len(Ct), k))
+def _lazy_greedy(C: torch.Tensor, k: int, forbidden: torch.Tensor, m: int) -> torch.Tensor:
+    """`_lazy_greedy_cpu` for every crop of `C` (`[B, R, n]`, CPU, float32 or float64): `[B, k]`."""
+    Ct = _coverage_columns(C)
+    batch, n, rows = Ct.shape
+    best = np.zeros((batch, rows, 1), dtype=Ct.dtype)  # the layout of `_dense_greedy`'s `best`
+    best_t = torch.from_numpy(best)
+
+    def exact(b: int):
+        # `_dense_greedy`'s gain expression on the same tensors (same shapes, same kernels), so
+        # its bits; the other crops' rows of `best` do not enter crop b's sums.
+        return lambda: (C - best_t).clamp_min_(0).sum(dim=1)[b].numpy()
+
+    first = _first_gains(Ct, m)  # step 1 of every crop at once
+    dead = forbidden.numpy()
+    picks = [
+        _lazy_greedy_cpu(Ct[b], k, dead[b], m, [x[b] for x in first], best[b, :, 0], exact(b), LAZY_BLOCK)
+        for b in range(batch)
+    ]
+    return torch.tensor(picks, dtype=torch.long)
 
 
 def _dense_greedy(C: torch.Tensor, k: int, forbidden: torch.Tensor) -> torch.Tensor:
@@ -322,15 +337,18 @@ def _dense_greedy(C: torch.Tensor, k: int, forbidden: torch.Tensor) -> torch.Ten
     return picks
 
 
-def _check_method(method: str, device: torch.device) -> str:
-    """The greedy variant to run: "cpu-dense", "cpu-lazy" or "dense" (torch)."""
+def _check_method(method: str, device: torch.device) -> None:
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-    if device.type == "cpu":
-        return "cpu-dense" if method == "dense" else "cpu-lazy"
-    if method == "lazy":
+    if method == "lazy" and device.type != "cpu":
         raise ValueError(f"method 'lazy' runs on CPU tensors; on {device.type} use 'auto' or 'dense'")
-    return "dense"
+
+
+def _variant(method: str, device: torch.device, k: int) -> str:
+    """The greedy to run for a checked method: "dense" (torch) or "lazy" (numpy, CPU)."""
+    if method == "auto":
+        return "lazy" if device.type == "cpu" and k >= LAZY_MIN_K else "dense"
+    return method
 
 
 def _prepare(k: object, exclude: torch.Tensor | None, batch: int, n: int, single: bool, device) -> tuple:
@@ -360,29 +378,29 @@ def greedy_max_coverage(
     already chosen columns get -inf, argmax breaks ties towards the lowest index (torch.argmax
     returns the first maximum). `C` is `[R, n]` (result `[k]`) or `[B, R, n]` (result `[B, k]`).
 
-    `method`: `"dense"` scores every column at every step, batched over crops; `"lazy"` rescores
-    only the columns that can still win (`_lazy_greedy_cpu`, CPU only). On CPU both run in numpy
-    with one gain arithmetic (`_gains`: the first `text_rows` rows and the others summed apart,
-    then added; MMTok's text rows, `mmtok_select` passes m), so they return the same picks, bit
-    for bit; `"auto"` (default) is lazy there, the faster at every budget. On other devices
-    `"auto"` is the torch dense greedy (the spec's operations, k steps of a few large kernels:
-    there a step costs its launches, not its size; `text_rows` is not used).
+    `method`: `"dense"` is the spec's greedy in torch, batched over crops (every step scores
+    every column; few large kernels per step, no host synchronisation: the choice on GPUs).
+    `"lazy"` (CPU only; float32 / float64, other dtypes widened to float32) rescores only the
+    columns that can still win (`_lazy_greedy_cpu`), in numpy, and returns exactly `"dense"`'s
+    picks in the same order: where its own float sums leave a near-tie that rounding could
+    decide, it asks the dense greedy's arithmetic. `text_rows` (MMTok's m; `mmtok_select`
+    passes it) only helps the lazy greedy's bounds. `"auto"` (default) takes lazy on CPU from
+    `LAZY_MIN_K` picks per crop on and dense otherwise.
     """
-    if not 0 <= text_rows <= C.shape[-2]:
-        raise ValueError(f"text_rows must be in [0, {C.shape[-2]}], got {text_rows}")
     if C.dim() not in (2, 3):
         raise ValueError(f"C must be [R, n] or [B, R, n], got shape {tuple(C.shape)}")
+    if not 0 <= text_rows <= C.shape[-2]:
+        raise ValueError(f"text_rows must be in [0, {C.shape[-2]}], got {text_rows}")
     single = C.dim() == 2
     C3 = C.unsqueeze(0) if single else C
-    variant = _check_method(method, C3.device)
+    _check_method(method, C3.device)
     k, forbidden = _prepare(k, exclude, C3.shape[0], C3.shape[2], single, C3.device)
-    if variant == "dense":
+    if _variant(method, C3.device, k) == "dense":
         picks = _dense_greedy(C3, k, forbidden)
     else:
         if C3.dtype not in (torch.float32, torch.float64):
-            C3 = C3.float()  # numpy has no bfloat16
-        Ct = np.ascontiguousarray(C3.detach().numpy().swapaxes(-1, -2))
-        picks = _greedy_cpu(Ct, k, forbidden.numpy(), text_rows, variant[4:])
+            C3 = C3.float()  # numpy has no half precision types torch's kernels would match
+        picks = _lazy_greedy(C3, k, forbidden, text_rows)
     return picks[0] if single else picks
 
 
@@ -408,19 +426,8 @@ def mmtok_select(
 
     Returns `[k]` for 2-D vision inputs and `[B, k]` for 3-D ones (long, on the input device).
     Defaults are the LLaVA settings (alpha 0.5, tau_t 0.02, tau_v 0.2). `method` picks the greedy
-    variant (`greedy_max_coverage`); every method returns the same tokens.
+    variant (`greedy_max_coverage`).
     """
-    single = vision_proj.dim() == 2
-    variant = _check_method(method, vision_proj.device)
-    p, q = _coverage_blocks(text_emb, vision_proj, vision_pre, alpha, tau_t, tau_v)
-    n = q.shape[-1]
-    batch = 1 if single else q.shape[0]
-    k, forbidden = _prepare(k, exclude, batch, n, single, vision_proj.device)
-    if variant == "dense":
-        C = q if p is None else torch.cat([p.expand(*q.shape[:-2], *p.shape[-2:]), q], dim=-2)
-        picks = _dense_greedy(C.reshape(batch, -1, n), k, forbidden)
-    else:
-        m = 0 if p is None else p.shape[-2]
-        picks = _greedy_cpu(_coverage_columns(p, q), k, forbidden.numpy(), m, variant[4:])
-    picks = picks.sort(dim=-1).values
-    return picks[0] if single else picks
+    _check_method(method, vision_proj.device)
+    C = build_coverage_matrix(text_emb, vision_proj, vision_pre, alpha, tau_t, tau_v)
+    return greedy_max_coverage(C, k, exclude=exclude, method=method, text_rows=text_emb.shape[-2]).sort(dim=-1).values
