@@ -432,6 +432,34 @@ def test_lazy_equals_dense_on_order_only_ties(seed):
             _lazy_equals_dense(C, k, text_rows=text_rows, block=2)
 
 
+def _spec_dense(C: torch.Tensor, k: int) -> list[int]:
+    """The spec's dense greedy written plainly in torch on [1, R, n] (as scripts/bench_selection.py)."""
+    C = C.unsqueeze(0)
+    mask = torch.zeros(1, C.shape[2])
+    best = C.new_zeros(1, C.shape[1], 1)
+    picks = []
+    for _ in range(k):
+        j = ((C - best).clamp_min(0).sum(dim=1) + mask).argmax(dim=-1)
+        picks.append(int(j))
+        best = torch.maximum(best, C[:, :, j].reshape(1, -1, 1))
+        mask[0, j] = float("-inf")
+    return picks
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_auto_and_lazy_are_the_spec_dense_greedy_on_order_only_ties(seed):
+    """Where only rounding separates columns, the default greedy and the lazy one still pick what
+    the spec's plain torch code picks (the same operations, so the same rounding)."""
+    gen = torch.Generator().manual_seed(9600 + seed)
+    rows, n = 60 + seed * 101, 24
+    base = torch.rand(rows, 4, generator=gen) ** 3 * 10.0 ** torch.randint(-6, 1, (rows, 4), generator=gen)
+    C = torch.stack([base[:, c % 4][torch.randperm(rows, generator=gen)] for c in range(n)], dim=1).float()
+    for k in (1, 3, 8, 24):
+        want = _spec_dense(C, k)
+        assert greedy_max_coverage(C, k).tolist() == want
+        assert greedy_max_coverage(C, k, method="lazy").tolist() == want
+
+
 def test_method_is_checked():
     with pytest.raises(ValueError, match="method must be one of auto, dense, lazy"):
         greedy_max_coverage(torch.rand(3, 4), 1, method="fast")

@@ -7,9 +7,9 @@ terms are facility-location functions, hence monotone submodular, so the greedy 
 
 Shapes: a single crop uses 2-D inputs; a batch of crops uses 3-D vision inputs with either one
 shared question `[m, D]` or one per crop `[B, m, D]` (LLaVA-NeXT selects on up to five crops per
-request). The similarity matmuls and softmaxes run in torch, batched over crops. The greedy runs
-in numpy on a CPU (a lazy greedy whose small steps would otherwise cost more in torch dispatch
-than in arithmetic) and as the spec's batched dense greedy in torch elsewhere.
+request). The similarity matmuls and softmaxes run in torch, batched over crops, and so does the
+default greedy (the spec's dense greedy, operation for operation). An exact lazy greedy for CPUs
+runs in numpy (its small steps would cost more in torch dispatch than in arithmetic).
 """
 
 from __future__ import annotations
@@ -144,11 +144,11 @@ def _exclude_mask(exclude: torch.Tensor | None, batch: int, n: int, device: torc
 
 # Lazy greedy: columns rescored together per step (one [LAZY_BLOCK, R] gather).
 LAZY_BLOCK = 16
-# "auto" on CPU takes the lazy greedy from this many picks per crop on. Below it the dense steps
-# are few and the torch dense greedy (two threads) is faster (CPU, LLaVA sizes, random inputs:
-# 576 -> 16 dense 6.0 ms vs lazy 7.3 ms; 576 -> 64 dense 8.6 vs lazy 7.9; 576 -> 192 dense 15.8
-# vs lazy 10.6; scripts/bench_selection.py has both side by side).
-LAZY_MIN_K = 48
+# "auto" is the dense greedy everywhere. On CPU the exact lazy greedy is faster where gains
+# spread out (synthetic clustered features, greedy alone: 576 -> 64 3.3 ms vs dense 8.5 ms;
+# 576 -> 192 10.4 vs 24.7) but not on the benchmark's random features, whose nearly uniform
+# gains make most steps a float near-tie that only the dense arithmetic may decide (576 -> 64:
+# lazy 9.5 ms vs dense 8.2 ms end to end, scripts/bench_selection.py); it stays opt-in.
 METHODS = ("auto", "dense", "lazy")
 
 
@@ -344,11 +344,9 @@ def _check_method(method: str, device: torch.device) -> None:
         raise ValueError(f"method 'lazy' runs on CPU tensors; on {device.type} use 'auto' or 'dense'")
 
 
-def _variant(method: str, device: torch.device, k: int) -> str:
+def _variant(method: str) -> str:
     """The greedy to run for a checked method: "dense" (torch) or "lazy" (numpy, CPU)."""
-    if method == "auto":
-        return "lazy" if device.type == "cpu" and k >= LAZY_MIN_K else "dense"
-    return method
+    return "dense" if method == "auto" else method
 
 
 def _prepare(k: object, exclude: torch.Tensor | None, batch: int, n: int, single: bool, device) -> tuple:
@@ -384,8 +382,8 @@ def greedy_max_coverage(
     columns that can still win (`_lazy_greedy_cpu`), in numpy, and returns exactly `"dense"`'s
     picks in the same order: where its own float sums leave a near-tie that rounding could
     decide, it asks the dense greedy's arithmetic. `text_rows` (MMTok's m; `mmtok_select`
-    passes it) only helps the lazy greedy's bounds. `"auto"` (default) takes lazy on CPU from
-    `LAZY_MIN_K` picks per crop on and dense otherwise.
+    passes it) only helps the lazy greedy's bounds. `"auto"` (default) is dense (see the note
+    at `METHODS` for when lazy pays off on CPU).
     """
     if C.dim() not in (2, 3):
         raise ValueError(f"C must be [R, n] or [B, R, n], got shape {tuple(C.shape)}")
@@ -395,7 +393,7 @@ def greedy_max_coverage(
     C3 = C.unsqueeze(0) if single else C
     _check_method(method, C3.device)
     k, forbidden = _prepare(k, exclude, C3.shape[0], C3.shape[2], single, C3.device)
-    if _variant(method, C3.device, k) == "dense":
+    if _variant(method) == "dense":
         picks = _dense_greedy(C3, k, forbidden)
     else:
         if C3.dtype not in (torch.float32, torch.float64):
