@@ -10,7 +10,7 @@ together) and random values. Cases: 576 -> {192, 64, 16, 4} and 5 x 576 -> 5 x 3
   floor leaves out and every implementation pays (it reads and writes all n x D projected
   tokens: at 5 x 576 x 4096 it is memory-bound and not small next to the floor);
 - `mmtok` (ours, `method="auto"`), and its two greedy variants `mmtok-dense`, `mmtok-lazy` (on
-  CPU both in numpy with one gain arithmetic; auto = lazy there);
+  CPU: `dense` is the spec's torch greedy and `auto` = dense, `lazy` an exact numpy lazy greedy);
 - `spec-dense`: a plain implementation of the spec (normalise, `cat([P, alpha * Q])`, k dense
   greedy steps over the [m + n, n] matrix, batched over crops), the baseline of the speed-up; the
   indices of every MMTok variant are asserted identical to it;
