@@ -299,3 +299,34 @@ def test_random_errors():
         random_select(10, 11, seed=1)
     with pytest.raises(ValueError, match="1 <= k <= n"):
         random_select(10, 0, seed=1)
+
+
+def _max_min_torch(dist: torch.Tensor, score: torch.Tensor, blocked: torch.Tensor, k: int) -> torch.Tensor:
+    """divprune_select's torch loop (the one GPUs run), written out for comparison."""
+    batch, n = score.shape
+    blocked, picks = blocked.clone(), torch.empty(batch, k, dtype=torch.long)
+    for step in range(k):
+        j = score.masked_fill(blocked, -float("inf")).argmax(dim=-1)
+        picks[:, step] = j
+        blocked.scatter_(1, j.unsqueeze(1), True)
+        row = dist.gather(1, j.view(batch, 1, 1).expand(batch, 1, n)).squeeze(1)
+        score = row if step == 0 else torch.minimum(score, row)
+    return picks
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("seed", range(8))
+def test_divprune_numpy_loop_equals_torch_loop_with_ties(seed, dtype):
+    """The CPU (numpy) max-min loop picks exactly what the torch loop picks, in the same order,
+    on distance matrices made of a few distinct values (ties everywhere: lowest index wins)."""
+    from mmtok.selection.divprune import _max_min_numpy
+
+    gen = torch.Generator().manual_seed(300 + seed)
+    batch, n = 1 + seed % 3, 5 + 7 * seed
+    dist = (torch.randint(0, 4, (batch, n, n), generator=gen).to(dtype) / 4).contiguous()
+    score = torch.randint(0, 3, (batch, n), generator=gen).to(dtype)
+    blocked = torch.rand(batch, n, generator=gen) < 0.2
+    blocked[:, 0] = False
+    k = max(1, n - int(blocked.sum(dim=1).max()))
+    for kk in {1, 2, k // 2 or 1, k}:
+        assert torch.equal(_max_min_numpy(dist, score, blocked, kk), _max_min_torch(dist, score, blocked, kk))

@@ -7,15 +7,17 @@ import itertools
 import math
 import random
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from mmtok.selection.mmtok import (
+    _coverage_columns,
+    _first_gains,
     _gains,
     build_coverage_matrix,
     coverage,
-    coverage_columns,
     greedy_max_coverage,
     mmtok_select,
 )
@@ -135,21 +137,28 @@ def test_coverage_matrix_row_sums():
     torch.testing.assert_close(C[m:].sum(-1), torch.full((n,), 0.5 / n))
 
 
-def test_coverage_columns_is_the_textbook_matrix_exactly():
-    """The fused build does the spec's operations in the spec's order: bit-identical to the plain
-    `cat([softmax(t v^T / tau_t) / m, alpha * softmax(w w^T / tau_v) / n])`, batched or not."""
+def test_coverage_matrix_is_the_textbook_matrix_exactly():
+    """The in-place build does the spec's operations in the spec's order: bit-identical to the
+    plain `cat([softmax(t v^T / tau_t) / m, alpha * softmax(w w^T / tau_v) / n])`, batched or not,
+    and the CPU greedy's column-major copy holds exactly C's columns."""
     gen = torch.Generator().manual_seed(7)
     t = torch.randn(5, 32, generator=gen)
     v, w = torch.randn(3, 40, 32, generator=gen), torch.randn(3, 40, 16, generator=gen)
-    Ct = coverage_columns(t, v, w, 0.7, 0.05, 0.3)
-    assert Ct.shape == (3, 40, 45) and Ct.is_contiguous()
+    C = build_coverage_matrix(t, v, w, 0.7, 0.05, 0.3)
+    assert C.shape == (3, 45, 40) and C.is_contiguous()
     tu, vu, wu = (F.normalize(x, dim=-1) for x in (t, v, w))
     P = torch.softmax(torch.matmul(tu, vu.mT) / 0.05, dim=-1) / 5
     Q = torch.softmax(torch.matmul(wu, wu.mT) / 0.3, dim=-1) / 40
-    assert torch.equal(Ct.mT, torch.cat([P, 0.7 * Q], dim=-2))
+    assert torch.equal(C, torch.cat([P, 0.7 * Q], dim=-2))
+    Ct = _coverage_columns(C)
+    assert Ct.flags.c_contiguous and Ct.dtype == np.float32
+    assert np.array_equal(Ct, C.mT.numpy())
     P = torch.softmax(tu @ vu[1].T / 0.05, dim=-1) / 5
     Q = torch.softmax(wu[1] @ wu[1].T / 0.3, dim=-1) / 40
     assert torch.equal(build_coverage_matrix(t, v[1], w[1], 0.7, 0.05, 0.3), torch.cat([P, 0.7 * Q]))
+    C = build_coverage_matrix(t[:0], v[1], w[1], 0.7, 0.05, 0.3)  # m = 0: the vision-vision block only
+    assert torch.equal(C, 0.7 * Q)
+    assert np.array_equal(_coverage_columns(C)[0], C.T.numpy())
 
 
 def test_coverage_matrix_normalises_in_input_dtype():
@@ -284,31 +293,65 @@ def test_greedy_within_one_minus_inv_e_of_optimum(seed):
 
 
 # ---------------------------------------------------------------- lazy greedy == dense greedy, bit for bit
-def test_gain_of_a_column_does_not_depend_on_its_neighbours():
+def _wide_range(gen: torch.Generator, *shape: int) -> np.ndarray:
+    # Magnitudes over 30 decades, so any change of summation order shows in the last bits.
+    x = torch.rand(*shape, generator=gen) ** 4 * 10.0 ** torch.randint(-30, 2, shape, generator=gen)
+    return x.float().numpy()
+
+
+@pytest.mark.parametrize("m", [0, 1, 3, 6, 9])
+def test_gain_of_a_column_does_not_depend_on_its_neighbours(m):
     """What the lazy greedy's exactness rests on: a column's gain has the same bits whether it is
-    scored with all columns, a few, or alone (any shape the two variants use)."""
-    gen = torch.Generator().manual_seed(8)
-    for rows in (1, 7, 8, 31, 582, 2000):
-        Ct = torch.rand(3, 64, rows, generator=gen) ** 4
-        best = torch.rand(3, 1, rows, generator=gen) ** 4
-        full = _gains(Ct, best)
+    scored with all columns, a few, or alone, and wherever its copy sits in memory (any shape and
+    alignment the two variants use)."""
+    gen = torch.Generator().manual_seed(8 + m)
+    for rows in (9, 16, 31, 127, 128, 129, 137, 582, 2000):
+        Ct = _wide_range(gen, 3, 64, rows)
+        best = _wide_range(gen, 3, 1, rows) * 0.5
+        full = _gains(Ct, best, m)
+        assert full.dtype == np.float32 and full.shape == (3, 64)
+        assert np.array_equal(_first_gains(Ct, m)[2], _gains(Ct, np.zeros_like(best), m))
         for b in range(3):
-            assert torch.equal(full[b], _gains(Ct[b], best[b, 0]))
+            assert np.array_equal(full[b], _gains(Ct[b], best[b, 0], m))
+            for j in (0, 5, 63):
+                assert _gains(Ct[b, j], best[b, 0], m) == full[b, j]
+                for shift in range(1, 17):  # the same column copied to every 4-byte alignment of a cache line
+                    buf = np.zeros(rows + 16, dtype=np.float32)
+                    buf[shift : shift + rows] = Ct[b, j]
+                    assert _gains(buf[shift : shift + rows], best[b, 0], m) == full[b, j]
             for size in (1, 2, 5, 16, 17, 63):
-                idx = torch.randperm(64, generator=gen)[:size]
-                assert torch.equal(_gains(Ct[b, idx], best[b, 0]), full[b, idx])
+                idx = torch.randperm(64, generator=gen)[:size].numpy()
+                assert np.array_equal(_gains(Ct[b, idx], best[b, 0], m), full[b, idx])
 
 
-def _lazy_equals_dense(C, k, exclude=None, block=None):
+@pytest.mark.parametrize("m", [0, 6])
+def test_gains_are_upper_bounds_as_best_grows(m):
+    """Submodularity in float32: raising `best` never raises a computed gain, nor the sum of the
+    current text part and an earlier vision part (the lazy greedy's tightened bound), bit for bit."""
+    gen = torch.Generator().manual_seed(9)
+    Ct = _wide_range(gen, 50, 300)
+    best = np.zeros(300, dtype=np.float32)
+    _, vision, previous = _first_gains(Ct, m)
+    for j in torch.randperm(50, generator=gen)[:20].tolist():
+        np.maximum(best, Ct[j], out=best)
+        now = _gains(Ct, best, m)
+        text = np.maximum(Ct[:, :m] - best[:m], 0).sum(axis=-1)
+        assert (now <= previous).all()
+        assert (now <= text + vision).all()
+        previous = now
+
+
+def _lazy_equals_dense(C, k, exclude=None, block=None, text_rows=0):
+    """The lazy greedy's picks equal the torch dense greedy's, in the same order."""
     import mmtok.selection.mmtok as mm
 
-    dense = greedy_max_coverage(C, k, exclude=exclude, method="dense")
+    dense = greedy_max_coverage(C, k, exclude=exclude, method="dense", text_rows=text_rows)
     if block is None:
-        lazy = greedy_max_coverage(C, k, exclude=exclude, method="lazy")
+        lazy = greedy_max_coverage(C, k, exclude=exclude, method="lazy", text_rows=text_rows)
     else:
         saved, mm.LAZY_BLOCK = mm.LAZY_BLOCK, block
         try:
-            lazy = greedy_max_coverage(C, k, exclude=exclude, method="lazy")
+            lazy = greedy_max_coverage(C, k, exclude=exclude, method="lazy", text_rows=text_rows)
         finally:
             mm.LAZY_BLOCK = saved
     assert torch.equal(lazy, dense), (lazy.tolist(), dense.tolist())  # same picks in the same order
@@ -332,7 +375,7 @@ def test_lazy_equals_dense_on_coverage_matrices(seed):
         exclude[..., 0] = False
     selectable = n - (0 if exclude is None else int(exclude.sum(-1).max()))
     k = rng.randint(1, selectable)
-    _lazy_equals_dense(C, k, exclude, block=rng.choice([None, 1, 2, 4]))
+    _lazy_equals_dense(C, k, exclude, block=rng.choice([None, 1, 2, 4]), text_rows=m)
     assert torch.equal(
         mmtok_select(t, v, w, k, exclude=exclude, method="lazy", **p),
         mmtok_select(t, v, w, k, exclude=exclude, method="dense", **p),
@@ -355,7 +398,8 @@ def test_lazy_equals_dense_with_ties_and_zero_gains(seed):
         exclude[0] = False
     k = rng.randint(1, n - (0 if exclude is None else int(exclude.sum())))
     for block in (1, 2, 3, 16):
-        _lazy_equals_dense(C, k, exclude, block=block)
+        for text_rows in {0, rows // 2, rows}:
+            _lazy_equals_dense(C, k, exclude, block=block, text_rows=text_rows)
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -367,12 +411,109 @@ def test_lazy_equals_dense_at_llava_sizes(seed):
     w = w + 3 * torch.randn(2, 8, 128, generator=gen)[:, torch.randint(0, 8, (576,), generator=gen)]
     for k in (4, 64, 192, 575):
         C = build_coverage_matrix(t, v, w)
+        _lazy_equals_dense(C, k, text_rows=6)
         _lazy_equals_dense(C, k)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_lazy_equals_dense_on_order_only_ties(seed):
+    """Columns holding the same terms in another row order have the same exact gain; which one a
+    float32 sum prefers depends on the order of its additions, and numpy's order is not torch's.
+    The lazy greedy must still pick what the dense greedy picks (its near-tie rule asks the
+    dense arithmetic), including steps where such columns tie after earlier picks."""
+    gen = torch.Generator().manual_seed(9500 + seed)
+    rows, n = 40 + seed * 37, 30
+    base = torch.rand(rows, 6, generator=gen) ** 3 * 10.0 ** torch.randint(-6, 1, (rows, 6), generator=gen)
+    cols = [base[:, c % 6][torch.randperm(rows, generator=gen)] for c in range(n)]
+    C = torch.stack(cols, dim=1).float() * torch.rand(1, n, generator=gen).round()  # some columns zeroed
+    for k in (1, 2, 5, 12, 30):
+        for text_rows in (0, 3):
+            _lazy_equals_dense(C, k, text_rows=text_rows)
+            _lazy_equals_dense(C, k, text_rows=text_rows, block=2)
+
+
+def _spec_dense(C: torch.Tensor, k: int) -> list[int]:
+    """The spec's dense greedy written plainly in torch on [1, R, n] (as scripts/bench_selection.py)."""
+    C = C.unsqueeze(0)
+    mask = torch.zeros(1, C.shape[2])
+    best = C.new_zeros(1, C.shape[1], 1)
+    picks = []
+    for _ in range(k):
+        j = ((C - best).clamp_min(0).sum(dim=1) + mask).argmax(dim=-1)
+        picks.append(int(j))
+        best = torch.maximum(best, C[:, :, j].reshape(1, -1, 1))
+        mask[0, j] = float("-inf")
+    return picks
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_auto_and_lazy_are_the_spec_dense_greedy_on_order_only_ties(seed):
+    """Where only rounding separates columns, the default greedy and the lazy one still pick what
+    the spec's plain torch code picks (the same operations, so the same rounding)."""
+    gen = torch.Generator().manual_seed(9600 + seed)
+    rows, n = 60 + seed * 101, 24
+    base = torch.rand(rows, 4, generator=gen) ** 3 * 10.0 ** torch.randint(-6, 1, (rows, 4), generator=gen)
+    C = torch.stack([base[:, c % 4][torch.randperm(rows, generator=gen)] for c in range(n)], dim=1).float()
+    for k in (1, 3, 8, 24):
+        want = _spec_dense(C, k)
+        assert greedy_max_coverage(C, k).tolist() == want
+        assert greedy_max_coverage(C, k, method="lazy").tolist() == want
 
 
 def test_method_is_checked():
     with pytest.raises(ValueError, match="method must be one of auto, dense, lazy"):
         greedy_max_coverage(torch.rand(3, 4), 1, method="fast")
+    with pytest.raises(ValueError, match="method 'lazy' runs on CPU tensors"):
+        greedy_max_coverage(torch.rand(3, 4, device="meta"), 1, method="lazy")
+
+
+@pytest.mark.parametrize("method", ["auto", "dense", "lazy"])
+def test_select_equals_greedy_on_the_built_matrix(method):
+    """mmtok_select's blocks path (C never built) picks what the greedy picks on build_coverage_matrix."""
+    gen = torch.Generator().manual_seed(10)
+    t = torch.randn(4, 32, generator=gen)
+    v, w = torch.randn(3, 90, 32, generator=gen), torch.randn(3, 90, 16, generator=gen)
+    C = build_coverage_matrix(t, v, w)
+    for k in (1, 7, 30, 90):
+        want = greedy_max_coverage(C, k, method="dense", text_rows=4).sort(dim=-1).values
+        assert torch.equal(mmtok_select(t, v, w, k, method=method), want)
+        assert torch.equal(greedy_max_coverage(C, k, method=method, text_rows=4).sort(dim=-1).values, want)
+        assert torch.equal(mmtok_select(t, v[2], w[2], k, method=method), want[2])
+
+
+def test_lazy_stale_bound_equal_to_the_winner_at_a_lower_index_is_rescored():
+    """Hand-made exact ties between a stale bound and a fresh gain: the stale column at the lower
+    index may still hold that gain (it does here) and must then win, as in the dense argmax.
+
+    Rows r0..r4. Step 1: column 0 (gain 4) wins. Column 1's gain 3 stays 3 (it covers rows that
+    column 0 does not); column 2's bound 3.5 drops to exactly 3; column 3's bound 3 drops to 0. In
+    step 2 the lazy greedy rescores column 2 (largest bound) to 3, which ties column 1's stale
+    bound at a lower index: column 1 must be rescored and win, as in the dense argmax.
+    """
+    C = torch.tensor(
+        [
+            [2.0, 0.0, 0.5, 1.5],
+            [2.0, 0.0, 0.0, 1.5],
+            [0.0, 1.5, 1.5, 0.0],
+            [0.0, 1.5, 0.0, 0.0],
+            [0.0, 0.0, 1.5, 0.0],
+        ]
+    )
+    for method in ("dense", "lazy"):
+        assert greedy_max_coverage(C, 2, method=method).tolist() == [0, 1]
+    # The same with the tied stale column to the right of the fresh winner: the winner stays.
+    D = C[:, [0, 2, 1, 3]]
+    for method in ("dense", "lazy"):
+        assert greedy_max_coverage(D, 2, method=method).tolist() == [0, 1]
+    import mmtok.selection.mmtok as mm
+
+    for block in (1, 2, 3):
+        saved, mm.LAZY_BLOCK = mm.LAZY_BLOCK, block
+        try:
+            lazy = greedy_max_coverage(C, 4, method="lazy")
+            assert lazy.tolist() == greedy_max_coverage(C, 4, method="dense").tolist()
+        finally:
+            mm.LAZY_BLOCK = saved
 
 
 # ---------------------------------------------------------------- tie-breaks, edge cases, errors

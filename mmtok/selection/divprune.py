@@ -8,6 +8,7 @@ everything kept so far.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -53,6 +54,27 @@ def release_distance(features: torch.Tensor) -> torch.Tensor:
         out.append(1.0 - torch.mm(unit, unit.t()))
     dist = torch.stack(out)
     return dist[0] if single else dist
+
+
+def _max_min_numpy(dist: torch.Tensor, score: torch.Tensor, blocked: torch.Tensor, k: int) -> torch.Tensor:
+    """The greedy loop of `divprune_select` in numpy, for CPUs: k steps of two or three small
+    array operations, which torch's per-op dispatch would dominate. Only argmax (first maximum)
+    and elementwise minima, which round nothing: the picks are the torch loop's exactly."""
+    dist_np, picks = dist.detach().numpy(), np.empty((dist.shape[0], k), dtype=np.int64)
+    for b in range(dist_np.shape[0]):
+        cur = score[b].detach().numpy().copy()
+        dead = blocked[b].numpy()
+        cur[dead] = -np.inf
+        for step in range(k):
+            j = int(cur.argmax())
+            picks[b, step] = j
+            if step == 0:  # after the seed, the score is the distance to the selected set
+                cur = dist_np[b, j].copy()
+                cur[dead] = -np.inf
+            else:
+                np.minimum(cur, dist_np[b, j], out=cur)
+            cur[j] = -np.inf
+    return torch.from_numpy(picks)
 
 
 def divprune_select(
@@ -108,13 +130,16 @@ def divprune_select(
         score = dist.masked_fill(neighbour_blocked, inf).amin(dim=-1)
     blocked = forbidden.clone()
 
-    picks = torch.empty(batch, k, dtype=torch.long, device=device)
-    for step in range(k):
-        j = score.masked_fill(blocked, -inf).argmax(dim=-1)  # first maximum, as the release's argmax
-        picks[:, step] = j
-        blocked.scatter_(1, j.unsqueeze(1), True)
-        row = dist.gather(1, j.view(batch, 1, 1).expand(batch, 1, n)).squeeze(1)
-        # After the seed, the score is the distance to the selected set, not to the nearest token.
-        score = row if step == 0 else torch.minimum(score, row)
+    if device.type == "cpu" and dist.dtype != torch.bfloat16:
+        picks = _max_min_numpy(dist, score, blocked, k)
+    else:
+        picks = torch.empty(batch, k, dtype=torch.long, device=device)
+        for step in range(k):
+            j = score.masked_fill(blocked, -inf).argmax(dim=-1)  # first maximum, as the release's argmax
+            picks[:, step] = j
+            blocked.scatter_(1, j.unsqueeze(1), True)
+            row = dist.gather(1, j.view(batch, 1, 1).expand(batch, 1, n)).squeeze(1)
+            # After the seed, the score is the distance to the selected set, not to the nearest token.
+            score = row if step == 0 else torch.minimum(score, row)
     picks = picks.sort(dim=-1).values
     return picks[0] if single else picks

@@ -3,21 +3,24 @@
 The objective (spec, "Objective") rewards a subset of vision tokens for covering both the question
 (text-vision softmax similarities) and the image itself (vision-vision softmax similarities). Both
 terms are facility-location functions, hence monotone submodular, so the greedy below is within
-(1 - 1/e) of the optimum. Everything here is pure tensor code; model wiring lives elsewhere.
+(1 - 1/e) of the optimum. Everything here is pure array code; model wiring lives elsewhere.
 
 Shapes: a single crop uses 2-D inputs; a batch of crops uses 3-D vision inputs with either one
-shared question `[m, D]` or one per crop `[B, m, D]`. The batch is processed in one vectorised
-greedy (only the k steps loop), because LLaVA-NeXT selects on up to five crops per request.
+shared question `[m, D]` or one per crop `[B, m, D]` (LLaVA-NeXT selects on up to five crops per
+request). The similarity matmuls and softmaxes run in torch, batched over crops, and so does the
+default greedy (the spec's dense greedy, operation for operation). An exact lazy greedy for CPUs
+runs in numpy (its small steps would cost more in torch dispatch than in arithmetic).
 """
 
 from __future__ import annotations
 
 import operator
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["build_coverage_matrix", "coverage", "coverage_columns", "greedy_max_coverage", "mmtok_select"]
+__all__ = ["build_coverage_matrix", "coverage", "greedy_max_coverage", "mmtok_select"]
 
 
 def _check_shapes(text_emb: torch.Tensor, vision_proj: torch.Tensor, vision_pre: torch.Tensor) -> None:
@@ -60,42 +63,6 @@ def _unit_float32(x: torch.Tensor) -> torch.Tensor:
     return F.normalize(x, dim=-1).float()
 
 
-def coverage_columns(
-    text_emb: torch.Tensor,
-    vision_proj: torch.Tensor,
-    vision_pre: torch.Tensor,
-    alpha: float = 0.5,
-    tau_t: float = 0.02,
-    tau_v: float = 0.2,
-) -> torch.Tensor:
-    """The coverage matrix stored column-major: `Ct[j]` = column j of C, contiguous.
-
-    `[n, m + n]` for 2-D vision inputs, `[B, n, m + n]` for 3-D ones; `Ct.mT` is
-    `build_coverage_matrix`. The greedy reads one candidate column per row of `Ct`, so a gain is a
-    contiguous inner sum whose float result does not depend on which other columns are evaluated
-    beside it (what makes the lazy greedy equal to the dense one bit for bit).
-
-    One pass per term, written straight into the output: the divisions run in place on fresh
-    buffers and the vision-vision block is scaled by alpha while it is transposed into place. The
-    arithmetic is the spec's, operation for operation (`softmax(x / tau) / n`, then `alpha * q`),
-    so `Ct.mT` equals the textbook `cat([P, alpha * Q])` exactly, not just closely.
-    """
-    _check_shapes(text_emb, vision_proj, vision_pre)
-    if tau_t <= 0 or tau_v <= 0:
-        raise ValueError(f"temperatures must be positive, got tau_t={tau_t}, tau_v={tau_v}")
-    m, n = text_emb.shape[-2], vision_proj.shape[-2]
-    t = _unit_float32(text_emb)
-    v = _unit_float32(vision_proj)
-    w = _unit_float32(vision_pre)
-    out = torch.empty(*vision_proj.shape[:-2], n, m + n, dtype=torch.float32, device=vision_proj.device)
-    if m:
-        text_vision = torch.matmul(t, v.mT).div_(tau_t)  # a 2-D question broadcasts over the crops
-        out[..., :m] = torch.softmax(text_vision, dim=-1).div_(m).mT
-    q = torch.softmax(torch.matmul(w, w.mT).div_(tau_v), dim=-1).div_(n)
-    torch.mul(q.mT, alpha, out=out[..., m:])
-    return out
-
-
 def build_coverage_matrix(
     text_emb: torch.Tensor,
     vision_proj: torch.Tensor,
@@ -109,11 +76,35 @@ def build_coverage_matrix(
     P = softmax(cos(t, v) / tau_t over vision tokens) / m   -> rows 0..m-1
     Q = softmax(cos(v', v') / tau_v over vision tokens) / n -> rows m..m+n-1 (diagonal included)
 
-    Returns `[m + n, n]` for 2-D vision inputs and `[B, m + n, n]` for 3-D ones (a transposed view
-    of `coverage_columns`, which is how the greedy reads it). `m = 0` (a question with no text at
-    all) is allowed and leaves only the vision-vision term.
+    Returns `[m + n, n]` for 2-D vision inputs and `[B, m + n, n]` for 3-D ones. `m = 0` (a
+    question with no text at all) is allowed and leaves only the vision-vision term.
+
+    One pass per block, straight into the output (no `cat`): each softmax writes its rows of C
+    and the divisions and the alpha scale run in place there. The arithmetic is the spec's,
+    operation for operation (`softmax(x / tau) / n`, then `alpha * q`), so C equals the textbook
+    `cat([P, alpha * Q])` exactly, not just closely.
     """
-    return coverage_columns(text_emb, vision_proj, vision_pre, alpha, tau_t, tau_v).mT
+    _check_shapes(text_emb, vision_proj, vision_pre)
+    if tau_t <= 0 or tau_v <= 0:
+        raise ValueError(f"temperatures must be positive, got tau_t={tau_t}, tau_v={tau_v}")
+    m, n = text_emb.shape[-2], vision_proj.shape[-2]
+    out = torch.empty(*vision_proj.shape[:-2], m + n, n, dtype=torch.float32, device=vision_proj.device)
+    if m:
+        t, v = _unit_float32(text_emb), _unit_float32(vision_proj)
+        text_vision = torch.matmul(t, v.mT).div_(tau_t)  # a 2-D question broadcasts over the crops
+        torch.softmax(text_vision, dim=-1, out=out[..., :m, :]).div_(m)
+    w = _unit_float32(vision_pre)
+    torch.softmax(torch.matmul(w, w.mT).div_(tau_v), dim=-1, out=out[..., m:, :]).div_(n).mul_(alpha)
+    return out
+
+
+def _coverage_columns(C: torch.Tensor) -> np.ndarray:
+    """C (`[R, n]` or `[B, R, n]`, CPU) stored column-major as one contiguous array `[B, n, R]`:
+    `Ct[b, j]` = column j of crop b's C. float32 and float64 are kept, others widened to float32."""
+    if C.dtype not in (torch.float32, torch.float64):
+        C = C.float()  # numpy has no bfloat16
+    C = C.detach().reshape(-1, *C.shape[-2:])
+    return np.ascontiguousarray(C.numpy().swapaxes(-1, -2))
 
 
 def coverage(C: torch.Tensor, S: torch.Tensor) -> torch.Tensor:
@@ -151,133 +142,219 @@ def _exclude_mask(exclude: torch.Tensor | None, batch: int, n: int, device: torc
     return exclude.to(device).expand(batch, n)
 
 
-# Lazy greedy: candidates rescored together per round (one small [LAZY_BLOCK, m + n] op).
+# Lazy greedy: columns rescored together per step (one [LAZY_BLOCK, R] gather).
 LAZY_BLOCK = 16
-# "auto" on CPU takes the lazy greedy from this many picks per crop on. Below it the dense steps
-# are few and cheap (CPU, LLaVA sizes: 576 -> 16 dense 1.1 ms vs lazy 1.8 ms; 576 -> 192 dense
-# 17 ms vs lazy 6 ms; one thread, scripts/bench_selection.py has both side by side).
-LAZY_MIN_K = 48
+# "auto" is the dense greedy everywhere. On CPU the exact lazy greedy is faster where gains
+# spread out (synthetic clustered features, greedy alone: 576 -> 64 3.3 ms vs dense 8.5 ms;
+# 576 -> 192 10.4 vs 24.7) but not on the benchmark's random features, whose nearly uniform
+# gains make most steps a float near-tie that only the dense arithmetic may decide (576 -> 64:
+# lazy 9.5 ms vs dense 8.2 ms end to end, scripts/bench_selection.py); it stays opt-in.
 METHODS = ("auto", "dense", "lazy")
 
 
-def _gains(cols: torch.Tensor, best: torch.Tensor) -> torch.Tensor:
-    """gain[j] = sum_r max(C[r, j] - best[r], 0) for the columns stored as rows of `cols`.
+def _split_sum(terms: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(text part, vision part, gain) of gain terms `[..., c, R]`: the sums over the m text rows
+    and over the n vision rows, and the gain, their float32 sum."""
+    vision = terms[..., m:].sum(axis=-1)
+    if not m:
+        return np.zeros_like(vision), vision, vision.copy()
+    text = terms[..., :m].sum(axis=-1)
+    return text, vision, text + vision
 
-    The one place the greedy's float arithmetic lives, shared by both greedy variants. Each gain
-    is an independent inner sum over one contiguous row (torch's CPU sum reduces each output
-    separately), so a column's gain has the same bits whether it is evaluated with all n columns
-    or with a few. As `best` only grows, every term only shrinks, and float subtraction, clamping
-    and a fixed-order sum are monotone: a gain computed earlier is an exact upper bound of the
-    same column's gain later (submodularity, holding in float32 too).
+
+def _gains(Ct: np.ndarray, best: np.ndarray, m: int) -> np.ndarray:
+    """gain[j] = sum_r max(C[r, j] - best[r], 0) for the columns stored as rows of `Ct`
+    (`[..., c, R]`, one column or many; `best` `[R]`, or `[B, 1, R]` for `[B, c, R]`); the
+    first m rows of C are the text rows.
+
+    The CPU greedy's float arithmetic, shared by both variants: the text rows and the vision rows
+    are summed separately, each by numpy's pairwise sum over its contiguous segment (an order
+    that depends only on the segment's length, not on its address or on the rows beside it), and
+    the two sums added. So a column has the same gain whether it is scored with all n columns, a
+    few, or alone. As `best` only grows, every term only shrinks, and float subtraction,
+    clamping, fixed-order sums and the final addition are monotone: a gain computed earlier is an
+    exact upper bound of the same column's gain later (submodularity, holding in float32 too), and
+    so is the sum of its current text part and an earlier vision part.
     """
-    return (cols - best).clamp_min_(0).sum(dim=-1)
+    terms = np.subtract(Ct, best)
+    np.maximum(terms, 0, out=terms)
+    return _split_sum(terms, m)[2]
 
 
-def _dense_greedy(Ct: torch.Tensor, k: int, forbidden: torch.Tensor) -> torch.Tensor:
-    """The spec's greedy, all crops at once: every step scores every column (`Ct`: `[B, n, R]`).
+def _first_gains(Ct: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(text part, vision part, gain) at step 1 (`best` = 0) of every column; x - 0 is x exactly."""
+    return _split_sum(np.maximum(Ct, 0), m)
 
-    k steps of a handful of large kernels and no host synchronisation inside the loop: the fast
-    variant on a GPU, where a step costs about its kernel launches whatever n is.
+
+def _tie_ratio(terms: int) -> float:
+    """rho such that no summation order can make a gain below rho * g beat a gain g (float32).
+
+    Each gain is a sum of the same float32 terms, which are >= 0 (the subtraction and clamping
+    are elementwise, identical in numpy and torch); only the order of the additions differs. Any
+    order of `terms` additions of non-negative floats is within a factor 1 +- gamma of the exact
+    sum (gamma = (N - 1) u / (1 - (N - 1) u), u = 2^-24), so two gains in another order can swap
+    only if they are within ((1 - gamma) / (1 + gamma))^2 of each other. A further 1e-6 covers
+    the rounding of the threshold itself.
     """
-    batch, n, rows = Ct.shape
-    penalty = torch.zeros(batch, n, dtype=Ct.dtype, device=Ct.device)
-    penalty.masked_fill_(forbidden, float("-inf"))
-    best = Ct.new_zeros(batch, 1, rows)
-    picks = torch.empty(batch, k, dtype=torch.long, device=Ct.device)
+    lin = max(terms - 1, 1) * 2.0**-24
+    gamma = lin / (1 - lin)
+    return ((1 - gamma) / (1 + gamma)) ** 2 * (1 - 1e-6)
+
+
+def _lazy_greedy_cpu(
+    Ct: np.ndarray,
+    k: int,
+    forbidden: np.ndarray,
+    m: int,
+    first: tuple[np.ndarray, ...],
+    best: np.ndarray,
+    exact,
+    block: int,
+) -> list[int]:
+    """The dense greedy's picks for one crop (`Ct` `[n, R]`), rescoring few columns per step.
+
+    Gains are scored in numpy (`_gains`); they equal the torch dense greedy's up to the order of
+    the additions. `first` holds every column's step-1 (text part, vision part, gain); `best`
+    (`[R]`, updated in place) is this crop's row of the coverage so far; `exact()` returns this
+    crop's gains for every column computed exactly as `_dense_greedy` computes them at this step.
+
+    `bounds` holds, per column, an upper bound of its numpy gain now (see `_gains`; -inf once
+    picked or excluded), and `stamp` the step at which it was last computed as the gain itself.
+    Each step rescores the `block` columns of largest bound together. While the first maximum
+    of the bounds is stale, the bounds are tightened for all columns at once (current text part,
+    a cheap m-row pass, plus the vision part of its last scoring: after the first picks the
+    question's rows are covered and every step-1 bound is loose by its text part) and the
+    columns that can still win are rescored in rounds of doubling size, largest bound first (or
+    all in one pass once that is most of them). Once the first maximum g is fresh, every column
+    whose bound reaches `_tie_ratio` * g is rescored too: if g's column is then alone in that
+    band, no order of the additions could make another column win and it is the dense greedy's
+    pick; otherwise (a near-tie, where rounding decides) the step is decided by `exact()`, the
+    dense greedy's own arithmetic. Picks are the torch dense greedy's, bit for bit; most steps
+    score `block` columns, not n.
+    """
+    n, rows = Ct.shape
+    rho = _tie_ratio(rows)
+    vision, bounds = first[1].copy(), first[2].copy()
+    bounds[forbidden] = -np.inf
+    stamp = np.zeros(n, dtype=np.int64)
+    buf = np.empty((n, rows), dtype=Ct.dtype)  # reused: large fresh arrays cost page faults
+    avail = n - int(forbidden.sum())
+    dead = forbidden.copy()
+
+    def score(cols: np.ndarray, step: int) -> None:
+        terms = buf[: len(cols)]
+        np.take(Ct, cols, axis=0, out=terms)
+        np.subtract(terms, best, out=terms)
+        np.maximum(terms, 0, out=terms)
+        _, v, g = _split_sum(terms, m)
+        bounds[cols] = g
+        vision[cols] = v
+        stamp[cols] = step
+
+    def settle(step: int) -> int:
+        """The dense greedy's pick at this step, from bounds whose first maximum is fresh."""
+        j = int(bounds.argmax())
+        near = (bounds >= bounds[j] * rho) & (stamp != step)
+        if near.any():
+            score(np.flatnonzero(near), step)
+            j = int(bounds.argmax())  # every column that could reach the maximum is fresh now
+        if bounds[j] == 0 or np.count_nonzero(bounds >= bounds[j] * rho) == 1:
+            return j  # a unique winner in any order of additions (all-zero gains: lowest index)
+        gains = exact()
+        gains[dead] = -np.inf
+        return int(gains.argmax())
+
+    picks: list[int] = []
     for step in range(k):
-        j = (_gains(Ct, best) + penalty).argmax(dim=-1)  # first maximum: ties to the lowest index
+        if step:
+            size = min(block, avail)
+            score(np.argpartition(bounds, n - size)[n - size :], step)
+            if stamp[bounds.argmax()] != step:
+                if m:
+                    live = (bounds > -np.inf) & (stamp != step)
+                    t = np.maximum(Ct[:, :m] - best[:m], 0).sum(axis=-1)
+                    bounds[live] = np.minimum(bounds[live], t[live] + vision[live])
+                order = np.argsort(bounds)[::-1][:avail]  # live columns, largest bound first
+                pos = 0
+                while stamp[bounds.argmax()] != step:
+                    if 2 * (pos + size) >= avail:  # most columns can still win: score them all, no gather
+                        np.subtract(Ct, best, out=buf)
+                        np.maximum(buf, 0, out=buf)
+                        _, v, g = _split_sum(buf, m)
+                        live = bounds > -np.inf
+                        bounds[live], vision[live], stamp[live] = g[live], v[live], step
+                        break
+                    score(order[pos : pos + size], step)
+                    pos += size
+                    size *= 2
+        j = settle(step)
+        picks.append(j)
+        bounds[j] = -np.inf
+        dead[j] = True
+        avail -= 1
+        np.maximum(best, Ct[j], out=best)
+    return picks
+
+
+def _lazy_greedy(C: torch.Tensor, k: int, forbidden: torch.Tensor, m: int) -> torch.Tensor:
+    """`_lazy_greedy_cpu` for every crop of `C` (`[B, R, n]`, CPU, float32 or float64): `[B, k]`."""
+    Ct = _coverage_columns(C)
+    batch, n, rows = Ct.shape
+    best = np.zeros((batch, rows, 1), dtype=Ct.dtype)  # the layout of `_dense_greedy`'s `best`
+    best_t = torch.from_numpy(best)
+
+    def exact(b: int):
+        # `_dense_greedy`'s gain expression on the same tensors (same shapes, same kernels), so
+        # its bits; the other crops' rows of `best` do not enter crop b's sums.
+        return lambda: (C - best_t).clamp_min_(0).sum(dim=1)[b].numpy()
+
+    first = _first_gains(Ct, m)  # step 1 of every crop at once
+    dead = forbidden.numpy()
+    picks = [
+        _lazy_greedy_cpu(Ct[b], k, dead[b], m, [x[b] for x in first], best[b, :, 0], exact(b), LAZY_BLOCK)
+        for b in range(batch)
+    ]
+    return torch.tensor(picks, dtype=torch.long)
+
+
+def _dense_greedy(C: torch.Tensor, k: int, forbidden: torch.Tensor) -> torch.Tensor:
+    """The spec's greedy in torch, all crops at once (`C`: `[B, R, n]`): the non-CPU variant.
+
+    The spec's plain operations (gains summed over C's rows), k steps of a handful of large
+    kernels and no host synchronisation inside the loop: on a GPU a step costs about its kernel
+    launches whatever n is.
+    """
+    batch, rows, n = C.shape
+    penalty = torch.zeros(batch, n, dtype=C.dtype, device=C.device)
+    penalty.masked_fill_(forbidden, float("-inf"))
+    best = C.new_zeros(batch, rows, 1)
+    picks = torch.empty(batch, k, dtype=torch.long, device=C.device)
+    for step in range(k):
+        j = ((C - best).clamp_min_(0).sum(dim=1) + penalty).argmax(dim=-1)  # first maximum: lowest index
         picks[:, step] = j
-        best = torch.maximum(best, Ct.gather(1, j.view(batch, 1, 1).expand(batch, 1, rows)))
+        best = torch.maximum(best, C.gather(2, j.view(batch, 1, 1).expand(batch, rows, 1)))
         penalty.scatter_(1, j.unsqueeze(1), float("-inf"))
     return picks
 
 
-def _lazy_greedy(Ct: torch.Tensor, k: int, forbidden: torch.Tensor, block: int | None = None) -> list[int]:
-    """The dense greedy's picks for one crop (`Ct`: `[n, R]`), scoring few columns per step.
-
-    Stale gains are exact upper bounds (see `_gains`). Step 1 scores every column. Then each round
-    sorts the bounds (stable: equal bounds keep index order), scores the `block` best columns with
-    fresh gains and picks the best of them (lowest index among equal gains) as long as it beats
-    every column outside the block on (gain, -index): a fresh gain above their largest bound, or
-    equal to it with a lower index than the first column holding that bound. The dense greedy
-    would pick it too. When the block cannot decide, its best fresh gain g is a lower bound of
-    the step's winner, so only the columns whose bound reaches g can win: exactly those are
-    scored (their fresh gains become their bounds) and the best of them is picked. Picks are the
-    dense greedy's, bit for bit, and most steps cost O(block * R) instead of O(n * R).
-    """
-    n, _ = Ct.shape
-    block = LAZY_BLOCK if block is None else block
-    neg = float("-inf")
-    best = Ct.new_zeros(Ct.shape[1])
-    dead = forbidden.clone()
-    bounds = _gains(Ct, best).masked_fill_(dead, neg)
-    avail = n - int(dead.sum())
-    picks: list[int] = []
-    pending: list[int] = []  # picked since `bounds` and `dead` were last updated
-
-    def take(j: int, col: torch.Tensor) -> None:
-        nonlocal avail
-        picks.append(j)
-        pending.append(j)
-        avail -= 1
-        torch.maximum(best, col, out=best)
-
-    def flush() -> None:
-        if pending:
-            gone = torch.tensor(pending, device=Ct.device)
-            bounds.index_fill_(0, gone, neg)
-            dead.index_fill_(0, gone, True)
-            pending.clear()
-
-    j = int(bounds.argmax())  # step 1 is a dense step: every bound is a fresh gain
-    take(j, Ct[j])
-    while len(picks) < k:
-        flush()
-        size = min(block, avail)
-        values, order = torch.sort(bounds, descending=True, stable=True)
-        head = order[: size + 1].tolist()
-        members = head[:size]
-        first_out, bound_out = (head[size], float(values[size])) if avail > size else (n, neg)
-        cols = Ct[members]
-        alive = [True] * size
-        while len(picks) < k:
-            gains = _gains(cols, best).tolist()
-            top = -1  # best alive member on (gain, -index); members are in bound order, not index order
-            for p in range(size):
-                if alive[p] and (
-                    top < 0 or gains[p] > gains[top] or (gains[p] == gains[top] and members[p] < members[top])
-                ):
-                    top = p
-            if top < 0:
-                break  # every member picked: new round
-            g, j = gains[top], members[top]
-            if g > bound_out or (g == bound_out and j < first_out):
-                alive[top] = False
-                take(j, cols[top])
-                continue
-            # Undecided. Only columns whose bound reaches g can beat the member holding g.
-            flush()
-            reach = int((values >= g).sum())
-            cand = order[:reach].sort().values  # index order, so argmax breaks ties to the lowest
-            fresh = _gains(Ct[cand], best).masked_fill_(dead[cand], neg)
-            bounds.index_copy_(0, cand, fresh)
-            p = int(fresh.argmax())
-            j = int(cand[p])
-            take(j, Ct[j])
-            break
-    return picks
-
-
-def _greedy_columns(Ct: torch.Tensor, k: int, forbidden: torch.Tensor, method: str) -> torch.Tensor:
-    """Greedy picks in pick order for `Ct` `[B, n, R]`; `method` as in `greedy_max_coverage`."""
+def _check_method(method: str, device: torch.device) -> None:
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-    if method == "auto":
-        method = "lazy" if Ct.device.type == "cpu" and k >= LAZY_MIN_K else "dense"
-    if method == "dense":
-        return _dense_greedy(Ct, k, forbidden)
-    picks = [_lazy_greedy(Ct[b], k, forbidden[b]) for b in range(Ct.shape[0])]
-    return torch.tensor(picks, dtype=torch.long, device=Ct.device)
+    if method == "lazy" and device.type != "cpu":
+        raise ValueError(f"method 'lazy' runs on CPU tensors; on {device.type} use 'auto' or 'dense'")
+
+
+def _variant(method: str) -> str:
+    """The greedy to run for a checked method: "dense" (torch) or "lazy" (numpy, CPU)."""
+    return "dense" if method == "auto" else method
+
+
+def _prepare(k: object, exclude: torch.Tensor | None, batch: int, n: int, single: bool, device) -> tuple:
+    """Checked (k, forbidden `[batch, n]` boolean mask)."""
+    if exclude is not None and single and exclude.dim() != 1:
+        raise ValueError(f"exclude must have shape [{n}] for a single crop, got {tuple(exclude.shape)}")
+    forbidden = _exclude_mask(exclude, batch, n, device)
+    return _check_budget(k, forbidden, n), forbidden
 
 
 def _check_budget(k: object, forbidden: torch.Tensor, n: int) -> int:
@@ -291,7 +368,7 @@ def _check_budget(k: object, forbidden: torch.Tensor, n: int) -> int:
 
 
 def greedy_max_coverage(
-    C: torch.Tensor, k: int, *, exclude: torch.Tensor | None = None, method: str = "auto"
+    C: torch.Tensor, k: int, *, exclude: torch.Tensor | None = None, method: str = "auto", text_rows: int = 0
 ) -> torch.Tensor:
     """Greedy maximisation of `coverage(C, S)` over k columns; indices in *pick order*.
 
@@ -299,22 +376,29 @@ def greedy_max_coverage(
     already chosen columns get -inf, argmax breaks ties towards the lowest index (torch.argmax
     returns the first maximum). `C` is `[R, n]` (result `[k]`) or `[B, R, n]` (result `[B, k]`).
 
-    `method`: `"dense"` scores every column at every step, batched over crops (few large kernels
-    per step: the fast one on a GPU); `"lazy"` rescores only the columns that can still win
-    (`_lazy_greedy`; the fast one on a CPU, where a step's cost is its arithmetic). Both return
-    the same picks, bit for bit. `"auto"` (default) takes lazy on CPU for k >= `LAZY_MIN_K` and
-    dense otherwise (always on GPUs: there a dense step costs its kernel launches, not its size).
+    `method`: `"dense"` is the spec's greedy in torch, batched over crops (every step scores
+    every column; few large kernels per step, no host synchronisation: the choice on GPUs).
+    `"lazy"` (CPU only; float32 / float64, other dtypes widened to float32) rescores only the
+    columns that can still win (`_lazy_greedy_cpu`), in numpy, and returns exactly `"dense"`'s
+    picks in the same order: where its own float sums leave a near-tie that rounding could
+    decide, it asks the dense greedy's arithmetic. `text_rows` (MMTok's m; `mmtok_select`
+    passes it) only helps the lazy greedy's bounds. `"auto"` (default) is dense (see the note
+    at `METHODS` for when lazy pays off on CPU).
     """
     if C.dim() not in (2, 3):
         raise ValueError(f"C must be [R, n] or [B, R, n], got shape {tuple(C.shape)}")
+    if not 0 <= text_rows <= C.shape[-2]:
+        raise ValueError(f"text_rows must be in [0, {C.shape[-2]}], got {text_rows}")
     single = C.dim() == 2
-    Ct = (C.unsqueeze(0) if single else C).mT.contiguous()  # a no-op for build_coverage_matrix's view
-    batch, n, _ = Ct.shape
-    if exclude is not None and single and exclude.dim() != 1:
-        raise ValueError(f"exclude must have shape [{n}] for a single crop, got {tuple(exclude.shape)}")
-    forbidden = _exclude_mask(exclude, batch, n, Ct.device)
-    k = _check_budget(k, forbidden, n)
-    picks = _greedy_columns(Ct, k, forbidden, method)
+    C3 = C.unsqueeze(0) if single else C
+    _check_method(method, C3.device)
+    k, forbidden = _prepare(k, exclude, C3.shape[0], C3.shape[2], single, C3.device)
+    if _variant(method) == "dense":
+        picks = _dense_greedy(C3, k, forbidden)
+    else:
+        if C3.dtype not in (torch.float32, torch.float64):
+            C3 = C3.float()  # numpy has no half precision types torch's kernels would match
+        picks = _lazy_greedy(C3, k, forbidden, text_rows)
     return picks[0] if single else picks
 
 
@@ -340,7 +424,8 @@ def mmtok_select(
 
     Returns `[k]` for 2-D vision inputs and `[B, k]` for 3-D ones (long, on the input device).
     Defaults are the LLaVA settings (alpha 0.5, tau_t 0.02, tau_v 0.2). `method` picks the greedy
-    variant (`greedy_max_coverage`); every method returns the same tokens.
+    variant (`greedy_max_coverage`).
     """
-    Ct = coverage_columns(text_emb, vision_proj, vision_pre, alpha, tau_t, tau_v)
-    return greedy_max_coverage(Ct.mT, k, exclude=exclude, method=method).sort(dim=-1).values
+    _check_method(method, vision_proj.device)
+    C = build_coverage_matrix(text_emb, vision_proj, vision_pre, alpha, tau_t, tau_v)
+    return greedy_max_coverage(C, k, exclude=exclude, method=method, text_rows=text_emb.shape[-2]).sort(dim=-1).values
