@@ -16,9 +16,10 @@ import torch
 
 from mmtok.models import qwen25vl as Q
 from mmtok.pruners import PRUNERS, build_pruner, pruners_for
-from tests._tiny import QUESTIONS, images
-from tests.test_pruner_contract import METHODS, ids
-from tests.test_qwen25vl import _eos, _prompt, _reference, _until_eos
+from tests._tiny import QUESTIONS
+from tests.test_pruner_contract import METHODS, _decoder_rows, ids
+from tests.test_qwen25vl import _batch as qwen_batch
+from tests.test_qwen25vl import _eos, _reference, _until_eos
 
 FAMILY = "qwen2_5_vl"
 # merged grids 4x6, 5x7 and 4x7: 24, 35 and 28 image tokens (sizes where every method prunes)
@@ -37,13 +38,7 @@ def tiny_qwen(tmp_path_factory):
 
 
 def _batch(processor, which=(0, 1, 2)):
-    imgs = images(SIZES)
-    return processor(
-        images=[imgs[i] for i in which],
-        text=[_prompt(processor, QUESTIONS[i]) for i in which],
-        return_tensors="pt",
-        padding=True,
-    )
+    return qwen_batch(processor, which, sizes=SIZES)
 
 
 def _generate(model, batch, max_new_tokens=MAX_NEW):
@@ -122,20 +117,6 @@ def test_llm_receives_exactly_the_budget(tiny_qwen, method, budget):
     assert [s["vision_tokens_full"] for s in stats] == full
     assert [len(s["kept_index"]) for s in stats] == want
     assert [span.length for span in pruner.request.spans] == want
-
-
-def _decoder_rows(model):
-    seen: dict[int, list[int]] = {}
-
-    def hook_for(i):
-        def hook(module, args, kwargs):
-            hidden = args[0] if args else kwargs["hidden_states"]
-            seen.setdefault(i, hidden.shape[1])
-
-        return hook
-
-    layers = model.model.language_model.layers
-    return seen, [layer.register_forward_pre_hook(hook_for(i), with_kwargs=True) for i, layer in enumerate(layers)]
 
 
 @pytest.mark.parametrize("method", ids(IN_LLM))
@@ -218,21 +199,17 @@ def _plain_greedy(C: torch.Tensor, k: int) -> list[int]:
     return sorted(chosen)
 
 
-def _release_qwen_rule(text, merged, vit, k, alpha=0.5, tau_t=0.01, tau_v=0.2):
+def _release_coverage(text, merged, vit, alpha=0.5, tau_t=0.01, tau_v=0.2) -> torch.Tensor:
+    """The release's [m + n, n] coverage matrix on Qwen, in float64."""
     unit = lambda x: x / x.norm(dim=-1, keepdim=True)  # noqa: E731
     t, v, w = unit(text.double()), unit(merged.double()), unit(vit.double())
     P = torch.softmax(t @ v.T / tau_t, dim=-1) / t.shape[0]
     Qm = torch.softmax(w @ w.T / tau_v, dim=-1) / w.shape[0]
-    return _plain_greedy(torch.cat([P, alpha * Qm]), k)
+    return torch.cat([P, alpha * Qm])
 
 
-def _gap(text, merged, vit, k, alpha=0.5, tau_t=0.01, tau_v=0.2) -> float:
+def _min_margin(C: torch.Tensor, k: int) -> float:
     """Smallest margin between the best and second-best gain over the greedy's steps (ties guard)."""
-    unit = lambda x: x / x.norm(dim=-1, keepdim=True)  # noqa: E731
-    t, v, w = unit(text.double()), unit(merged.double()), unit(vit.double())
-    C = torch.cat(
-        [torch.softmax(t @ v.T / tau_t, -1) / t.shape[0], alpha * torch.softmax(w @ w.T / tau_v, -1) / w.shape[0]]
-    )
     best, chosen, margin = torch.zeros(C.shape[0], dtype=torch.float64), [], float("inf")
     for _ in range(k):
         gains = torch.clamp(C - best[:, None], min=0).sum(0)
@@ -263,9 +240,10 @@ def test_mmtok_on_qwen_equals_the_release_rule(tiny_qwen):
         for b, im in enumerate(feats):
             with torch.no_grad():
                 text = Q.release_question_embeddings(embed, processor.tokenizer, QUESTIONS[b])
-            if _gap(text, im.merged, im.vit, k) < 1e-6:  # a numerical tie: either pick is the rule's
+            C = _release_coverage(text, im.merged, im.vit)
+            if _min_margin(C, k) < 1e-6:  # a numerical tie: either pick is the rule's
                 continue
-            assert pruner.last_stats["samples"][b]["kept_index"] == _release_qwen_rule(text, im.merged, im.vit, k)
+            assert pruner.last_stats["samples"][b]["kept_index"] == _plain_greedy(C, k)
             checked += 1
     assert checked >= 7
     # the family default is Qwen's tau_t (0.01), and the runner can record it resolved

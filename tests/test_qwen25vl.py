@@ -30,8 +30,8 @@ def _prompt(processor, question):
     return processor.apply_chat_template(conv, add_generation_prompt=True)
 
 
-def _batch(processor, which=(0, 1, 2)):
-    imgs = images(SIZES)
+def _batch(processor, which=(0, 1, 2), sizes=SIZES):
+    imgs = images(sizes)
     return processor(
         images=[imgs[i] for i in which],
         text=[_prompt(processor, QUESTIONS[i]) for i in which],
