@@ -186,15 +186,20 @@ def test_coverage_value_matches_loops():
 
 
 # ---------------------------------------------------------------- selection vs reference
-@pytest.mark.parametrize("seed", range(50))
-def test_single_crop_matches_reference(seed):
+def _seeded_case(seed: int):
+    """A random instance with (every third seed) excluded tokens, a budget and parameters."""
     rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
     t, v, w = _instance(rng, gen)
     n = v.shape[0]
     excluded = set(rng.sample(range(n), rng.randint(0, n - 1))) if seed % 3 == 0 else set()
     exclude = torch.tensor([j in excluded for j in range(n)]) if excluded else None
     k = rng.randint(1, n - len(excluded))
-    p = _params(rng)
+    return t, v, w, excluded, exclude, k, _params(rng)
+
+
+@pytest.mark.parametrize("seed", range(50))
+def test_single_crop_matches_reference(seed):
+    t, v, w, excluded, exclude, k, p = _seeded_case(seed)
     got = mmtok_select(t, v, w, k, exclude=exclude, **p)
     assert got.dtype == torch.long and got.shape == (k,)
     assert tuple(got.tolist()) in ref_outcomes(t, v, w, k, excluded=excluded, **p)
@@ -214,13 +219,8 @@ def test_seed_2_is_an_exact_tie_and_either_pick_is_accepted():
 def test_reference_rejects_a_wrong_pick(seed):
     """The tie tolerance does not make the reference lenient: it accepts only the selections that
     near-tied gains allow, so swapping one picked index for a free one that no tie allows fails."""
-    rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
-    t, v, w = _instance(rng, gen)
+    t, v, w, excluded, exclude, k, p = _seeded_case(seed)
     n = v.shape[0]
-    excluded = set(rng.sample(range(n), rng.randint(0, n - 1))) if seed % 3 == 0 else set()
-    exclude = torch.tensor([j in excluded for j in range(n)]) if excluded else None
-    k = rng.randint(1, n - len(excluded))
-    p = _params(rng)
     got = mmtok_select(t, v, w, k, exclude=exclude, **p).tolist()
     outcomes = ref_outcomes(t, v, w, k, excluded=excluded, **p)
     selectable = n - len(excluded)
