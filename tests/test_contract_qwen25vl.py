@@ -76,7 +76,9 @@ def test_keep_all_reproduces_unpruned_generations(tiny_qwen, method):
 def test_methods_that_do_not_apply_refuse_in_one_line(tiny_qwen, name):
     model, processor = tiny_qwen
     pruner = PRUNERS[name].keep_all()
-    with pytest.raises(ValueError, match=rf"^pruner '{name}' does not apply to qwen2_5_vl: it needs [^\n]+$"):
+    with pytest.raises(
+        ValueError, match=rf"^pruner '{name}' does not apply to Qwen2\.5-VL \(qwen2_5_vl\): it needs [^\n]+$"
+    ):
         with pruner(model, tokenizer=processor.tokenizer, questions=QUESTIONS[:1]):
             pass
     assert "generate" not in vars(model)

@@ -46,3 +46,12 @@ def family_info(model_type: str) -> FamilyInfo:
 def missing_traits(requires: frozenset[str], model_type: str) -> list[str]:
     """The traits of `requires` that family `model_type` lacks (sorted)."""
     return sorted(set(requires) - family_info(model_type).traits)
+
+
+def refusal(name: str, requires: frozenset[str], model_type: str) -> str | None:
+    """The one-line reason a method requiring `requires` cannot run on `model_type`, or None."""
+    missing = missing_traits(requires, model_type)
+    if not missing:
+        return None
+    needs = " and ".join(TRAITS[t] for t in missing)
+    return f"pruner {name!r} does not apply to {family_info(model_type).label} ({model_type}): it needs {needs}"

@@ -7,7 +7,7 @@ import importlib
 import pkgutil
 from dataclasses import fields
 
-from mmtok.models.families import TRAITS, family_info, missing_traits
+from mmtok.models.families import missing_traits, refusal
 from mmtok.pruners.base import Pruner
 from mmtok.pruners.registry import PRUNERS, register
 
@@ -43,14 +43,9 @@ def check_applies(name: str, model_type: str) -> None:
     """One-line ValueError if pruner `name` cannot run on family `model_type` (config only, no weights)."""
     if name not in PRUNERS:
         raise ValueError(f"unknown pruner {name!r}; valid: {', '.join(PRUNERS)}")
-    missing = missing_traits(PRUNERS[name].requires, model_type)
-    if missing:
-        label = family_info(model_type).label
-        needs = " and ".join(TRAITS[t] for t in missing)
-        raise ValueError(
-            f"pruner {name!r} does not apply to {label} ({model_type}): it needs {needs}; "
-            f"valid there: {', '.join(pruners_for(model_type))}"
-        )
+    reason = refusal(name, PRUNERS[name].requires, model_type)
+    if reason:
+        raise ValueError(f"{reason}; valid there: {', '.join(pruners_for(model_type))}")
 
 
 __all__ = ["PRUNERS", "Pruner", "build_pruner", "check_applies", "pruner_names", "pruners_for", "register"]

@@ -35,7 +35,7 @@ from mmtok.models.adapters import (
     max_crops,
     tokens_per_crop,
 )
-from mmtok.models.families import TRAITS, missing_traits
+from mmtok.models.families import refusal
 from mmtok.timing import now
 
 
@@ -170,10 +170,9 @@ class Pruner:
     @contextlib.contextmanager
     def __call__(self, model: nn.Module, *, tokenizer=None, questions: list[str] | None = None):
         adapter = adapter_for(model)  # raises for unsupported classes before touching the model
-        missing = missing_traits(self.requires, adapter.family)
-        if missing:
-            needs = " and ".join(TRAITS[t] for t in missing)
-            raise ValueError(f"pruner {self.name!r} does not apply to {adapter.family}: it needs {needs}")
+        reason = refusal(self.name, self.requires, adapter.family)
+        if reason:
+            raise ValueError(reason)
         if "generate" in vars(model):
             raise RuntimeError("a pruner is already applied to this model (nested `with pruner(model)`)")
         self.tokenizer, self.questions = tokenizer, questions
