@@ -97,6 +97,10 @@ def compile_lock(flavour: str) -> Path:
         env.update(PIP_FIND_LINKS="", PIP_CONFIG_FILE=os.devnull)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "lock.txt"
+        # Start from the current lock: pip-compile keeps every pin it still satisfies and resolves only
+        # what changed, so adding one tool does not move the rest of the environment to today's releases.
+        if lock.exists():
+            out.write_text(lock.read_text())
         cmd = [
             sys.executable, "-m", "piptools", "compile", "--quiet", "--generate-hashes", "--allow-unsafe",
             "--strip-extras", "--no-emit-index-url", "--no-emit-find-links", "--no-header",
