@@ -22,7 +22,7 @@ help:
 	@echo "make test    create .venv from the lock if missing, run the whole test suite"
 	@echo "make run     create .venv from the lock if missing, run the embedded default (trained testbed LLaVA, MMTok, scenes_pope, CPU, offline)"
 	@echo "make lock    recompile requirements/lock.txt and lock-cuda.txt from pyproject.toml (needs the registry)"
-	@echo "make lint    ruff check + ruff format --check"
+	@echo "make lint    ruff check + ruff format --check + lint-imports (the layer contracts in pyproject.toml)"
 	@echo "make table1  run the Table-1 sweep (resumes; GPU + pre-downloaded weights), then write results/tables/table1.md/.csv"
 	@echo "             likewise table17 table18 table19 table5 table8; ARGS='hydra/launcher=slurm hydra.launcher.partition=...'"
 	@echo "make tiny    the tiny stand-in sweep on CPU (about a minute), then results/tables/tiny.md"
@@ -58,6 +58,7 @@ lock-check:
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 format: venv
 	$(VENV)/bin/ruff check --fix .

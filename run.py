@@ -7,7 +7,7 @@
     python run.py experiment=table1                                # the paper's Table-1 grid
 
 Every key is in configs/ (README.md, "Configuration"). Bad input fails with one line before any
-model loads: `mmtok.config.preflight` checks the command line before Hydra composes it.
+model loads: `mmtok.run.preflight` checks the command line before Hydra composes it.
 """
 
 from __future__ import annotations
@@ -22,12 +22,13 @@ os.environ.setdefault("NUMEXPR_MAX_THREADS", str(os.cpu_count() or 1))
 import hydra
 from omegaconf import DictConfig
 
-from mmtok.config import CONFIG_DIR, ConfigError, preflight
+from mmtok.run.preflight import preflight
+from mmtok.run.schema import CONFIG_DIR, ConfigError
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def main(cfg: DictConfig) -> None:
-    from mmtok.runner import main_job
+    from mmtok.run.execute import main_job
 
     main_job(cfg)
 
@@ -42,7 +43,7 @@ def is_sweep(argv: list[str]) -> bool:
 def plan_sweep(argv: list[str]) -> list[str] | None:
     """The command line narrowed to the jobs that still have a missing cell (each cell's own result
     files decide, not the launcher's report); None when every cell is done."""
-    from mmtok.report import pending_sweep
+    from mmtok.run.sweep import pending_sweep
 
     flags = [a for a in argv if a.startswith("-")]
     narrowed, jobs, pending, missing = pending_sweep([a for a in argv if not a.startswith("-")])
@@ -56,7 +57,7 @@ def plan_sweep(argv: list[str]) -> list[str] | None:
 
 
 def report_sweep(argv: list[str]) -> int:
-    from mmtok.report import pending_sweep
+    from mmtok.run.sweep import pending_sweep
 
     _, jobs, pending, missing = pending_sweep([a for a in argv if not a.startswith("-")])
     if jobs < 0:

@@ -231,27 +231,27 @@ def test_clip_of_another_width_is_refused_from_the_configs(tiny_models, tmp_path
 
 
 def _runner_config(mmtok_cache, tmp_path, *overrides):
-    from mmtok.config import compose
+    from mmtok.run.compose import compose
 
     common = [f"cache_dir={mmtok_cache}", "model=tiny_llava", "benchmark=pope_local", "progress=false", "limit=2"]
     return compose([*common, "max_new_tokens=2", f"results_dir={tmp_path}", "wandb.mode=disabled", *overrides])
 
 
 def test_runner_fails_before_the_model_loads(mmtok_cache, tiny_llava_path, tmp_path, monkeypatch):
-    from mmtok.config import ConfigError
-    from mmtok.runner import run
+    from mmtok.run.execute import run
+    from mmtok.run.schema import ConfigError
 
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty-cache"))
-    monkeypatch.setattr("mmtok.runner.load", lambda cfg: pytest.fail("the model loaded"))
+    monkeypatch.setattr("mmtok.run.execute.load", lambda cfg: pytest.fail("the model loaded"))
     with pytest.raises(ConfigError, match="is not in the local HF cache"):
         run(_runner_config(mmtok_cache, tmp_path, "pruner=cdpruner", "budget=8"))
     assert not (tmp_path / "runs.csv").exists()
 
 
 def test_runner_runs_it_with_a_local_clip(mmtok_cache, tiny_llava_path, tmp_path):
-    from mmtok.runner import run
+    from mmtok.run.execute import run
 
     clip = f"pruner.params.clip_path={tiny_clip_path()}"
     outcome = run(_runner_config(mmtok_cache, tmp_path, "pruner=cdpruner", "budget=8", clip))
     assert outcome.status == "completed"
-    assert outcome.row["pruner"] == "cdpruner" and outcome.row["vision_tokens_mean"] == 8
+    assert outcome.row.pruner == "cdpruner" and outcome.row.vision_tokens_mean == 8

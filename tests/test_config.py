@@ -9,7 +9,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mmtok.config import CONFIG_DIR, ConfigError, compose, group_options, preflight, validate
+from mmtok.run.compose import compose, group_options
+from mmtok.run.identity import config_hash
+from mmtok.run.preflight import preflight
+from mmtok.run.schema import CONFIG_DIR, ConfigError
+from mmtok.run.validate import validate
+
+
+def _valid(group: str) -> str:
+    """The option list an error names: computed, so a new YAML in configs/<group>/ breaks no test."""
+    return ", ".join(group_options(group))
+
 
 ROOT = Path(__file__).resolve().parent.parent
 LMMS_TASKS = Path(__import__("lmms_eval").__file__).parent / "tasks"
@@ -58,7 +68,7 @@ def test_every_option_composes_and_validates(group):
 
 def test_every_registered_pruner_has_a_config_with_valid_parameters():
     from mmtok.pruners import PRUNERS
-    from mmtok.runner import build_pruner_from
+    from mmtok.run.pruner import build_pruner_from
 
     assert set(PRUNERS) <= set(group_options("pruner")), "configs/pruner/<name>.yaml for every registered pruner"
     for name in PRUNERS:
@@ -92,7 +102,8 @@ def test_benchmarks_map_to_real_lmms_eval_tasks():
             assert cfg.benchmark.score, option
     assert mapping["pope"] == ["pope"]  # one task with all three splits; per-split F1 comes from `category`
     assert mapping["gqa"] == ["gqa"] and mapping["mme"] == ["mme"]
-    assert set(mapping) == {"pope", "gqa", "mme", "sqa", "mmbench", "textvqa", "seed", "mmmu", "vqav2"}
+    # the paper's nine are there (a user's own benchmark YAML may add more)
+    assert set(mapping) >= {"pope", "gqa", "mme", "sqa", "mmbench", "textvqa", "seed", "mmmu", "vqav2"}
 
 
 def test_multi_image_defaults_per_benchmark():
@@ -113,17 +124,15 @@ def test_multi_image_defaults_per_benchmark():
 def test_multi_image_error_keeps_the_old_run_identity():
     """multi_image=error behaves as runs did before the option existed: same config hash; another
     policy is another run; benchmark.multi_image (a default only) never enters the hash."""
-    from mmtok import results
-    from mmtok.runner import build_pruner_from, identity
+    from mmtok.run.identity import identity
+    from mmtok.run.pruner import build_pruner_from
 
     def key(*overrides):
         from omegaconf import OmegaConf
 
         cfg = compose(list(overrides))
         resolved = OmegaConf.to_container(cfg, resolve=True)
-        return identity(resolved, build_pruner_from(cfg)), results.config_hash(
-            identity(resolved, build_pruner_from(cfg))
-        )
+        return identity(resolved, build_pruner_from(cfg)), config_hash(identity(resolved, build_pruner_from(cfg)))
 
     ident, plain = key()
     assert "multi_image" not in ident and "multi_image" not in ident["benchmark"]
@@ -138,7 +147,7 @@ def test_table1_experiment_sweeps_the_papers_grid():
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from mmtok.config import parse_cell
+    from mmtok.run.cells import parse_cell
 
     with open(ROOT / "results" / "paper" / "paper_tables.csv") as f:
         rows = [r for r in csv.DictReader(f) if r["table"] == "table1" and r["benchmark"] != "avg_retained_pct"]
@@ -206,9 +215,9 @@ def test_validate_rejects_bad_values(overrides, message):
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (["model=llava15_7x"], "unknown model 'llava15_7x'; valid: llava15_13b, llava15_7b, llavanext_13b"),
+        (["model=llava15_7x"], f"unknown model 'llava15_7x'; valid: {_valid('model')}"),
         (["pruner=mmtk"], "unknown pruner 'mmtk'; valid: "),
-        (["benchmark=popee"], "unknown benchmark 'popee'; valid: gqa, gqa_local"),
+        (["benchmark=popee"], f"unknown benchmark 'popee'; valid: {_valid('benchmark')}"),
         (["budgt=4"], "unknown config key 'budgt'; valid keys there: model, pruner, benchmark, budget"),
         (["model.dtyp=float32"], "unknown config key 'model.dtyp'; valid keys there: name, path, tiny, dtype"),
         (["pruner.params.alpah=0.3"], "unknown config key 'pruner.params.alpah'; valid keys there: alpha, tau_t"),
@@ -238,13 +247,13 @@ def test_a_bad_sweep_value_fails_wherever_it_sits(position):
     assert "\n" not in str(info.value)
     benches = ["pope_local", "gqa_local", "mme_local"]
     benches.insert(position, "popx")
-    with pytest.raises(ConfigError, match="unknown benchmark 'popx'; valid: gqa, gqa_local"):
+    with pytest.raises(ConfigError, match=f"unknown benchmark 'popx'; valid: {_valid('benchmark')}"):
         preflight(["-m", "model=tiny_llava", f"benchmark={','.join(benches)}"])
 
 
 def test_a_bad_value_in_a_large_grid_is_found_value_by_value():
     """Beyond FULL_GRID_CHECK cells each value is checked with the other keys at their first value."""
-    from mmtok.config import FULL_GRID_CHECK, sweep_cells
+    from mmtok.run.preflight import FULL_GRID_CHECK, sweep_cells
 
     budgets = ",".join(str(b) for b in range(1, FULL_GRID_CHECK + 1))
     args = ["model=tiny_llava", "pruner=mmtok,random", f"budget={budgets}"]
@@ -256,7 +265,7 @@ def test_a_bad_value_in_a_large_grid_is_found_value_by_value():
 def test_an_experiments_own_sweep_is_preflighted():
     """experiment=table1 sweeps benchmark in its YAML (a command-line list replaces it) and pins its
     cells; a bad value in either fails before job 0."""
-    from mmtok.config import sweep_axes
+    from mmtok.run.preflight import sweep_axes
 
     fixed, axes = sweep_axes(["experiment=table1"])
     assert list(axes) == ["benchmark"] and len(axes["benchmark"]) == 9
@@ -266,7 +275,7 @@ def test_an_experiments_own_sweep_is_preflighted():
         preflight(["-m", "experiment=tiny", "benchmark=pope_local,gqa_local,gqq"])
     with pytest.raises(ConfigError, match=r"cell 'mmtok@0' needs a budget >= 1"):
         preflight(["-m", "experiment=tiny", "cells=[none,mmtok@8,mmtok@0]"])
-    valid = r"valid: cdpruner, dart, divprune, fastv"
+    valid = f"valid: {_valid('pruner')}"
     with pytest.raises(ConfigError, match=rf"unknown pruner 'mmtk' in cell 'mmtk@8'; {valid}"):
         preflight(["-m", "experiment=tiny", "cells=[none,mmtk@8]"])
 
@@ -283,9 +292,9 @@ def test_hub_model_offline_is_a_one_line_error(monkeypatch, tmp_path):
 HUB_EMPTY = {"HF_HOME": "{tmp}/hf", "HF_HUB_CACHE": "{tmp}/hf/hub"}
 
 CLI_CASES = [
-    ("unknown-model", ["model=llava15_7x"], {}, "unknown model 'llava15_7x'; valid: llava15_13b, llava15_7b"),
+    ("unknown-model", ["model=llava15_7x"], {}, f"unknown model 'llava15_7x'; valid: {_valid('model')}"),
     ("unknown-pruner", ["pruner=mmtk"], {}, "unknown pruner 'mmtk'; valid: "),
-    ("unknown-benchmark", ["benchmark=popee"], {}, "unknown benchmark 'popee'; valid: gqa, gqa_local, mmbench"),
+    ("unknown-benchmark", ["benchmark=popee"], {}, f"unknown benchmark 'popee'; valid: {_valid('benchmark')}"),
     ("unknown-in-sweep", ["-m", "benchmark=pope_local,gqq"], {}, "unknown benchmark 'gqq'; valid: "),
     # the bad value last: job 0 (budget=8) must not run first
     ("bad-last-in-sweep", ["-m", "model=tiny_llava", "budget=8,0"], {}, "budget must be a positive integer"),

@@ -39,8 +39,12 @@ def test_release_distance_hand_case():
     # the circle of test_selection_baselines: the same picks as the float32 arithmetic when no ties
     angles = torch.tensor([0.0, 25.0, 40.0, 100.0, 185.0, 200.0]).deg2rad()
     circle = torch.stack([angles.cos(), angles.sin()], dim=1)
-    for k in range(1, 7):
+    for k in (1, 2, 3, 4, 6):
         assert divprune_select(circle, k, arithmetic="release").tolist() == divprune_select(circle, k).tolist()
+    # k = 5 is an exact geometric tie (points 1 and 4 are both 15 degrees from their nearest pick):
+    # which one wins is float rounding, and differs between CPUs; either is a correct pick.
+    for arithmetic in ("release", "float32"):
+        assert divprune_select(circle, 5, arithmetic=arithmetic).tolist() in ([0, 1, 2, 3, 5], [0, 2, 3, 4, 5])
 
 
 @pytest.mark.parametrize("seed", range(4))

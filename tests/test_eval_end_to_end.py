@@ -15,9 +15,10 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from mmtok.eval import PrunedLlavaLM, evaluate
+from mmtok.data import build_dataset
+from mmtok.eval.evaluate import evaluate
 from mmtok.eval.prompts import VICUNA_V1_SYSTEM
-from mmtok.eval.testbed import build_testbed
+from mmtok.eval.wrapper import PrunedLlavaLM
 from mmtok.models.tiny import build_tiny
 from mmtok.pruners import build_pruner
 from mmtok.pruners.random import RandomPruner
@@ -63,7 +64,7 @@ def models(tmp_path_factory):
 @pytest.fixture(scope="module")
 def beds(tmp_path_factory):
     root = tmp_path_factory.mktemp("testbeds")
-    return {b: build_testbed(root, b, n=N, seed=0) for b in ("pope", "gqa", "mme")}
+    return {b: build_dataset(root, b, n=N, seed=0) for b in ("pope", "gqa", "mme")}
 
 
 def run(models, beds, family, bench, pruner, **kw):
@@ -198,7 +199,7 @@ def test_generation_error_propagates(models, beds, family):
 def test_clean_keeps_the_model_for_another_evaluation(models, beds):
     from lmms_eval import evaluator
 
-    from mmtok.eval import task_manager
+    from mmtok.eval.evaluate import task_manager
 
     model, processor = models["llava"]
     tb = beds["pope"]
@@ -345,7 +346,7 @@ def two_images(doc):
 def test_multi_image_documents_follow_the_policy(models, beds, tmp_path):
     """A task whose doc_to_visual returns two images: multi_image=error stops the evaluation with a
     message naming the option; multi_image=first answers every question from the first image."""
-    from mmtok.eval.tasks import write_task_yaml
+    from mmtok.data.tasks import write_task_yaml
 
     task = "mmtok_twoimg_pope"
     path = write_task_yaml(tmp_path, "pope", task=task, data_files=[str(beds["pope"].files[0])])

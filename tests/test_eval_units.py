@@ -6,10 +6,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from mmtok.data import build_dataset
+from mmtok.data.local import COLORS, MME_CATEGORIES
+from mmtok.data.tasks import write_task_yaml
 from mmtok.eval.metrics import pope_split_metrics, summarize
 from mmtok.eval.prompts import VICUNA_V1_SYSTEM, build_prompt, expand2square, mean_color, pick_image, preprocess_image
-from mmtok.eval.tasks import write_task_yaml
-from mmtok.eval.testbed import COLORS, MME_CATEGORIES, build_testbed
 from mmtok.models.tiny import build_tiny
 from mmtok.timing import layer_flops, peak_memory_bytes, prefill_flops, prefill_flops_per_layer
 
@@ -183,16 +184,16 @@ def _table(path):
 
 def test_testbeds_are_deterministic(tmp_path):
     for name in ("pope", "gqa", "mme"):
-        a = build_testbed(tmp_path / "a", name, n=12, seed=3)
-        b = build_testbed(tmp_path / "b", name, n=12, seed=3)
-        c = build_testbed(tmp_path / "c", name, n=12, seed=4)
+        a = build_dataset(tmp_path / "a", name, n=12, seed=3)
+        b = build_dataset(tmp_path / "b", name, n=12, seed=3)
+        c = build_dataset(tmp_path / "c", name, n=12, seed=4)
         for fa, fb, _fc in zip(a.files, b.files, c.files):
             assert _table(fa).equals(_table(fb))
         assert not _table(a.files[0]).equals(_table(c.files[0]))
 
 
 def test_pope_format(tmp_path):
-    tb = build_testbed(tmp_path, "pope", n=13, seed=0)
+    tb = build_dataset(tmp_path, "pope", n=13, seed=0)
     t = _table(tb.files[0])
     assert t.column_names == ["id", "question_id", "question", "answer", "image_source", "image", "category"]
     assert str(t.schema.field("question_id").type) == "string"
@@ -207,7 +208,7 @@ def test_pope_format(tmp_path):
 def test_gqa_format_and_true_answers(tmp_path):
     import io
 
-    tb = build_testbed(tmp_path, "gqa", n=12, seed=0)
+    tb = build_dataset(tmp_path, "gqa", n=12, seed=0)
     inst, images = (_table(f).to_pydict() for f in tb.files)
     assert list(inst)[:5] == ["id", "imageId", "question", "answer", "fullAnswer"]
     assert {"isBalanced", "groups", "types", "semanticStr"} <= set(inst)
@@ -225,7 +226,7 @@ def test_gqa_format_and_true_answers(tmp_path):
 
 
 def test_mme_format_pairs(tmp_path):
-    tb = build_testbed(tmp_path, "mme", n=24, seed=0)
+    tb = build_dataset(tmp_path, "mme", n=24, seed=0)
     rows = _table(tb.files[0]).to_pydict()
     assert list(rows) == ["question_id", "image", "question", "answer", "category"]
     assert rows["answer"][:4] == ["Yes", "No", "Yes", "No"]
@@ -236,7 +237,7 @@ def test_mme_format_pairs(tmp_path):
     assert all(q.endswith(" Please answer yes or no.") for q in rows["question"])
     assert set(rows["category"]) == set(MME_CATEGORIES)
     with pytest.raises(ValueError, match="n must be even"):
-        build_testbed(tmp_path, "mme", n=5)
+        build_dataset(tmp_path, "mme", n=5)
 
 
 def test_write_task_yaml(tmp_path):
@@ -244,7 +245,7 @@ def test_write_task_yaml(tmp_path):
         write_task_yaml(tmp_path, "pope", data_files="missing.parquet")
     with pytest.raises(ValueError, match="unknown benchmark 'vqav2'; valid: pope, gqa, mme"):
         write_task_yaml(tmp_path, "vqav2")
-    tb = build_testbed(tmp_path, "gqa", n=3)
+    tb = build_dataset(tmp_path, "gqa", n=3)
     text = tb.yaml_path.read_text()
     assert "task: mmtok_gqa" in text and "process_docs: !function mmtok_gqa_utils.gqa_process_docs" in text
     assert (tmp_path / "mmtok_gqa_utils.py").is_file()

@@ -14,9 +14,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mmtok import results
-from mmtok.config import compose
-from mmtok.runner import run
+from mmtok import store
+from mmtok.run.compose import compose
+from mmtok.run.execute import run
 
 STAGES = ("vision_s", "select_s", "prefill_s", "decode_s")
 # Share of total_s that the stages may leave out (preprocessing + decoding to text), for the median
@@ -53,12 +53,12 @@ def test_stages_add_up_to_the_total(mmtok_cache, tiny_llava_path, tiny_llavanext
         shares.append((s["total_s"] - covered) / s["total_s"])
     # the median sample: one sample descheduled on a busy machine must not decide the test
     assert float(np.median(shares)) <= UNTIMED_SHARE, shares
-    row = outcome.row
+    row = outcome.row.as_dict()
     for stage in (*STAGES, "total_s"):
         values = np.array([s[stage] for s in outcome.samples])
         assert row[f"{stage}_mean"] == pytest.approx(values.mean(), rel=1e-9)
         assert row[f"{stage}_p50"] == pytest.approx(np.percentile(values, 50), rel=1e-9)
     # and the same numbers reached runs.csv
-    (csv_row,) = [r for r in results.read_rows(outcome.csv_path) if r["run_id"] == outcome.run_id]
+    (csv_row,) = [r for r in store.read_rows(outcome.csv_path) if r["run_id"] == outcome.run_id]
     parts_mean = sum(float(csv_row[f"{k}_mean"]) for k in STAGES)
     assert parts_mean <= float(csv_row["total_s_mean"]) + 1e-9

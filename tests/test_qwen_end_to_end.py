@@ -9,22 +9,22 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmtok import results
+from mmtok import store
 from mmtok.eval.prompts import build_prompt, preprocess_image
 
 LIMIT = 6  # the testbed cycles images through the three POPE splits: 6 questions cover all
 COMMON = ["model=tiny_qwen25vl", "benchmark=pope_local", f"limit={LIMIT}", "progress=false", "wandb.mode=disabled"]
-POPE = [c for c in results.METRIC_COLUMNS if c.startswith("pope_")]
+POPE = [c for c in store.METRIC_COLUMNS if c.startswith("pope_")]
 
 
 def _cli_run(run_cli, cwd: Path, *args: str) -> tuple[dict, list[dict]]:
     cwd.mkdir(parents=True, exist_ok=True)
     res = run_cli([*COMMON, *args], cwd=cwd)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
-    rows = results.read_rows(cwd / "results" / "runs.csv")
+    rows = store.read_rows(cwd / "results" / "runs.csv")
     assert len(rows) == 1
     row = rows[0]
-    required = [c for c in results.COLUMNS if c not in results.OPTIONAL_COLUMNS] + ["limit"] + POPE
+    required = [c for c in store.COLUMNS if c not in store.OPTIONAL_COLUMNS] + ["limit"] + POPE
     assert not [c for c in required if row[c] == ""], {c: row[c] for c in required if row[c] == ""}
     assert (row["status"], row["model"], row["model_family"]) == ("completed", "tiny_qwen25vl", "qwen2_5_vl")
     assert (row["prompt_format"], row["image_preprocess"], int(row["n_samples"])) == ("hf", "crop", LIMIT)
@@ -73,8 +73,8 @@ def unpruned(run_cli, tmp_path_factory, mmtok_cache):
 def test_pruner_none_row_equals_plain_hf_generation(unpruned):
     """The wrapper's Qwen path (prompt, image, greedy decoding through pruner `none`) answers exactly
     as `model.generate` on lmms-eval's prompt, and the record counts text and image tokens right."""
-    from mmtok.config import compose
     from mmtok.models.loading import load_model
+    from mmtok.run.compose import compose
 
     row, samples, docs = unpruned
     sizing = compose(["model=tiny_qwen25vl"]).model

@@ -18,7 +18,6 @@ import pytest
 import torch
 from PIL import Image
 
-from mmtok.config import ConfigError, compose, preflight, validate
 from mmtok.eval.prompts import (
     QWEN_SYSTEM_PROMPT,
     build_prompt,
@@ -27,6 +26,11 @@ from mmtok.eval.prompts import (
     qwen_smart_resize,
     stop_strings,
 )
+from mmtok.run.compose import compose
+from mmtok.run.identity import config_hash
+from mmtok.run.preflight import preflight
+from mmtok.run.schema import ConfigError
+from mmtok.run.validate import validate
 
 LMMS = Path(__import__("lmms_eval").__file__).parent
 QWEN_VL_UTILS = Path(__import__("importlib.util").util.find_spec("qwen_vl_utils").origin).parent / "vision_process.py"
@@ -148,7 +152,8 @@ def test_image_sizing_stays_out_of_the_other_families_run_identity():
     """Rows written before the sizing keys existed still resume: a LLaVA identity has no such keys."""
     from omegaconf import OmegaConf
 
-    from mmtok.runner import build_pruner_from, identity
+    from mmtok.run.identity import identity
+    from mmtok.run.pruner import build_pruner_from
 
     def ident(overrides):
         cfg = compose(overrides)
@@ -165,7 +170,7 @@ def test_a_retain_ratio_reaches_the_pruner():
     """The release's Qwen budget (k = int(ratio x image tokens)) flows from the command line to the
     pruner dataclass like any pruner parameter (with budget=null: one or the other)."""
     from mmtok.pruners import PRUNERS
-    from mmtok.runner import build_pruner_from
+    from mmtok.run.pruner import build_pruner_from
 
     if not any(f == "retain_ratio" for f in PRUNERS["mmtok"].__dataclass_fields__):
         pytest.skip("the pruners have no retain_ratio field yet")
@@ -386,7 +391,7 @@ def test_run_py_refuses_visionzip_on_qwen_in_one_line(run_cli, tmp_path):
 def test_pruner_parameters_left_null_take_the_family_value():
     """MMTok's tau_t is null in its config: the run records (and hashes) the family's value, the
     release's 0.01 on Qwen2.5-VL and the paper's 0.02 on LLaVA; an explicit value wins."""
-    from mmtok.runner import build_pruner_from
+    from mmtok.run.pruner import build_pruner_from
 
     assert compose(["pruner=mmtok"]).pruner.params.tau_t is None
     assert build_pruner_from(compose(["model=tiny_qwen25vl", "pruner=mmtok"])).tau_t == 0.01
@@ -400,7 +405,8 @@ def test_retain_ratio_on_the_command_line():
     replaces the token budget, so a budget beside it is a one-line error naming budget=null."""
     from omegaconf import OmegaConf
 
-    from mmtok.runner import budget_label, build_pruner_from, identity
+    from mmtok.run.identity import budget_label, identity
+    from mmtok.run.pruner import build_pruner_from
 
     def built(*overrides):
         cfg = compose(["model=tiny_qwen25vl", "pruner=mmtok", *overrides])
@@ -419,9 +425,8 @@ def test_retain_ratio_on_the_command_line():
 
 
 def results_hash(ident):
-    from mmtok import results
 
-    return results.config_hash(ident)
+    return config_hash(ident)
 
 
 def test_every_pruner_requires_only_known_traits():

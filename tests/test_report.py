@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from mmtok import report, results
-from mmtok.config import compose
+from mmtok import report, store
+from mmtok.report import specs
+from mmtok.run import sweep
+from mmtok.run.compose import compose
 
 from .conftest import offline_env
 
@@ -32,7 +34,7 @@ def test_paper_average_is_reproduced_from_the_papers_own_cells(tmp_path):
     diff 0 in every cell, retained % per cell, and the paper's own Avg. (98.7) in the average column."""
     paper = {(r["method"], r["budget"], r["benchmark"]): float(r["score"]) for r in report.paper_rows("table1")}
     overrides = [f"results_dir={tmp_path}", "model=tiny_llava"]  # any model: the layout is the paper's
-    cells = report.experiment_cells("table1", overrides)
+    cells = sweep.experiment_cells("table1", overrides)
     assert len(cells) == 9 * 19
     wanted = {("none", None): "576", ("mmtok", 192): "192"}
     for c in cells:
@@ -40,13 +42,13 @@ def test_paper_average_is_reproduced_from_the_papers_own_cells(tmp_path):
             continue
         col = c.benchmark
         score = paper[(c.pruner, wanted[(c.pruner, c.budget)], col)]
-        metric = report.METRIC[col]
-        stored = score if metric in report.RAW_UNITS else score / 100
+        metric = specs.METRIC[col]
+        stored = score if metric in specs.RAW_UNITS else score / 100
         d = tmp_path / "runs" / f"r-{c.pruner}-{c.benchmark}"
         d.mkdir(parents=True)
-        results.write_samples(d / "samples.jsonl", [])
-        results.write_json(d / "metrics.json", {metric: stored})
-        results.write_json(
+        store.write_samples(d / "samples.jsonl", [])
+        store.write_json(d / "metrics.json", {metric: stored})
+        store.write_json(
             d / "row.json",
             {
                 "run_id": d.name,
@@ -59,7 +61,7 @@ def test_paper_average_is_reproduced_from_the_papers_own_cells(tmp_path):
     out = report.build("table1", overrides)
     assert len(out.missing) == 9 * 19 - 18
     recs = {(r["method"], r["budget"], r["column"]): r for r in out.records}
-    for col in report.METRIC:
+    for col in specs.METRIC:
         assert recs[("mmtok", 192, col)]["diff"] == pytest.approx(0, abs=1e-9)
         ret = 100 * paper[("mmtok", "192", col)] / paper[("none", "576", col)]
         assert recs[("mmtok", 192, col)]["retained_pct"] == pytest.approx(ret)
@@ -128,8 +130,8 @@ def test_tiny_sweep_to_table_kill_rerun_and_a_column_added_later(tmp_path, mmtok
 
     # 4. a column added after these runs: an older version wrote runs.csv and row.json without
     # `multi_image`; a new run widens the index, old rows still resume and still fill the table.
-    old_header = [c for c in results.COLUMNS if c != "multi_image"]
-    rows = results.read_rows(res / "runs.csv")
+    old_header = [c for c in store.COLUMNS if c != "multi_image"]
+    rows = store.read_rows(res / "runs.csv")
     with open(res / "runs.csv", "w", newline="") as f:
         w = csv.DictWriter(f, old_header, extrasaction="ignore")
         w.writeheader()
@@ -137,33 +139,33 @@ def test_tiny_sweep_to_table_kill_rerun_and_a_column_added_later(tmp_path, mmtok
     for folder in completed_folders(res):
         row = json.loads((folder / "row.json").read_text())
         del row["multi_image"]
-        results.write_json(folder / "row.json", row)
-    from mmtok.runner import run_cells
+        store.write_json(folder / "row.json", row)
+    from mmtok.run.execute import run_cells
 
     base = [f"cache_dir={mmtok_cache}", "experiment=tiny", *overrides, "benchmark=gqa_local"]
     new = run_cells(compose([*base, "cells=[divprune@4,none,mmtok@4]"]))
     assert [r.status for r in new] == ["completed", "skipped", "skipped"]
     header = next(csv.reader(open(res / "runs.csv")))
-    assert "multi_image" in header and len(results.read_rows(res / "runs.csv")) == total + 1
+    assert "multi_image" in header and len(store.read_rows(res / "runs.csv")) == total + 1
     out = report.build("tiny", overrides)
     assert len(out.cells) == 3 * 3 and not out.missing
     # make index rebuilds the same rows from the folders
-    path, n = results.rebuild_index(res)
+    path, n = store.rebuild_index(res)
     assert n == total + 1
 
 
 def test_a_failing_cell_does_not_take_its_neighbours_down(tmp_path, mmtok_cache, tiny_llava_path, monkeypatch):
-    import mmtok.eval
-    from mmtok.runner import run_cells
+    import mmtok.eval.evaluate as evaluation
+    from mmtok.run.execute import run_cells
 
-    real = mmtok.eval.evaluate
+    real = evaluation.evaluate
 
     def flaky(model, processor, pruner, **kw):
         if pruner.name == "random":
             raise RuntimeError("cell exploded")
         return real(model, processor, pruner, **kw)
 
-    monkeypatch.setattr(mmtok.eval, "evaluate", flaky)
+    monkeypatch.setattr(evaluation, "evaluate", flaky)
     cfg = compose(
         [f"cache_dir={mmtok_cache}", "experiment=tiny", *TINY[:2], "wandb.mode=disabled", "progress=false",
          f"results_dir={tmp_path}", "benchmark=pope_local", "cells=[random@4,mmtok@4]"]
@@ -180,7 +182,7 @@ def test_every_experiment_pins_the_paper_protocol_and_covers_the_papers_cells():
         if name == "tiny":
             continue
         for experiment, model in zip(spec.experiments, spec.paper_models):
-            jobs = report.job_overrides(experiment)
+            jobs = sweep.job_overrides(experiment)
             cfgs = [compose(j) for j in jobs]
             assert {c.model.name for c in cfgs} == {model}
             for c in cfgs:
@@ -205,7 +207,7 @@ def test_every_experiment_pins_the_paper_protocol_and_covers_the_papers_cells():
 
 
 def _parse(cell):
-    from mmtok.config import parse_cell
+    from mmtok.run.cells import parse_cell
 
     return parse_cell(cell)
 

@@ -15,10 +15,13 @@ import numpy as np
 import pytest
 import yaml
 
-from mmtok import results
-from mmtok.config import ConfigError, compose
-from mmtok.runner import run
+from mmtok import store
+from mmtok.run.compose import compose
+from mmtok.run.execute import run
+from mmtok.run.identity import config_hash
+from mmtok.run.schema import ConfigError
 from mmtok.timing import layer_flops, lm_head_flops, prefill_flops
+from tests._wandb import wandb_offline_records
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_FIELDS = {
@@ -27,7 +30,7 @@ SAMPLE_FIELDS = {
     "text_tokens", "prefill_tokens", "prefill_flops", "n_images", "layer_vision_tokens",
 }  # fmt: skip
 BENCH_METRICS = {
-    "pope": [c for c in results.METRIC_COLUMNS if c.startswith("pope_")],
+    "pope": [c for c in store.METRIC_COLUMNS if c.startswith("pope_")],
     "gqa": ["gqa_exact_match"],
     "mme": ["mme_perception", "mme_cognition", "mme_total"],
 }
@@ -51,7 +54,7 @@ def go(base, results_dir, *overrides, wandb="disabled"):
 
 
 def csv_row(outcome) -> dict[str, str]:
-    rows = [r for r in results.read_rows(outcome.csv_path) if r["run_id"] == outcome.run_id]
+    rows = [r for r in store.read_rows(outcome.csv_path) if r["run_id"] == outcome.run_id]
     assert len(rows) == 1
     return rows[0]
 
@@ -88,9 +91,7 @@ def test_end_to_end_row_samples_and_wandb_agree(base, tmp_path, model, bench, pr
 
     # 1. every documented column is filled (other benchmarks' metrics may be empty)
     kind = bench.split("_")[0]
-    required = (
-        [c for c in results.COLUMNS if c not in results.OPTIONAL_COLUMNS] + ["budget", "limit"] + BENCH_METRICS[kind]
-    )
+    required = [c for c in store.COLUMNS if c not in store.OPTIONAL_COLUMNS] + ["budget", "limit"] + BENCH_METRICS[kind]
     assert not [c for c in required if row[c] == ""], {c: row[c] for c in required if row[c] == ""}
     assert row["status"] == "completed" and row["model"] == model and row["benchmark"] == bench
     assert row["pruner"] == pruner and int(row["budget"]) == budget
@@ -109,7 +110,7 @@ def test_end_to_end_row_samples_and_wandb_agree(base, tmp_path, model, bench, pr
     assert len(samples) == int(row["n_samples"]) == limit
     assert all(SAMPLE_FIELDS <= set(s) for s in samples)
     assert all(s["answer"] is not None and s["target"] is not None for s in samples)
-    for stage in results.STAGES:
+    for stage in store.STAGES:
         xs = np.array([s[f"{stage}_s"] for s in samples], dtype=float)
         assert (xs >= 0).all()
         for stat, want in (("mean", xs.mean()), ("p50", np.median(xs)), ("p90", np.quantile(xs, 0.9))):
@@ -146,7 +147,7 @@ def test_end_to_end_row_samples_and_wandb_agree(base, tmp_path, model, bench, pr
     # 4. wandb's offline run file holds the same metrics and aggregates
     folders = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(folders) == 1
-    rec = results.wandb_offline_records(folders[0])
+    rec = wandb_offline_records(folders[0])
     for key, value in metrics.items():
         assert rec["history"][key] == pytest.approx(value) and rec["summary"][key] == pytest.approx(value)
     for col in ("score", "total_s_mean", "prefill_s_p90", "vision_tokens_mean", "wall_s", "n_samples"):
@@ -161,7 +162,7 @@ def test_keep_all_equals_pruner_none(base, tmp_path, model, budget):
         # "hf" layout: HF's own packing of the kept tokens (the paper layout drops NeXT's newlines)
         keep_all = go(base, tmp_path, *common, "pruner=mmtok", f"budget={budget}", "pruner.params.next_layout=hf")
     none = go(base, tmp_path, *common, "pruner=none")
-    assert none.row["budget"] is None and none.row["pruner"] == "none"
+    assert none.row.budget is None and none.row.pruner == "none"
     answers = {(s["task"], s["doc_id"]): s["answer"] for s in none.samples}
     assert {(s["task"], s["doc_id"]): s["answer"] for s in keep_all.samples} == answers
     for out in (keep_all, none):
@@ -181,7 +182,7 @@ def test_resume_skips_and_force_reruns(base, tmp_path, capsys):
     out = capsys.readouterr().out
     assert second.status == "skipped" and second.run_id == first.run_id
     assert f"{tmp_path / 'runs.csv'} row 1" in out and "force=true" in out and first.run_id in out
-    assert len(results.read_rows(tmp_path / "runs.csv")) == 1
+    assert len(store.read_rows(tmp_path / "runs.csv")) == 1
     # wandb / progress / results_dir are not part of the identity: still the same run
     assert go(base, tmp_path, *args, "progress=true").status == "skipped"
     forced = go(base, tmp_path, *args, "force=true")
@@ -190,19 +191,19 @@ def test_resume_skips_and_force_reruns(base, tmp_path, capsys):
     assert go(base, tmp_path, *args).row_number == 2  # the latest completed row
     # a different budget is a different run
     assert go(base, tmp_path, "pruner=random", "budget=7", "limit=2").status == "completed"
-    assert len(results.read_rows(tmp_path / "runs.csv")) == 3
+    assert len(store.read_rows(tmp_path / "runs.csv")) == 3
 
 
 def test_failed_evaluation_leaves_a_failed_row_and_is_not_resumed(base, tmp_path, monkeypatch):
-    import mmtok.eval
+    import mmtok.eval.evaluate as evaluation
 
     def broken(*args, **kwargs):
         raise RuntimeError("pruner exploded\nsecond line")
 
-    monkeypatch.setattr(mmtok.eval, "evaluate", broken)
+    monkeypatch.setattr(evaluation, "evaluate", broken)
     with pytest.raises(RuntimeError, match="pruner exploded"):
         go(base, tmp_path, "pruner=random", "budget=5", "limit=2")
-    (row,) = results.read_rows(tmp_path / "runs.csv")
+    (row,) = store.read_rows(tmp_path / "runs.csv")
     assert row["status"] == "failed" and row["error"] == "RuntimeError: pruner exploded"
     monkeypatch.undo()
     assert go(base, tmp_path, "pruner=random", "budget=5", "limit=2").status == "completed"
@@ -223,12 +224,12 @@ def test_failed_evaluation_leaves_a_failed_row_and_is_not_resumed(base, tmp_path
     ],
 )
 def test_unreachable_budget_fails_before_the_model_loads(base, tmp_path, monkeypatch, args, message):
-    import mmtok.runner
+    import mmtok.run.execute
 
     def never(cfg):
         raise AssertionError("the model was loaded before the budget was checked")
 
-    monkeypatch.setattr(mmtok.runner, "load", never)
+    monkeypatch.setattr(mmtok.run.execute, "load", never)
     with pytest.raises(ConfigError, match=message):
         go(base, tmp_path, *args, "limit=2")
     assert not (tmp_path / "runs.csv").exists()
@@ -258,8 +259,8 @@ def test_two_concurrent_cli_runs_append_two_intact_rows(run_cli, tmp_path, mmtok
     assert [p.returncode for p in procs] == [0, 0], outs
     with open(tmp_path / "res" / "runs.csv", newline="") as f:
         rows = list(csv.reader(f))
-    assert tuple(rows[0]) == results.COLUMNS and len(rows) == 3
-    assert all(len(r) == len(results.COLUMNS) for r in rows[1:])
+    assert tuple(rows[0]) == store.COLUMNS and len(rows) == 3
+    assert all(len(r) == len(store.COLUMNS) for r in rows[1:])
     got = [dict(zip(rows[0], r)) for r in rows[1:]]
     assert sorted(int(r["budget"]) for r in got) == [5, 9]
     assert all(r["status"] == "completed" for r in got)
@@ -280,7 +281,7 @@ def test_cli_sweep_runs_every_job(run_cli, tmp_path):
         cwd=tmp_path,
     )
     assert res.returncode == 0, res.stderr[-3000:]
-    rows = results.read_rows(tmp_path / "res" / "runs.csv")
+    rows = store.read_rows(tmp_path / "res" / "runs.csv")
     assert sorted(r["pruner"] for r in rows) == ["mmtok", "random"]
     assert all(r["status"] == "completed" for r in rows)
 
@@ -290,7 +291,7 @@ def test_embedded_default_runs_offline_on_cpu(run_cli, tmp_path):
     offline) prints a real POPE F1 from any working folder."""
     res = run_cli([], cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
-    (row,) = results.read_rows(tmp_path / "results" / "runs.csv")
+    (row,) = store.read_rows(tmp_path / "results" / "runs.csv")
     got = (row["model"], row["pruner"], row["budget"], row["benchmark"])
     assert got == ("testbed_llava", "mmtok", "16", "scenes_pope")
     assert row["status"] == "completed" and int(row["n_samples"]) == 150 and row["device"] == "cpu"
@@ -334,7 +335,7 @@ def test_prefill_flops_come_from_the_recorded_token_counts():
     """The runner charges FLOPs from each sample's recorded counts (no re-tokenisation)."""
     from transformers import LlamaConfig
 
-    from mmtok.runner import add_prefill_flops
+    from mmtok.run.execute import add_prefill_flops
 
     cfg = LlamaConfig(vocab_size=100, hidden_size=8, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2)
     samples = [
@@ -372,9 +373,9 @@ def test_run_identity_of_earlier_configs_is_unchanged(overrides, pinned):
     `family`, MMTok's tau_t resolves to LLaVA's 0.02, and unset newer options add nothing."""
     from omegaconf import OmegaConf
 
-    from mmtok import results
-    from mmtok.config import compose
-    from mmtok.runner import build_pruner_from, identity
+    from mmtok.run.compose import compose
+    from mmtok.run.identity import identity
+    from mmtok.run.pruner import build_pruner_from
 
     cfg = compose(overrides)
     pruner = build_pruner_from(cfg)
@@ -382,18 +383,20 @@ def test_run_identity_of_earlier_configs_is_unchanged(overrides, pinned):
     assert "retain_ratio" not in ident["pruner"]["params"] and "family" not in ident["model"]
     if cfg.pruner.name == "mmtok":
         assert pruner.tau_t == 0.02
-    assert results.config_hash(ident)[:12] == pinned
+    assert config_hash(ident)[:12] == pinned
 
 
 def test_qwen_config_resolves_its_family_defaults_without_the_weights():
-    from mmtok.config import compose
-    from mmtok.runner import build_pruner_from
+    from mmtok.run.compose import compose
+    from mmtok.run.pruner import build_pruner_from
 
     assert build_pruner_from(compose(["model=qwen25vl_7b", "pruner=mmtok", "budget=64"])).tau_t == 0.01
 
 
 def test_a_declared_family_must_match_the_checkpoint(tiny_llava_path):
-    from mmtok.config import ConfigError, compose, validate
+    from mmtok.run.compose import compose
+    from mmtok.run.schema import ConfigError
+    from mmtok.run.validate import validate
 
     cfg = compose(["model=local", f"model.path={tiny_llava_path}", "model.family=qwen2_5_vl"])
     with pytest.raises(ConfigError, match=r"is a 'llava' checkpoint but its config declares family=qwen2_5_vl"):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from mmtok import results
+from mmtok import store
 
 from ._slurm import local_slurm, missing_binaries, submissions
 from .conftest import offline_env
@@ -68,7 +68,7 @@ def test_a_sweep_runs_on_a_real_slurm_and_a_rerun_submits_nothing(tmp_path, mmto
             ("pope_local", "mmtok", "completed"),
             ("pope_local", "none", "completed"),
         ]
-        assert len(results.read_rows(tmp_path / "res" / "runs.csv")) == 4
+        assert len(store.read_rows(tmp_path / "res" / "runs.csv")) == 4
         # each array task ran one (model, benchmark) job: the model loaded once for its two cells,
         # by the shared venv's python (the submitter's interpreter)
         logs = sorted(tmp_path.glob("multirun/*/*/.submitit/*_*/*_0_log.out"))

@@ -50,11 +50,11 @@ def testbed_model():
 
 @pytest.fixture(scope="module")
 def beds(tmp_path_factory):
-    from mmtok.eval.testbed import build_testbed
+    from mmtok.data import build_dataset
 
     # held-out scenes (the builders' random streams are not the training streams), 100 questions each
     folder = tmp_path_factory.mktemp("scenes")
-    return {t: build_testbed(folder / t, t, n=SLICE, seed=0) for t in ("scenes_pope", "scenes_gqa")}
+    return {t: build_dataset(folder / t, t, n=SLICE, seed=0) for t in ("scenes_pope", "scenes_gqa")}
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def unpruned_pope(testbed_model, beds):
 
 
 def score(testbed_model, bed, pruner) -> tuple[float, list[dict]]:
-    from mmtok.eval import evaluate
+    from mmtok.eval.evaluate import evaluate
 
     model, processor = testbed_model
     out = evaluate(

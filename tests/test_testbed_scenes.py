@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mmtok.eval.testbed import build_testbed
-from mmtok.testbed import questions as Q
-from mmtok.testbed.scenes import COLOR_NAMES, GRID, Obj, Scene, counts, flip, label_grid, render, sample_scene
+from mmtok.data import build_dataset
+from mmtok.data import scene_questions as Q
+from mmtok.data.scenes import COLOR_NAMES, GRID, Obj, Scene, counts, flip, label_grid, render, sample_scene
 
 
 def test_label_grid_is_the_majority_colour_of_each_patch():
@@ -56,11 +56,11 @@ def test_tokenizer_is_one_token_per_word_with_the_image_placeholder():
 
 
 def test_scenes_pope_negatives_follow_pope_sampling(tmp_path):
-    bed = build_testbed(tmp_path, "scenes_pope", n=120, seed=0)
+    bed = build_dataset(tmp_path, "scenes_pope", n=120, seed=0)
     df = pd.read_parquet(bed.files[0])
     assert len(df) == 120 and set(df.category) == {"random", "popular", "adversarial"}
     assert (df.groupby("category").answer.value_counts() == 20).all()  # balanced yes / no per split
-    again = pd.read_parquet(build_testbed(tmp_path / "again", "scenes_pope", n=120, seed=0).files[0])
+    again = pd.read_parquet(build_dataset(tmp_path / "again", "scenes_pope", n=120, seed=0).files[0])
     assert df.drop(columns="image").equals(again.drop(columns="image"))
     assert [x["bytes"] for x in df.image] == [x["bytes"] for x in again.image]  # deterministic
     # the popular split asks about fewer distinct absent colours than the random split
@@ -69,7 +69,7 @@ def test_scenes_pope_negatives_follow_pope_sampling(tmp_path):
 
 
 def test_scenes_gqa_has_short_exact_match_answers_of_three_kinds(tmp_path):
-    bed = build_testbed(tmp_path, "scenes_gqa", n=90, seed=0)
+    bed = build_dataset(tmp_path, "scenes_gqa", n=90, seed=0)
     df = pd.read_parquet(bed.files[0])
     images = pd.read_parquet(bed.files[1])
     assert len(df) == 90 and set(df.imageId) == set(images.id)

@@ -178,7 +178,7 @@ def _llava_image(image: Image.Image, processor, mode: str) -> Image.Image:
 
 
 def _qwen_image(image: Image.Image, processor, mode: str) -> Image.Image:
-    from mmtok.models.qwen_processor import pixel_bounds, resize_factor
+    from mmtok.models.qwen_processor import pixel_bounds, resize_factor  # defers transformers
 
     height, width = qwen_smart_resize(image.height, image.width, resize_factor(processor), *pixel_bounds(processor))
     return qwen_to_rgb(image).resize((width, height))

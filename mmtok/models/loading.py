@@ -22,12 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mmtok.models.families import FAMILIES as _FAMILY_INFO
+from mmtok.models.source import ModelSourceError, check_model_source
 
 FAMILIES = {model_type: info.hf_class for model_type, info in _FAMILY_INFO.items()}
-
-
-class ModelSourceError(ValueError):
-    """The checkpoint cannot be found locally (one-line message saying what to do)."""
 
 
 @dataclass
@@ -62,28 +59,20 @@ def ensure_tiny(path: str | Path, family: str) -> Path:
 
 def _build_tiny(out_dir: Path, family: str) -> None:
     if family == "qwen2_5_vl":
-        from mmtok.models.tiny_qwen import build_tiny_qwen25vl
+        from mmtok.models.tiny_qwen import build_tiny_qwen25vl  # defers torch
 
         build_tiny_qwen25vl(out_dir)
     else:
-        from mmtok.models.tiny import build_tiny
+        from mmtok.models.tiny import build_tiny  # defers torch
 
         build_tiny(out_dir, family)
 
 
 def resolve_source(path: str, *, download: bool = False, tiny: str | None = None) -> tuple[str, bool]:
     """(what to pass to from_pretrained, local_files_only) — or a one-line ModelSourceError."""
-    from omegaconf import OmegaConf
-
-    from mmtok.config import ConfigError, check_model_source
-
     if tiny is not None:
         return str(ensure_tiny(path, tiny)), True
-    cfg = OmegaConf.create({"name": path, "path": path, "tiny": None, "download": download})
-    try:
-        check_model_source(cfg)
-    except ConfigError as exc:
-        raise ModelSourceError(str(exc)) from None
+    check_model_source(path, path, download=download)
     if os.path.isdir(path):
         return path, True
     return path, not download  # a cached hub id: never touch the network unless asked to
@@ -152,7 +141,7 @@ def load_processor(
 ):
     """The processor of checkpoint `source` of model_type `family`."""
     if family == "qwen2_5_vl":
-        from mmtok.models.qwen_processor import load_qwen_processor
+        from mmtok.models.qwen_processor import load_qwen_processor  # defers transformers
 
         return load_qwen_processor(
             source, min_pixels=min_pixels, max_pixels=max_pixels, local_files_only=local_files_only

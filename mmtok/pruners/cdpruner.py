@@ -81,7 +81,7 @@ _LOADED: dict[tuple[str, str], ClipText] = {}
 
 def clip_source_problem(path: str) -> str | None:
     """Why `path` cannot provide a CLIP model here (one line), or None. Never downloads."""
-    from mmtok.config import cached_hub_snapshot, is_hub_id
+    from mmtok.models.source import cached_hub_snapshot, is_hub_id  # defers huggingface_hub
 
     how = "pass clip_path=<a local CLIP folder> (run.py: pruner.params.clip_path=...)"
     if os.path.isdir(path):

@@ -53,7 +53,7 @@ class MMTokPruner(Pruner):
                 "with pruner(model, tokenizer=processor.tokenizer, questions=[...])"
             )
         if ctx.adapter.family == "qwen2_5_vl":
-            from mmtok.models.qwen25vl import release_question_embeddings
+            from mmtok.models.qwen25vl import release_question_embeddings  # defers the family module
 
             return release_question_embeddings(ctx.embed_tokens, ctx.tokenizer, ctx.question)
         ids = question_token_ids(ctx.question, ctx.tokenizer, keep_option_letters=self.keep_option_letters)

@@ -25,6 +25,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from mmtok.data import build_dataset
+from mmtok.data.scene_tasks import question_kind
+
 PRUNERS = ("random", "mmtok", "fastv", "sparsevlm", "visionzip", "divprune", "vispruner")
 BUDGETS = (576, 192, 64, 16, 4)
 TASKS = ("scenes_pope", "scenes_gqa")
@@ -47,7 +50,7 @@ class Cell:
 
 def pruner_for(name: str, budget: int | None, seed: int = 0):
     """The pruner with this 2-layer LLM's in-LLM parameters (module docstring)."""
-    from mmtok.pruners import build_pruner
+    from mmtok.pruners import build_pruner  # defers torch
 
     if name == "fastv":
         return build_pruner(name, budget, layer=1, budget_mode="kept")
@@ -59,14 +62,12 @@ def pruner_for(name: str, budget: int | None, seed: int = 0):
 
 
 def testbed(task: str, n: int, cache: Path):
-    from mmtok.eval.testbed import build_testbed
 
     folder = cache / "testbed" / f"{task}-n{n}"
-    return build_testbed(folder, task, n=n, seed=0)  # the same scenes as `python run.py benchmark=<task>`
+    return build_dataset(folder, task, n=n, seed=0)  # the same scenes as `python run.py benchmark=<task>`
 
 
 def score_row(cell: Cell, out) -> dict:
-    from mmtok.testbed.tasks import question_kind
 
     m = out.metrics
     row = {"task": cell.task, "pruner": cell.pruner, "budget": cell.key[2], "n": len(out.samples)}
@@ -182,8 +183,8 @@ def main(argv=None) -> None:
     import torch
 
     torch.set_num_threads(1)
-    from mmtok.eval import evaluate
-    from mmtok.models.loading import load_model
+    from mmtok.eval.evaluate import evaluate  # defers lmms-eval
+    from mmtok.models.loading import load_model  # defers transformers
 
     model, processor, _ = load_model(args.model, dtype="float32", attn_implementation="sdpa", device="cpu")
     out_dir = Path(args.out)

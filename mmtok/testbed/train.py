@@ -30,8 +30,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmtok.testbed import questions as Q
-from mmtok.testbed.scenes import BG, COLOR_NAMES, GRID, IMAGE_SIZE, PATCH, flip, label_grid, render, sample_scene
+from mmtok.data import scene_questions as Q
+from mmtok.data.scenes import BG, COLOR_NAMES, GRID, IMAGE_SIZE, PATCH, counts, flip, label_grid, render, sample_scene
+from mmtok.models.tiny import LLAVA15_CHAT_TEMPLATE  # the prompt format the scenes' questions are asked in
 
 HIDDEN = 128
 IMAGE_MEAN = [0.48145466, 0.4578275, 0.40821073]
@@ -165,8 +166,6 @@ def draw_questions(rng: random.Random, scene, cells, grid: int, k: int, kinds=Q.
 
 
 def scene_example(rng: random.Random, grid: int, k: int, subset: bool = False):
-    from mmtok.testbed.scenes import counts
-
     scene = sample_scene(rng)
     labels = label_grid(scene, grid)
     ids = cell_ids(labels)
@@ -354,7 +353,7 @@ def assemble(work: Path, out: Path) -> None:
         patch_size=PATCH,
         vision_feature_select_strategy="default",
         num_additional_image_tokens=1,
-        chat_template=Q.CHAT_TEMPLATE,
+        chat_template=LLAVA15_CHAT_TEMPLATE,
     )
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)

@@ -1,9 +1,9 @@
 """Small synthetic benchmarks in the real POPE / GQA / MME formats, for offline runs and tests.
 
-`build_testbed(out_dir, "pope", n=60, seed=0)` draws images of simple coloured shapes (so every
+`mmtok.data.build_dataset(out_dir, "pope", n=60, seed=0)` draws images of simple coloured shapes (so every
 question has a true answer), writes the parquet file(s) with the same columns and types as the
 lmms-lab hub datasets that lmms-eval's built-in tasks read, and writes the task YAML next to them
-(`mmtok.eval.tasks.write_task_yaml`). Deterministic in (benchmark, n, seed).
+(`mmtok.data.tasks.write_task_yaml`). Deterministic in (benchmark, n, seed).
 
 Formats (column: type):
 - POPE  (lmms-lab/POPE, split test): id: str, question_id: str, question: str, answer: "yes"/"no",
@@ -34,7 +34,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from mmtok.eval.tasks import benchmark, write_task_yaml
+from mmtok.data.tasks import benchmark
 
 SHAPES = ("circle", "square", "triangle", "cross")
 COLORS = {"red": (220, 30, 30), "green": (30, 170, 60), "blue": (40, 70, 220), "yellow": (235, 200, 20)}
@@ -62,16 +62,6 @@ class Item:
     color: str
     cx: int  # centre, pixels
     cy: int
-
-
-@dataclass(frozen=True)
-class Testbed:
-    benchmark: str
-    task: str  # lmms-eval task name
-    include_path: Path  # pass to evaluate(include_path=...)
-    yaml_path: Path
-    files: tuple[Path, ...]
-    n: int  # rows of the test split
 
 
 def _scene(rng: random.Random, min_items: int = 1) -> tuple[tuple[int, int], list[Item]]:
@@ -110,14 +100,14 @@ def _draw(size: tuple[int, int], items: list[Item], rng: random.Random) -> Image
     return image
 
 
-def _write(rows: dict, features, path: Path) -> None:
+def write_parquet(rows: dict, features, path: Path) -> None:
     import datasets
 
     datasets.Dataset.from_dict(rows, features=features).to_parquet(str(path))
 
 
 # -- POPE --------------------------------------------------------------------------------------
-def _pope(out_dir: Path, n: int, rng: random.Random) -> list[Path]:
+def build_pope(out_dir: Path, n: int, rng: random.Random) -> list[Path]:
     import datasets
 
     scenes = [_scene(rng) for _ in range(math.ceil(n / 2))]
@@ -152,12 +142,12 @@ def _pope(out_dir: Path, n: int, rng: random.Random) -> list[Path]:
     string = datasets.Value("string")
     features = datasets.Features({k: (datasets.Image() if k == "image" else string) for k in rows})
     path = out_dir / benchmark("pope").data_file
-    _write(rows, features, path)
+    write_parquet(rows, features, path)
     return [path]
 
 
 # -- GQA ---------------------------------------------------------------------------------------
-def _gqa(out_dir: Path, n: int, rng: random.Random) -> list[Path]:
+def build_gqa(out_dir: Path, n: int, rng: random.Random) -> list[Path]:
     scenes = [_scene(rng) for _ in range(math.ceil(n / 3))]
     images = {"id": [], "image": []}
     rows = {k: [] for k in GQA_COLUMNS}
@@ -242,8 +232,8 @@ def write_gqa(rows: dict, images: dict, out_dir: Path, bench_name: str) -> list[
     )
     bench = benchmark(bench_name)
     inst, imgs = out_dir / bench.data_file, out_dir / bench.image_file
-    _write(rows, features, inst)
-    _write(images, datasets.Features({"id": string, "image": datasets.Image()}), imgs)
+    write_parquet(rows, features, inst)
+    write_parquet(images, datasets.Features({"id": string, "image": datasets.Image()}), imgs)
     return [inst, imgs]
 
 
@@ -280,7 +270,7 @@ def _mme_pair(category: str, items: list[Item], rng: random.Random) -> tuple[str
     )
 
 
-def _mme(out_dir: Path, n: int, rng: random.Random) -> list[Path]:
+def build_mme(out_dir: Path, n: int, rng: random.Random) -> list[Path]:
     import datasets
 
     if n % 2:
@@ -300,30 +290,5 @@ def _mme(out_dir: Path, n: int, rng: random.Random) -> list[Path]:
     string = datasets.Value("string")
     features = datasets.Features({k: (datasets.Image() if k == "image" else string) for k in rows})
     path = out_dir / benchmark("mme").data_file
-    _write(rows, features, path)
+    write_parquet(rows, features, path)
     return [path]
-
-
-def _scenes(kind: str):
-    def build(out_dir: Path, n: int, rng: random.Random) -> list[Path]:
-        from mmtok.testbed import tasks  # the trained testbed's scenes (imports this module)
-
-        return getattr(tasks, f"build_scenes_{kind}")(out_dir, n, rng)
-
-    return build
-
-
-_BUILDERS = {"pope": _pope, "gqa": _gqa, "mme": _mme, "scenes_pope": _scenes("pope"), "scenes_gqa": _scenes("gqa")}
-
-
-def build_testbed(out_dir: str | Path, name: str, *, n: int = 60, seed: int = 0) -> Testbed:
-    """Write the `name` testbed (n test rows) and its task YAML into `out_dir`."""
-    bench = benchmark(name)
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    rng = random.Random(f"{name}:{seed}")
-    files = _BUILDERS[name](out_dir, n, rng)
-    yaml_path = write_task_yaml(out_dir, name)
-    return Testbed(name, bench.task, out_dir.resolve(), yaml_path, tuple(files), n)

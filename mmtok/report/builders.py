@@ -1,180 +1,30 @@
-"""Paper tables and plots from the run folders: `python -m mmtok.report tables|plots|index|status`.
+"""Building a table: every cell of its experiments looked up by config hash among the completed runs
+(`mmtok.run.sweep`), set beside the paper's number, written as markdown + csv.
 
-    make tables                     # every table from whatever rows exist (no runs started)
-    make table1                     # run experiment=table1 (resumes), then write results/tables/table1.*
-    python -m mmtok.report tables --only tiny max_new_tokens=4 limit=2   # overrides as for run.py
-
-A table cell is found by its config hash: the builder composes the table's experiment with the same
-overrides the sweep ran with, builds every cell's config exactly as the job does (`runner.cell_config`)
-and looks the hash up among the completed runs (`results.all_rows`: run folders + index). So a cell
-shows only a run of exactly that config; a cell without one is shown as `missing`, never filled.
-
-Units are the paper's: percentages (x100 of lmms-eval's fractions) except MME (raw perception +
-cognition points) and MMBench (lmms-eval reports percent already). Retained % is against OUR OWN
-unpruned row of the same table; the average column is the paper's: the mean over the row's benchmarks
-of (score / unpruned score x 100), computed only when every benchmark of the row has a run.
+A cell shows only a run of exactly that config; a cell without one is shown as `missing`, never
+filled. Units are the paper's: percentages (x100 of lmms-eval's fractions) except MME (raw
+perception + cognition points) and MMBench (lmms-eval reports percent already). Retained % is
+against OUR OWN unpruned row of the same table; the average column is the paper's: the mean over
+the row's benchmarks of (score / unpruned score x 100), computed only when every benchmark of the
+row has a run.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
-import itertools
 import json
 import math
-import sys
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mmtok.config import ROOT, compose, parse_cell, sweep_axes
+from mmtok.report.specs import METRIC, PAPER_CSV, PAPER_EFFICIENCY_CSV, RAW_UNITS, TABLES, TableSpec
+from mmtok.run.sweep import SweepCell, experiment_cells
 
-PAPER_CSV = ROOT / "results" / "paper" / "paper_tables.csv"
-PAPER_EFFICIENCY_CSV = ROOT / "results" / "paper" / "paper_efficiency.csv"
 MISSING = "missing"
 NOT_IN_PAPER = "—"
-
-# paper column → the row field holding our number (the benchmark config's score, except where a
-# table reports another split: the appendix tables' SEED is SEED-IMG).
-METRIC = {
-    "gqa": "gqa_exact_match",
-    "mmbench": "mmbench_en_dev_gpt_eval_score",
-    "mme": "mme_total",
-    "pope": "pope_f1_avg",
-    "sqa": "scienceqa_img_exact_match",
-    "vqav2": "vqav2_val_exact_match",
-    "textvqa": "textvqa_val_exact_match",
-    "mmmu": "mmmu_val_mmmu_acc",
-    "seed": "seedbench_seed_all",
-}
-SEED_IMG = {**METRIC, "seed": "seedbench_seed_image"}
-RAW_UNITS = {"mme_total", "mme_perception", "mme_cognition", "mmbench_en_dev_gpt_eval_score"}
-LOCAL = {"gqa": "gqa_local", "mme": "mme_local", "pope": "pope_local"}  # the tiny stand-ins' testbeds
-
-
-@dataclass(frozen=True)
-class TableSpec:
-    name: str  # results/tables/<name>.md / .csv
-    paper: str  # the `table` key in results/paper/paper_tables.csv
-    kind: str  # grid (method x budget rows, benchmark columns) | budgets (table 5) | efficiency (table 8)
-    experiments: tuple[str, ...]  # the experiment files whose cells fill it (one per model section)
-    paper_models: tuple[str, ...]  # the paper's model key of each section
-    metric: dict[str, str] = field(default_factory=lambda: dict(METRIC))
-    bench: dict[str, str] = field(default_factory=dict)  # paper column → our benchmark (default: same name)
-    note: str = ""
-
-    def our_bench(self, column: str) -> str:
-        return self.bench.get(column, column)
-
-
-_NOTE8 = (
-    "Ours: wall seconds of the six runs (sum) and of POPE; peak memory = torch.cuda.max_memory_allocated, "
-    "weights included (the paper's runtime memory excludes the 25.42 GB of weights); GPU utilisation is not measured."
-)
-_NOTE_TINY = (
-    "A tiny stand-in: the random tiny LLaVA on local testbeds laid out as Table 1 "
-    "(paper numbers for the layout only; ours are not comparable)."
-)
-_NOTE5 = "High image-contribution benchmarks: LLaVA-1.5 MMB, POPE, MME, SEED, GQA; LLaVA-NeXT adds TextVQA."
-TABLES: dict[str, TableSpec] = {
-    t.name: t
-    for t in (
-        TableSpec("table1", "table1", "grid", ("table1",), ("llava15_7b",), note="SEED = SEED-all (as the paper)."),
-        TableSpec("table17", "table17", "grid", ("table17",), ("llava15_13b",), SEED_IMG, note="SEED = SEED-IMG."),
-        TableSpec(
-            "table18", "table18", "grid", ("table18",), ("llavanext_7b",), SEED_IMG,
-            note="SEED = SEED-IMG; budgets are upper bounds over up to 5 crops.",
-        ),
-        TableSpec("table19", "table19", "grid", ("table19",), ("llavanext_13b",), SEED_IMG, note="SEED = SEED-IMG."),
-        TableSpec(
-            "table5", "table5", "budgets", ("table5", "table5_next"), ("llava15_7b", "llavanext_7b"), note=_NOTE5
-        ),
-        TableSpec("table8", "table8", "efficiency", ("table8",), ("llavanext_13b",), note=_NOTE8),
-        TableSpec("tiny", "table1", "grid", ("tiny",), ("llava15_7b",), bench=LOCAL, note=_NOTE_TINY),
-    )
-}  # fmt: skip
-
-
-# -- finding the cells' runs ----------------------------------------------------------------------
-@dataclass
-class Cell:
-    experiment: str
-    benchmark: str  # our benchmark name
-    cell: str  # "none" | "<pruner>@<budget>"
-    pruner: str
-    budget: int | None
-    config_hash: str
-    model: str
-    results_dir: Path
-    row: dict[str, Any] | None = None  # the completed run, if any
-    job: list[str] = field(default_factory=list)  # the job's overrides (one job per model x benchmark)
-
-
-def job_overrides(experiment: str | None, overrides: Iterable[str] = ()) -> list[list[str]]:
-    """One override list per job of the sweep (its axes crossed, command-line lists included)."""
-    head = [f"experiment={experiment}"] if experiment else []
-    fixed, axes = sweep_axes([*head, *overrides])
-    return [fixed + list(c) for c in itertools.product(*axes.values())] if axes else [fixed]
-
-
-def experiment_cells(experiment: str | None, overrides: Iterable[str] = ()) -> list[Cell]:
-    """Every cell of the sweep (`experiment` + overrides) with its config hash and completed row
-    (None when it has none): what a job of the sweep would run or skip."""
-    from omegaconf import OmegaConf
-
-    from mmtok import results
-    from mmtok.runner import build_pruner_from, cell_config, identity
-
-    out: list[Cell] = []
-    completed: dict[str, dict[str, dict]] = {}
-    for job in job_overrides(experiment, overrides):
-        cfg = compose(job)
-        rdir = Path(cfg.results_dir)
-        if str(rdir) not in completed:
-            index: dict[str, dict] = {}
-            for row in results.all_rows(rdir):
-                if row.get("status") == "completed":
-                    index[str(row.get("config_hash"))] = row  # later rows win (all_rows is oldest first)
-            completed[str(rdir)] = index
-        for cell in cfg.cells or [f"{cfg.pruner.name}@{cfg.budget}" if cfg.budget else "none"]:
-            c = cell_config(cfg, cell)
-            key = results.config_hash(identity(OmegaConf.to_container(c, resolve=True), build_pruner_from(c)))
-            name, budget = parse_cell(cell)
-            row = completed[str(rdir)].get(key)
-            cell_exp = experiment or "-"
-            out.append(Cell(cell_exp, cfg.benchmark.name, cell, name, budget, key, cfg.model.name, rdir, row, job))
-    return out
-
-
-def pending_sweep(overrides: list[str]) -> tuple[list[str], int, int, int]:
-    """(overrides narrowed to the jobs that still have a missing cell, jobs in all, jobs pending,
-    cells missing); the counts are -1 when the sweep cannot be expanded here (launched unchanged).
-    Each swept key keeps the values some pending job has (exact for one swept key, e.g. an
-    experiment's benchmark axis); a job whose cells are all done is not launched at all."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    for ov in OverridesParser.create().parse_overrides(overrides):
-        if ov.is_sweep_override():
-            try:
-                list(ov.sweep_string_iterator())
-            except Exception:  # glob()/range() over groups: only Hydra can expand it; launch as given
-                return overrides, -1, -1, -1
-    fixed, axes = sweep_axes(overrides)
-    cells = experiment_cells(None, overrides)
-    jobs = list(dict.fromkeys(tuple(c.job) for c in cells))
-    pending = list(dict.fromkeys(tuple(c.job) for c in cells if c.row is None))
-    missing = sum(c.row is None for c in cells)
-    if not axes or not pending:
-        return overrides, len(jobs), len(pending), missing
-    narrowed = []
-    for values in axes.values():
-        keep = [v for v in values if any(v in job for job in pending)]
-        prefix, _, _ = keep[0].partition("=")
-        narrowed.append(f"{prefix}={','.join(v.split('=', 1)[1] for v in keep)}")
-    rest = [o for o in overrides if o.lstrip("+~").split("=", 1)[0] not in axes]
-    return rest + narrowed, len(jobs), len(pending), missing
 
 
 def value(row: dict | None, metric: str) -> float | None:
@@ -218,14 +68,14 @@ class TableOut:
     name: str
     markdown: str
     records: list[dict[str, Any]]  # the .csv: one record per cell
-    cells: list[Cell]
+    cells: list[SweepCell]
 
     @property
-    def missing(self) -> list[Cell]:
+    def missing(self) -> list[SweepCell]:
         return [c for c in self.cells if c.row is None]
 
 
-def _header(spec: TableSpec, cells: list[Cell], explain: str) -> str:
+def _header(spec: TableSpec, cells: list[SweepCell], explain: str) -> str:
     done = sum(c.row is not None for c in cells)
     return (
         f"# {spec.name}: ours beside the paper ({spec.paper})\n\n"
@@ -327,7 +177,7 @@ def build_grid(spec: TableSpec, overrides: list[str]) -> TableOut:
 # -- table 5: average retained % per budget -------------------------------------------------------
 def build_budgets(spec: TableSpec, overrides: list[str]) -> TableOut:
     paper = paper_rows(spec.paper)
-    all_cells: list[Cell] = []
+    all_cells: list[SweepCell] = []
     records, blocks = [], []
     for experiment, pmodel in zip(spec.experiments, spec.paper_models):
         cells = experiment_cells(experiment, overrides)
@@ -444,50 +294,3 @@ def write(out: TableOut, folder: Path) -> tuple[Path, Path]:
         tmp.write_text(text, encoding="utf-8")
         tmp.replace(path)
     return md, csv_path
-
-
-# -- command line ---------------------------------------------------------------------------------
-def main(argv: list[str] | None = None) -> int:
-    from mmtok.config import ConfigError
-
-    ap = argparse.ArgumentParser(prog="python -m mmtok.report", description=__doc__.split("\n\n")[0])
-    ap.add_argument("what", choices=("tables", "plots", "index", "status"))
-    ap.add_argument("--only", action="append", default=[], help=f"a table ({', '.join(TABLES)}); repeatable")
-    ap.add_argument("--out", default=None, help="output folder (default <results_dir>/tables or /plots)")
-    ap.add_argument("overrides", nargs="*", help="run.py overrides the sweep ran with (results_dir=…, limit=…)")
-    args = ap.parse_intermixed_args(argv)
-    try:
-        if args.what == "index":
-            from mmtok import results
-
-            rdir = Path(compose(args.overrides).results_dir)
-            path, n = results.rebuild_index(rdir)
-            print(f"[mmtok] {path}: {n} rows rebuilt from {rdir / 'runs'}")
-            return 0
-        names = args.only or list(TABLES)
-        bad = [n for n in names if n not in TABLES]
-        if bad:
-            raise ConfigError(f"unknown table {bad[0]!r}; valid: {', '.join(TABLES)}")
-        rdir = Path(compose(args.overrides).results_dir)
-        for name in names:
-            out = build(name, args.overrides)
-            if args.what == "tables":
-                md, c = write(out, Path(args.out) if args.out else rdir / "tables")
-                print(f"[mmtok] {md} (+ .csv): {len(out.cells) - len(out.missing)}/{len(out.cells)} cells filled")
-            elif args.what == "status":
-                print(f"[mmtok] {name}: {len(out.cells) - len(out.missing)}/{len(out.cells)} cells completed")
-                for c in out.missing:
-                    print(f"  missing {c.experiment} {c.benchmark} {c.cell} (hash {c.config_hash})")
-            else:
-                from mmtok.plots import plot
-
-                for path in plot(name, out, Path(args.out) if args.out else rdir / "plots"):
-                    print(f"[mmtok] {path}")
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -12,7 +12,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-STAGES = ("vision", "select", "prefill", "decode")
+from mmtok.report.builders import TableOut
+from mmtok.report.specs import TABLES
+from mmtok.store import STAGES as ROW_STAGES
+
+STAGES = tuple(s for s in ROW_STAGES if s != "total")  # the parts that stack up to the total
 
 
 def _pyplot():
@@ -111,10 +115,8 @@ def plot_latency(name: str, cells: list, folder: Path, title: str) -> Path:
     return path
 
 
-def plot(name: str, out, folder: Path) -> list[Path]:
-    """The figures of table `name` from its built `report.TableOut`."""
-    from mmtok.report import TABLES
-
+def plot(name: str, out: TableOut, folder: Path) -> list[Path]:
+    """The figures of table `name` from its built table."""
     spec = TABLES[name]
     paths = []
     if spec.kind == "grid":

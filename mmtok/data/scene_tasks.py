@@ -1,9 +1,10 @@
-"""The trained testbed's benchmarks, as local lmms-eval tasks in the real POPE / GQA formats.
+"""The scene benchmarks (scenes_pope, scenes_gqa) the trained testbed model is scored on, as local
+lmms-eval tasks in the real POPE / GQA formats.
 
-`mmtok.eval.testbed.build_testbed(out_dir, "scenes_pope" | "scenes_gqa", n=..., seed=...)` calls the
-builders below; the parquet columns are those of `mmtok.eval.testbed` (lmms-lab/POPE, lmms-lab/GQA),
+`mmtok.data.build_dataset(out_dir, "scenes_pope" | "scenes_gqa", n=..., seed=...)` calls the
+builders below; the parquet columns are those of `mmtok.data.local` (lmms-lab/POPE, lmms-lab/GQA),
 the task YAML includes the same templates, so lmms-eval scores them with its own POPE / GQA code and
-`mmtok.eval.metrics` adds POPE's per-split F1. Scenes come from `mmtok.testbed.scenes` with the
+`mmtok.eval.metrics` adds POPE's per-split F1. Scenes come from `mmtok.data.scenes` with the
 builder's random stream (`"<name>:<seed>"`), disjoint from the training streams.
 
 - scenes_pope: two questions per image, "Is there a <colour> object in the image?", one yes (a visible
@@ -22,9 +23,10 @@ import math
 import random
 from pathlib import Path
 
-from mmtok.eval.tasks import benchmark
-from mmtok.testbed import questions as Q
-from mmtok.testbed.scenes import COLOR_NAMES, counts, label_grid, render, sample_scene
+from mmtok.data import scene_questions as Q
+from mmtok.data.local import GQA_COLUMNS, write_gqa, write_parquet
+from mmtok.data.scenes import COLOR_NAMES, counts, label_grid, render, sample_scene
+from mmtok.data.tasks import benchmark
 
 POPE_SPLITS = ("random", "popular", "adversarial")
 GQA_TYPES = {
@@ -45,8 +47,6 @@ def _visible(rng: random.Random, k: int):
 
 def build_scenes_pope(out_dir: Path, n: int, rng: random.Random) -> list[Path]:
     import datasets
-
-    from mmtok.eval.testbed import _write
 
     scenes = []
     while len(scenes) < math.ceil(n / 2):
@@ -78,13 +78,11 @@ def build_scenes_pope(out_dir: Path, n: int, rng: random.Random) -> list[Path]:
     string = datasets.Value("string")
     features = datasets.Features({k: (datasets.Image() if k == "image" else string) for k in rows})
     path = out_dir / benchmark("scenes_pope").data_file
-    _write(rows, features, path)
+    write_parquet(rows, features, path)
     return [path]
 
 
 def build_scenes_gqa(out_dir: Path, n: int, rng: random.Random) -> list[Path]:
-    from mmtok.eval.testbed import GQA_COLUMNS, write_gqa
-
     images = {"id": [], "image": []}
     rows = {k: [] for k in GQA_COLUMNS}
     i = 0

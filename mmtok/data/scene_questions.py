@@ -19,11 +19,9 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-# The testbed speaks LLaVA-1.5's prompt format, exactly as the tiny checkpoints do.
-from mmtok.models.tiny import IMAGE_TOKEN
-from mmtok.models.tiny import LLAVA15_CHAT_TEMPLATE as CHAT_TEMPLATE  # noqa: F401  (re-exported)
-from mmtok.testbed.scenes import BG, BIG_MIN_CELLS, COLOR_NAMES, GRID, SMALL_MAX_CELLS, Scene
+from mmtok.data.scenes import BG, BIG_MIN_CELLS, COLOR_NAMES, GRID, SMALL_MAX_CELLS, Scene
 
+IMAGE_TOKEN = "<image>"  # the image placeholder of the prompt format the scenes' questions are asked in
 POST_PROMPT = "\nAnswer the question using a single word or phrase."
 SPECIALS = ("<unk>", "<s>", "</s>", "<pad>", IMAGE_TOKEN)
 KINDS = ("exist", "choose", "size", "bigcolor")

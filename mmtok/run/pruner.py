@@ -1,0 +1,46 @@
+"""The configured pruner: `pruner.name` and `pruner.params` (+ the run seed, a ratio budget and the
+model family's defaults) turned into a pruner object, with one-line errors for bad parameters."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+from omegaconf import DictConfig, OmegaConf
+
+from mmtok.pruners import PRUNERS, build_pruner
+from mmtok.run.schema import ConfigError
+from mmtok.run.validate import model_family
+
+
+def build_pruner_from(cfg: DictConfig, model_type: str | None = None):
+    """The configured pruner, with the parameters left at None set to the model family's defaults
+    (`Pruner.for_family`, e.g. MMTok's tau_t: 0.02 on LLaVA, 0.01 on Qwen2.5-VL), so rows and the
+    resume hash record the values that run. The family is `model_type`, else read from disk without
+    loading (`mmtok.config.model_family`); unknown (a checkpoint not downloaded yet): left unresolved.
+    Parameter errors become one-line ConfigErrors."""
+    name = cfg.pruner.name
+    params = dict(OmegaConf.to_container(cfg.pruner.params, resolve=True) or {})
+    ratio = cfg.pruner.get("retain_ratio")
+    if ratio is not None:
+        if params.get("retain_ratio") not in (None, ratio):
+            raise ConfigError(
+                f"pruner.retain_ratio={ratio} disagrees with pruner.params.retain_ratio={params['retain_ratio']}"
+            )
+        params["retain_ratio"] = ratio
+    if params.get("retain_ratio") is not None and cfg.budget is not None:
+        raise ConfigError(
+            f"retain_ratio={params['retain_ratio']} replaces the token budget: "
+            f"pass budget=null (budget is {cfg.budget})"
+        )
+    # YAML lists become tuples: sequence-valued pruner fields are tuples (hashable, like their defaults)
+    params = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
+    cls = PRUNERS.get(name)
+    if cls is not None and "seed" not in params and any(f.name == "seed" for f in fields(cls)):
+        params["seed"] = int(cfg.seed)  # the run seed, unless the pruner config sets its own
+    try:
+        pruner = build_pruner(name, cfg.budget, **params)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+    if model_type is None and not OmegaConf.is_missing(cfg.model, "path"):
+        model_type = model_family(cfg.model)
+    return pruner.for_family(model_type) if model_type else pruner
