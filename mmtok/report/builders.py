@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mmtok.report import averages
 from mmtok.report.specs import METRIC, PAPER_CSV, PAPER_EFFICIENCY_CSV, RAW_UNITS, TABLES, TableSpec
 from mmtok.run.sweep import SweepCell, experiment_cells
 
@@ -107,18 +108,21 @@ def build_grid(spec: TableSpec, overrides: list[str]) -> TableOut:
         c = by.get((method, budget, spec.our_bench(col)))
         return c, value(c.row if c else None, spec.metric[col])
 
+    # the paper's arithmetic (mmtok.report.averages): per-cell retention and Avg over the row's
+    # benchmarks, both against our own unpruned row
+    mine = {(m, b, col): v for m, b in order for col in columns if (v := ours(m, b, col)[1]) is not None}
+    retained = averages.derive(averages.Rule("retained_pct", "retention", tuple(columns)), mine)
+    averaged = averages.derive(averages.avg(tuple(columns)), mine)
     records, lines = [], []
     head = ["budget", "method", *columns, "avg retained %"]
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "---|" * len(head))
     for method, budget in order:
-        cols_md, rets = [], []
+        cols_md = []
         for col in columns:
             cell, v = ours(method, budget, col)
-            _, base = ours("none", None, col)
             p = pnum.get((method, budget, col))
-            ret = None if v is None or not base else 100.0 * v / base
-            rets.append(ret)
+            ret = retained.get((method, budget, col))
             digits = 0 if col == "mme" else 1
             text = f"{_ours(v, digits)} / {NOT_IN_PAPER if p is None else _fmt(p, digits)}"
             if v is not None and p is not None:
@@ -142,7 +146,7 @@ def build_grid(spec: TableSpec, overrides: list[str]) -> TableOut:
                     config_hash=cell.config_hash if cell else None,
                 )  # fmt: skip
             )
-        avg = sum(rets) / len(rets) if rets and all(r is not None for r in rets) else None
+        avg = averaged.get((method, budget, "avg_retained_pct"))
         p_avg = pnum.get((method, budget, "avg_retained_pct"))
         avg_text = f"{_ours(avg)} / {NOT_IN_PAPER if p_avg is None else _fmt(p_avg)}"
         if avg is not None and p_avg is not None:
@@ -167,7 +171,8 @@ def build_grid(spec: TableSpec, overrides: list[str]) -> TableOut:
         lines.append("| " + " | ".join([label, method, *cols_md, avg_text]) + " |")
     explain = (
         "avg retained % = mean over the row's benchmarks of (score / our unpruned score × 100), as the paper "
-        "computes its Avg. column (checked: it reproduces the paper's Avg. from its own cells to ±0.1); shown "
+        "computes its Avg. column (tests/test_paper_arithmetic.py reproduces the paper's Avg. from its own cells, "
+        "its few inconsistencies listed in docs/reproducing.md); shown "
         f"`{MISSING}` unless every benchmark of the row has a run. Units: % except MME (points)."
     )
     md = _header(spec, cells, explain) + "\n".join(lines) + "\n"
@@ -188,19 +193,19 @@ def build_budgets(spec: TableSpec, overrides: list[str]) -> TableOut:
         budgets = list(dict.fromkeys(int(r["budget"]) for r in prow))
         methods = list(dict.fromkeys(r["method"] for r in prow))
         pnum = {(r["method"], int(r["budget"])): float(r["score"]) for r in prow}
+        mine = {}
+        for (m, b, bench), c in by.items():
+            v = value(c.row, METRIC[bench] if bench in METRIC else bench)
+            if v is not None:
+                mine[(m, b, bench)] = v
+        averaged = averages.derive(averages.avg(tuple(benches), "high_ic_avg_retained_pct"), mine)
         lines = [f"## {pmodel} ({experiment}: {', '.join(benches)})", ""]
         lines.append("| method | " + " | ".join(map(str, budgets)) + " |")
         lines.append("|" + "---|" * (len(budgets) + 1))
         for m in methods:
             row_md = []
             for b in budgets:
-                rets = []
-                for bench in benches:
-                    c, base = by.get((m, b, bench)), by.get(("none", None, bench))
-                    metric = METRIC[bench] if bench in METRIC else bench
-                    v, bv = value(c.row if c else None, metric), value(base.row if base else None, metric)
-                    rets.append(None if v is None or not bv else 100.0 * v / bv)
-                avg = sum(rets) / len(rets) if rets and all(r is not None for r in rets) else None
+                avg = averaged.get((m, b, "high_ic_avg_retained_pct"))
                 p = pnum.get((m, b))
                 text = f"{_ours(avg)} / {NOT_IN_PAPER if p is None else _fmt(p)}"
                 if avg is not None and p is not None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from mmtok.run.schema import ROOT
 
 PAPER_CSV = ROOT / "results" / "paper" / "paper_tables.csv"
+PAPER_MORE_CSV = ROOT / "results" / "paper" / "paper_tables_more.csv"  # the appendix tables (notes beside it)
 PAPER_EFFICIENCY_CSV = ROOT / "results" / "paper" / "paper_efficiency.csv"
 
 
