@@ -295,3 +295,32 @@ def test_rule_errors_name_the_valid_choices():
         A.Rule("x", "median", ("gqa",))
     with pytest.raises(ValueError, match="2 'none' rows \\(r1.0, 2048\\); name one with reference_budget"):
         A.derive(A.avg(A.QWEN_DAGGER), A.section_cells(_section("table20", "qwen25vl_7b"), PAPER)[0])
+
+
+def test_rules_on_hand_computed_cells():
+    cells = {
+        ("none", None, "a"): 50.0, ("none", None, "b"): 2000.0,  # b in raw points (MME-like)
+        ("x", 8, "a"): 45.0, ("x", 8, "b"): 1000.0,
+        ("y", 8, "a"): 40.0,  # no b: its row-wide values are left out, never filled
+    }  # fmt: skip
+    assert A.derive(A.avg(("a", "b")), cells) == {
+        ("none", None, "avg_retained_pct"): 100.0,
+        ("x", 8, "avg_retained_pct"): (90.0 + 50.0) / 2,
+    }
+    assert A.derive(A.Rule("r", "retention", ("a", "b")), cells)[("y", 8, "a")] == 80.0
+    # exactly 90 % counts as reaching 90 % (45 / 50), decided on the printed decimals, not binary floats
+    assert A.derive(A.Rule("n", "count_at_least", ("a", "b"), threshold=90), cells)[("x", 8, "n")] == 1.0
+    assert A.derive(A.Rule("n", "count_at_least", ("a", "b"), threshold=50), cells)[("x", 8, "n")] == 2.0
+    assert A.derive(A.Rule("m", "raw_mean", ("a",)), cells)[("x", 8, "m")] == 45.0
+    ic = A.derive(A.Rule("ic", "relative_change", ("a",), reference="y", numerator="none"), cells)
+    assert ic == {("ic", None, "a"): 0.25}
+    assert A.derive(A.Rule("t", "scaled", ("a",), threshold=0.8), cells) == {("t", None, "a"): 40.0}
+    tokens = {("none", "r1.0", "a"): 867.6, ("m", "r0.1", "a"): 0.0, ("m", "r0.2", "a"): 0.0}
+    assert A.derive(A.Rule("t", "budget_ratio", ("a",)), tokens) == pytest.approx(
+        {("m", "r0.1", "a"): 86.76, ("m", "r0.2", "a"): 173.52}
+    )
+    # the range under each cell's own rounding: 45 ± 0.5 over 50 ± 0.5
+    lo, hi = A.derive_range(A.Rule("r", "retention", ("a",)), cells, {k: 0.5 for k in cells})[("x", 8, "a")]
+    assert (lo, hi) == (pytest.approx(100 * 44.5 / 50.5), pytest.approx(100 * 45.5 / 49.5))
+    assert A.printed_tolerance("96.7") == 0.05 and A.printed_tolerance("2.347") == 0.0005
+    assert A.agrees(96.749, "96.7") and not A.agrees(96.76, "96.7") and not A.agrees(7.0, "8")
