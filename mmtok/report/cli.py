@@ -14,6 +14,7 @@ from pathlib import Path
 from mmtok import store
 from mmtok.report.builders import build, write
 from mmtok.report.specs import TABLES
+from mmtok.report.status import summary
 from mmtok.run.compose import compose
 from mmtok.run.schema import ConfigError
 
@@ -36,15 +37,22 @@ def main(argv: list[str] | None = None) -> int:
         if bad:
             raise ConfigError(f"unknown table {bad[0]!r}; valid: {', '.join(TABLES)}")
         rdir = Path(compose(args.overrides).results_dir)
+        jobs: dict[tuple[str, ...], int | None] = {}
+
+        def bound(cell) -> int | None:  # the most generations one cell of this job makes (limit x tasks)
+            key = tuple(cell.job)
+            if key not in jobs:
+                cfg = compose(list(key))
+                jobs[key] = cfg.limit * max(1, len(cfg.benchmark.tasks)) if cfg.limit else None
+            return jobs[key]
+
         for name in names:
             out = build(name, args.overrides)
             if args.what == "tables":
                 md, c = write(out, Path(args.out) if args.out else rdir / "tables")
                 print(f"[mmtok] {md} (+ .csv): {len(out.cells) - len(out.missing)}/{len(out.cells)} cells filled")
             elif args.what == "status":
-                print(f"[mmtok] {name}: {len(out.cells) - len(out.missing)}/{len(out.cells)} cells completed")
-                for c in out.missing:
-                    print(f"  missing {c.experiment} {c.benchmark} {c.cell} (hash {c.config_hash})")
+                print("\n".join(summary(name, out.cells, bound)))
             else:
                 from mmtok.report.plots import plot  # defers matplotlib
 
