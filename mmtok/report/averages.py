@@ -41,7 +41,6 @@ KINDS = {
     "scaled": "the benchmarks' own units",
     "budget_ratio": "the reference's units (tokens)",
 }
-ROW_KINDS = ("retention_mean", "raw_mean", "count_at_least")  # one value per row, under `column`
 
 
 @dataclass(frozen=True)
