@@ -22,6 +22,7 @@ from typing import Any
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from mmtok.choices import IMAGE_PREPROCESS, MULTI_IMAGE, PROMPT_FORMATS, check_family_options
+from mmtok.models.hub import cached_hub_snapshot, is_hub_id
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = ROOT / "configs"
@@ -36,7 +37,6 @@ TINY_FAMILIES = ("llava", "llava_next", "qwen2_5_vl")  # = their model_type
 SUMMARIES = ("pope", "gqa", "mme")
 TESTBEDS = ("pope", "gqa", "mme", "scenes_pope", "scenes_gqa")
 _DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
-_HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 class ConfigError(ValueError):
@@ -290,26 +290,11 @@ def check_family(cfg: DictConfig, model_type: str | None = None) -> None:
             raise ConfigError(f"{exc}{where}") from None
 
 
-def is_hub_id(path: str) -> bool:
-    return bool(_HUB_ID_RE.match(path)) and not os.path.exists(path)
-
-
 def hub_offline() -> bool:
     return any(
         os.environ.get(v, "").strip().upper() in ("1", "ON", "YES", "TRUE")
         for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
     )
-
-
-def cached_hub_snapshot(repo_id: str) -> str | None:
-    """The local HF-cache file of `repo_id`'s config.json, or None (never touches the network)."""
-    from huggingface_hub import try_to_load_from_cache
-
-    try:
-        found = try_to_load_from_cache(repo_id, "config.json")
-    except Exception:  # malformed id or unreadable cache: treat as not cached
-        return None
-    return found if isinstance(found, str) else None
 
 
 def check_model_source(model: DictConfig) -> None:
