@@ -3,7 +3,7 @@
 Timing rule: every boundary that is read on the host is preceded by a device synchronisation on
 CUDA (kernels are asynchronous, so `time.perf_counter` alone would time the kernel *launches*).
 On CPU the synchronisation is a no-op and `perf_counter` is exact. The pruner core uses the same
-rule for its vision / selection split (`mmtok.pruners.base.sync`), so all parts of a request are
+rule for its vision / selection split (`now` in `mmtok.pruners.core.engine`), so all parts of a request are
 measured the same way.
 """
 

@@ -133,7 +133,7 @@ def run_family(family, args, device, dtype, dtype_name, timer, info):
             with pruner(model, tokenizer=processor.tokenizer, questions=[QUESTION]):
                 ms, _ = timer.measure(lambda: model.generate(**batch, **generate))
             stats = pruner.last_stats
-            splits.setdefault(spec, []).append((stats["vision_s"] * 1e3, stats["select_s"] * 1e3))
+            splits.setdefault(spec, []).append((stats.vision_s * 1e3, stats.select_s * 1e3))
             lengths[spec] = pruner.request.prompt_length
             return ms
 

@@ -40,8 +40,8 @@ import benchlib
 import torch
 import torch.nn.functional as F
 
+from mmtok.pruners import attention_rows
 from mmtok.pruners.fastv import fastv_keep
-from mmtok.pruners.inllm import attention_rows
 from mmtok.selection.divprune import divprune_select
 from mmtok.selection.mmtok import mmtok_select
 from mmtok.selection.random import random_select

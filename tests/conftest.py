@@ -106,3 +106,12 @@ def tiny_llava_eager(tiny_llava_path):
     from transformers import LlavaForConditionalGeneration
 
     return LlavaForConditionalGeneration.from_pretrained(tiny_llava_path, attn_implementation="eager").eval()
+
+
+@pytest.fixture
+def pruner_registry():
+    """The global pruner registry, restored to its state before the test on exit (every test that registers uses it)."""
+    from tests._registry import registry_snapshot
+
+    with registry_snapshot() as registry:
+        yield registry

@@ -161,7 +161,7 @@ def test_pruner_uses_the_question_and_the_clip(tiny_models):
     """On the tiny LLaVA-1.5: the kept indices are `cdpruner_select` of the projected tokens, the
     CLIP embeddings of the patch features (CLS dropped) and the cleaned question; they depend on it."""
     from mmtok.models.adapters import adapter_for
-    from mmtok.pruners.base import SampleContext
+    from mmtok.pruners import SampleContext
     from mmtok.pruners.cdpruner import load_clip
     from mmtok.selection.text import strip_prompt
 
@@ -199,7 +199,7 @@ def test_missing_clip_is_a_one_line_error_before_any_generation(tiny_models, tmp
     model, processor = tiny_models["llava"]
     pruner = build_pruner("cdpruner", budget=8)  # the default hub id
     with pytest.raises(ValueError) as err:
-        pruner.check_budget(model.config)  # what the runner calls before the weights load
+        pruner.check_config(model.config)  # what the runner calls before the weights load
     msg = str(err.value)
     assert "\n" not in msg
     assert "'openai/clip-vit-large-patch14-336' is not in the local HF cache" in msg
@@ -212,13 +212,13 @@ def test_missing_clip_is_a_one_line_error_before_any_generation(tiny_models, tmp
             model.generate(**inputs(processor, QUESTIONS[:1]), max_new_tokens=2)
     assert calls == []  # failed while selecting, before generation
     with pytest.raises(ValueError, match=f"clip_path '{tmp_path}' has no config.json"):
-        build_pruner("cdpruner", budget=8, clip_path=str(tmp_path)).check_budget(model.config)
+        build_pruner("cdpruner", budget=8, clip_path=str(tmp_path)).check_config(model.config)
     with pytest.raises(ValueError, match="clip_path '/no/such/clip' does not exist"):
-        build_pruner("cdpruner", budget=8, clip_path="/no/such/clip").check_budget(model.config)
+        build_pruner("cdpruner", budget=8, clip_path="/no/such/clip").check_config(model.config)
     with pytest.raises(ValueError, match="is not in the local HF cache"):  # a ratio prunes too
-        build_pruner("cdpruner", retain_ratio=0.25).check_budget(model.config)
-    build_pruner("cdpruner", budget=None).check_budget(model.config)  # keep-all needs no CLIP
-    build_pruner("cdpruner", budget=8, clip_path=tiny_clip_path()).check_budget(model.config)
+        build_pruner("cdpruner", retain_ratio=0.25).check_config(model.config)
+    build_pruner("cdpruner", budget=None).check_config(model.config)  # keep-all needs no CLIP
+    build_pruner("cdpruner", budget=8, clip_path=tiny_clip_path()).check_config(model.config)
 
 
 def test_clip_of_another_width_is_refused_from_the_configs(tiny_models, tmp_path):
@@ -227,7 +227,7 @@ def test_clip_of_another_width_is_refused_from_the_configs(tiny_models, tmp_path
     model, _ = tiny_models["llava"]
     other = build_tiny_clip(tmp_path / "clip48", vision_width=48)
     with pytest.raises(ValueError, match="has vision width 48, the model's vision tower 32"):
-        build_pruner("cdpruner", budget=8, clip_path=str(other)).check_budget(model.config)
+        build_pruner("cdpruner", budget=8, clip_path=str(other)).check_config(model.config)
 
 
 def _runner_config(mmtok_cache, tmp_path, *overrides):

@@ -68,8 +68,8 @@ def test_keep_all_reproduces_unpruned_generations(tiny_qwen, method):
         with pruner(model, tokenizer=processor.tokenizer, questions=_questions(which)):
             out = _generate(model, batch)
         assert torch.equal(out, ref), f"{method.name} keep-all differs from the unpruned model (batch {len(which)})"
-        stats = pruner.last_stats["samples"]
-        assert [s["vision_tokens"] for s in stats] == [s["vision_tokens_full"] for s in stats]
+        stats = pruner.last_stats.samples
+        assert [s.vision_tokens for s in stats] == [s.vision_tokens_full for s in stats]
 
 
 @pytest.mark.parametrize("name", [n for n, c in PRUNERS.items() if n not in pruners_for(FAMILY)])
@@ -114,10 +114,10 @@ def test_llm_receives_exactly_the_budget(tiny_qwen, method, budget):
     finally:
         handle.remove()
     assert seen == [[t + k for t, k in zip(n_text, want)]], (method.name, budget)
-    stats = pruner.last_stats["samples"]
-    assert [s["vision_tokens"] for s in stats] == want
-    assert [s["vision_tokens_full"] for s in stats] == full
-    assert [len(s["kept_index"]) for s in stats] == want
+    stats = pruner.last_stats.samples
+    assert [s.vision_tokens for s in stats] == want
+    assert [s.vision_tokens_full for s in stats] == full
+    assert [len(s.kept_index) for s in stats] == want
     assert [span.length for span in pruner.request.spans] == want
 
 
@@ -136,13 +136,13 @@ def test_in_llm_layers_receive_the_schedule(tiny_qwen, method):
         finally:
             for h in handles:
                 h.remove()
-        stats = pruner.last_stats["samples"][0]
-        n = stats["vision_tokens_full"]
+        stats = pruner.last_stats.samples[0]
+        n = stats.vision_tokens_full
         counted = [seen[j] - n_text for j in range(layers)]
         assert counted == pruner.layer_schedule(n, model.config), (method.name, i)
         assert counted[0] == n and counted[-1] < n, "the schedule must prune on the tiny model"
-        assert stats["layer_vision_tokens"] == counted
-        assert stats["equivalent_tokens"] == pytest.approx(sum(counted) / layers)
+        assert stats.layer_vision_tokens == counted
+        assert stats.equivalent_tokens == pytest.approx(sum(counted) / layers)
 
 
 def test_fastv_retain_ratio_keeps_int_ratio_of_each_image(tiny_qwen):
@@ -151,7 +151,7 @@ def test_fastv_retain_ratio_keeps_int_ratio_of_each_image(tiny_qwen):
     pruner = build_pruner("fastv", retain_ratio=0.2)
     with pruner(model, tokenizer=processor.tokenizer, questions=QUESTIONS[:3]):
         _generate(model, batch, max_new_tokens=2)
-    assert [s["vision_tokens"] for s in pruner.last_stats["samples"]] == [4, 7, 5]  # int(0.2 * 24 / 35 / 28)
+    assert [s.vision_tokens for s in pruner.last_stats.samples] == [4, 7, 5]  # int(0.2 * 24 / 35 / 28)
 
 
 @pytest.mark.parametrize("method", ids([m for m in QWEN if m.batched and m.name != "none"]))
@@ -160,12 +160,12 @@ def test_batch_equals_one_by_one(tiny_qwen, method):
     pruner = build_pruner(method.name, budget=16 if method.in_llm else 8)
     with pruner(model, tokenizer=processor.tokenizer, questions=QUESTIONS[:3]):
         together = _generate(model, _batch(processor))
-        kept = [s["vision_tokens"] for s in pruner.last_stats["samples"]]
+        kept = [s.vision_tokens for s in pruner.last_stats.samples]
     eos = _eos(model)
     for i in range(3):
         with pruner(model, tokenizer=processor.tokenizer, questions=_questions((i,))):
             alone = _generate(model, _batch(processor, (i,)))
-        assert kept[i] == pruner.last_stats["samples"][0]["vision_tokens"]
+        assert kept[i] == pruner.last_stats.samples[0].vision_tokens
         assert _until_eos(together[i], eos) == _until_eos(alone[0], eos), (method.name, i)
 
 
@@ -177,7 +177,7 @@ def test_pruned_run_equals_no_cache_reference_at_original_positions(tiny_qwen, m
     pruner = build_pruner(method.name, budget=8)
     with pruner(model, tokenizer=processor.tokenizer, questions=QUESTIONS[:3]):
         ours = _generate(model, batch, max_new_tokens=10)
-    kept = [torch.tensor(s["kept_index"]) for s in pruner.last_stats["samples"]]
+    kept = [torch.tensor(s.kept_index) for s in pruner.last_stats.samples]
     with torch.no_grad():
         full = Q.build_request(model, batch)
     pruned = Q.keep_image_tokens(full, kept)
@@ -245,7 +245,7 @@ def test_mmtok_on_qwen_equals_the_release_rule(tiny_qwen):
             C = _release_coverage(text, im.merged, im.vit)
             if _min_margin(C, k) < 1e-6:  # a numerical tie: either pick is the rule's
                 continue
-            assert pruner.last_stats["samples"][b]["kept_index"] == _plain_greedy(C, k)
+            assert pruner.last_stats.samples[b].kept_index == _plain_greedy(C, k)
             checked += 1
     assert checked >= 7
     # the family default is Qwen's tau_t (0.01), and the runner can record it resolved
@@ -331,7 +331,7 @@ def test_fastv_on_qwen_equals_a_hand_run_reference(tiny_qwen, which):
         ours = _generate(model, batch, max_new_tokens=8)
     ref = _fastv_reference(model, batch, k_layer=2, r=5, steps=8)
     assert _until_eos(ours[0], _eos(model)) == ref
-    assert pruner.last_stats["samples"][0]["layer_vision_tokens"][2:] == [5] * 6
+    assert pruner.last_stats.samples[0].layer_vision_tokens[2:] == [5] * 6
 
 
 def _release_qwen_divprune(features: torch.Tensor, k: int) -> list[int]:
@@ -363,7 +363,7 @@ def test_divprune_on_qwen_equals_the_release_variant(tiny_qwen):
         with pruner(model, tokenizer=processor.tokenizer, questions=QUESTIONS[:3]):
             _generate(model, batch, max_new_tokens=1)
         for b, im in enumerate(feats):
-            got = pruner.last_stats["samples"][b]["kept_index"]
+            got = pruner.last_stats.samples[b].kept_index
             assert got == _release_qwen_divprune(im.vit, k), (k, b)
             differs += got != _release_qwen_divprune(im.merged, k)
     assert differs > 0  # the features matter: on the merged tokens the picks would differ

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
+from mmtok.pruners import rotary_keys
 from mmtok.pruners.dart import DARTPruner
-from mmtok.pruners.inllm import rotary_keys
 from mmtok.selection.dart import dart_kept_count, dart_per_pivot, dart_select
 from tests._tiny import QUESTIONS, generate, inputs
 
@@ -101,7 +101,7 @@ def test_keys_are_layer_k_minus_1_keys_and_picks_match(tiny_models):
     ids = batch["input_ids"][0]
     start = int((ids == model.config.image_token_id).nonzero()[0])
     expected = dart_select(keys[0], states, start, 36, 16)
-    assert pruner.last_trace[0]["keep"][0].tolist() == expected.tolist()
+    assert pruner.last_trace[0].keep[0].tolist() == expected.tolist()
     assert len(expected) == 20
     with torch.no_grad():
         assert out.past_key_values.layers[2].keys.shape[-2] == prompt - 36 + 20

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -76,8 +78,8 @@ def test_pruned_layers_see_text_plus_r_with_original_positions(models, k):
         )
         out = model.generate(**batch, max_new_tokens=4, do_sample=False, return_dict_in_generate=True)
         handle.remove()
-    keep = pruner.last_trace[0]["keep"][0]
-    assert pruner.last_trace[0]["layer"] == k - 1
+    keep = pruner.last_trace[0].keep[0]
+    assert pruner.last_trace[0].layer == k - 1
     assert keep.tolist() == sorted(keep.tolist()) and keep.numel() == r
     text = length - N
     assert [s[0] for s in seen] == [text + r, 1, 1, 1]
@@ -89,9 +91,9 @@ def test_pruned_layers_see_text_plus_r_with_original_positions(models, k):
     for i in range(LAYERS):
         expected = (length if i < k else text + r) + generated
         assert cache.layers[i].keys.shape[-2] == expected, i
-    stats = pruner.last_stats["samples"][0]
-    assert stats["vision_tokens"] == r
-    assert stats["equivalent_tokens"] == pytest.approx((k * N + (LAYERS - k) * r) / LAYERS)
+    stats = pruner.last_stats.samples[0]
+    assert stats.vision_tokens == r
+    assert stats.equivalent_tokens == pytest.approx((k * N + (LAYERS - k) * r) / LAYERS)
 
 
 def test_scores_equal_eager_attention_of_the_last_token(models, tiny_llava_eager):
@@ -109,8 +111,8 @@ def test_scores_equal_eager_attention_of_the_last_token(models, tiny_llava_eager
     for b in range(2):
         start = _image_start(model, batch["input_ids"][b])
         reference = attn[b, :, -1, start : start + N].mean(0)
-        torch.testing.assert_close(pruner.last_trace[0]["scores"][b], reference, atol=1e-6, rtol=1e-4)
-        assert pruner.last_trace[0]["keep"][b].tolist() == fastv_keep(reference, 6).tolist()
+        torch.testing.assert_close(pruner.last_trace[0].scores[b], reference, atol=1e-6, rtol=1e-4)
+        assert pruner.last_trace[0].keep[b].tolist() == fastv_keep(reference, 6).tolist()
 
 
 # -- identity and batches -------------------------------------------------------------------------
@@ -125,8 +127,8 @@ def test_keep_all_reproduces_the_unpruned_model(models, family):
                 out = generate(model, batch, max_new_tokens=8)
             assert torch.equal(out, reference), (family, b, pruner)
             assert len(pruner.last_trace) == 1  # the scores were computed all the same
-            for s in pruner.last_stats["samples"]:
-                assert s["vision_tokens"] == s["vision_tokens_full"] == s["equivalent_tokens"]
+            for s in pruner.last_stats.samples:
+                assert s.vision_tokens == s.vision_tokens_full == s.equivalent_tokens
 
 
 @pytest.mark.parametrize("family,budget", [("llava", 8), ("llava_next", 40)])
@@ -138,15 +140,15 @@ def test_batch_equals_one_by_one_while_pruning(models, family, budget):
     batch = inputs(processor)
     with pruner(model, tokenizer=processor.tokenizer):
         together = generate(model, batch, max_new_tokens=8)
-        stats = [dict(s) for s in pruner.last_stats["samples"]]
+        stats = [dataclasses.replace(s) for s in pruner.last_stats.samples]
     reference = generate(model, batch, max_new_tokens=8)
     assert not torch.equal(together, reference)  # pruning is active and changes the answers
-    assert all(s["vision_tokens"] < s["vision_tokens_full"] for s in stats)
+    assert all(s.vision_tokens < s.vision_tokens_full for s in stats)
     if family == "llava_next":
-        assert len({s["vision_tokens_full"] for s in stats}) > 1
+        assert len({s.vision_tokens_full for s in stats}) > 1
     for i, q in enumerate(QUESTIONS):
         single = inputs(processor, [q], imgs=[images()[i]])
         with pruner(model, tokenizer=processor.tokenizer):
             alone = generate(model, single, max_new_tokens=8)
-        assert pruner.last_stats["samples"][0]["vision_tokens"] == stats[i]["vision_tokens"]
+        assert pruner.last_stats.samples[0].vision_tokens == stats[i].vision_tokens
         assert together[i].tolist() == alone[0].tolist(), (family, i)

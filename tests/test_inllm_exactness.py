@@ -12,9 +12,8 @@ import pytest
 import torch
 
 from mmtok.models.adapters import adapter_for
-from mmtok.pruners import build_pruner
+from mmtok.pruners import Cut, build_pruner
 from mmtok.pruners.fastv import FastVPruner
-from mmtok.pruners.inllm import Cut
 from tests._tiny import QUESTIONS, generate, inputs
 
 
@@ -56,7 +55,7 @@ def test_fastv_first_token_equals_the_model_with_dropped_keys_masked(tiny_models
         out = model.generate(
             **batch, max_new_tokens=1, do_sample=False, output_logits=True, return_dict_in_generate=True
         )
-    keep = pruner.last_trace[0]["keep"][0]
+    keep = pruner.last_trace[0].keep[0]
     ids = batch["input_ids"][0]
     length = ids.shape[0]
     image = (ids == model.config.image_token_id).nonzero().flatten()
@@ -93,5 +92,5 @@ def test_visionzip_cls_attention_equals_the_towers_own_weights(tiny_models, tiny
     eager = tiny_llava_eager
     with torch.no_grad():
         ref = eager.model.vision_tower(batch["pixel_values"], output_attentions=True).attentions[-2][:, :, 0]
-    got = torch.stack([img.extras["cls_attention"][0] for img in images])
+    got = torch.stack([img.cls_attention[0] for img in images])
     assert torch.allclose(got, ref, atol=1e-6)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mmtok.pruners import attention_rows
 from mmtok.pruners.fastv import FastVPruner
-from mmtok.pruners.inllm import attention_rows
 from mmtok.pruners.sparsevlm import SparseVLMPruner
 from tests._tiny import QUESTIONS, generate, inputs
 
@@ -134,7 +134,7 @@ def _kept_columns(pruner, image_id, batch, length, step):
     cols = []
     for b in range(batch["input_ids"].shape[0]):
         start = int((batch["input_ids"][b] == image_id).nonzero()[0])
-        keep = pruner.last_trace[0]["keep"][b]
+        keep = pruner.last_trace[0].keep[b]
         cols.append(torch.cat([torch.arange(start), start + keep, torch.arange(start + N, length + step)]))
     return torch.stack(cols)[:, None, None, :]
 

@@ -8,8 +8,7 @@ from fractions import Fraction
 import pytest
 import torch
 
-from mmtok.pruners import build_pruner
-from mmtok.pruners.inllm import attention_rows
+from mmtok.pruners import attention_rows, build_pruner
 from mmtok.pruners.pdrop import PDropPruner
 from mmtok.selection import top_in_order
 from mmtok.selection.pdrop import default_rank_layers, solve_ratio, stage_counts, stage_lengths
@@ -123,7 +122,7 @@ def test_first_drop_follows_the_eager_attention_of_the_rank_layer(tiny_models, t
         attn = tiny_llava_eager(**batch, output_attentions=True).attentions[4][0]  # [H, L, L], layer 4 unpruned
     reference = attn[:, -1, start : start + N].mean(dim=0)
     trace = pruner.last_trace[0]
-    assert trace["layer"] == 4
-    torch.testing.assert_close(trace["scores"][0], reference, atol=1e-6, rtol=1e-4)
-    assert trace["keep"][0].tolist() == top_in_order(reference, 18).tolist()
-    assert [t["keep"][0].numel() for t in pruner.last_trace] == [18, 9, 4]
+    assert trace.layer == 4
+    torch.testing.assert_close(trace.scores[0], reference, atol=1e-6, rtol=1e-4)
+    assert trace.keep[0].tolist() == top_in_order(reference, 18).tolist()
+    assert [t.keep[0].numel() for t in pruner.last_trace] == [18, 9, 4]

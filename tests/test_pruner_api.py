@@ -169,7 +169,7 @@ def test_random_seed_changes_the_subset_and_is_reproducible(next_model):
 
 
 def _ctx(adapter, model, processor, question):
-    from mmtok.pruners.base import SampleContext
+    from mmtok.pruners import SampleContext
 
     ids = processor.tokenizer(question, return_tensors="pt").input_ids[0]
     return SampleContext(
@@ -246,7 +246,7 @@ def test_paper_layout_keep_all_has_every_crop_token_and_grows_with_the_budget(ne
             warnings.simplefilter("ignore")
             with pruner(model):
                 generate(model, batch, max_new_tokens=1)
-        kept.append(pruner.last_stats["samples"][0]["vision_tokens"])
+        kept.append(pruner.last_stats.samples[0].vision_tokens)
     assert kept == [35 * crops, 36 * crops, 36 * crops]
 
 
@@ -257,10 +257,10 @@ def test_in_llm_pruners_refuse_beam_search(next_model):
             model.generate(**inputs(processor, QUESTIONS[:1]), max_new_tokens=2, num_beams=2)
 
 
-def test_check_budget_needs_only_the_config(next_model):
+def test_check_config_needs_only_the_config(next_model):
     model, _ = next_model
-    build_pruner("mmtok", budget=5).check_budget(model.config)
+    build_pruner("mmtok", budget=5).check_config(model.config)
     with pytest.raises(ValueError, match=r"budget 4 is below one token per crop for llava_next \(5 crops\)"):
-        build_pruner("mmtok", budget=4).check_budget(model.config)
+        build_pruner("mmtok", budget=4).check_config(model.config)
     with pytest.raises(ValueError, match="fastv: layer K=20 must be below the LLM's 16 layers"):
-        build_pruner("fastv", budget=100, layer=20).check_budget(model.config)
+        build_pruner("fastv", budget=100, layer=20).check_config(model.config)

@@ -106,8 +106,8 @@ def test_keep_all_reproduces_unpruned_generations(models, family, name):
         with pruner(model, tokenizer=processor.tokenizer, questions=QUESTIONS[:b]):
             out = generate(model, batch)
         assert torch.equal(out, ref), f"{name} keep-all differs from the unpruned model (batch {b})"
-        full = [s["vision_tokens_full"] for s in pruner.last_stats["samples"]]
-        assert [s["vision_tokens"] for s in pruner.last_stats["samples"]] == full
+        full = [s.vision_tokens_full for s in pruner.last_stats.samples]
+        assert [s.vision_tokens for s in pruner.last_stats.samples] == full
 
 
 def _llm_input_lengths(model):
@@ -138,7 +138,7 @@ def test_llm_receives_exactly_the_budget(models, family, name):
         finally:
             handle.remove()
         assert seen == [n_text + 8 * crops], (name, family, q)
-        assert pruner.last_stats["samples"][0]["vision_tokens"] == 8 * crops
+        assert pruner.last_stats.samples[0].vision_tokens == 8 * crops
         assert pruner.request.spans[0].length == 8 * crops
 
 
@@ -156,12 +156,12 @@ def test_batch_equals_one_by_one(models, family, name):
     batch = inputs(processor)
     with pruner(model, tokenizer=processor.tokenizer, questions=QUESTIONS):
         together = generate(model, batch)
-        kept = [s["vision_tokens"] for s in pruner.last_stats["samples"]]
+        kept = [s.vision_tokens for s in pruner.last_stats.samples]
     for i, q in enumerate(QUESTIONS):
         single = inputs(processor, [q], imgs=_img(i))
         with pruner(model, tokenizer=processor.tokenizer, questions=[q]):
             alone = generate(model, single)
-        assert kept[i] == pruner.last_stats["samples"][0]["vision_tokens"]
+        assert kept[i] == pruner.last_stats.samples[0].vision_tokens
         # the batched row is left-padded and padded again after its EOS: compare up to EOS
         eos = model.generation_config.eos_token_id
         assert until_eos(together[i], eos) == until_eos(alone[0], eos), (name, family, i)
@@ -212,7 +212,7 @@ def assert_selecting_every_token_is_identity(name, model, processor):
     layout) sequence is then exactly the unmodified model's image tokens. (The request path never
     calls `select` for k >= n, so keep-all generation tests alone would not exercise it.)"""
     from mmtok.models.adapters import adapter_for
-    from mmtok.pruners.base import SampleContext
+    from mmtok.pruners import SampleContext
 
     adapter = adapter_for(model)
     pruner = make(name, budget=TOKENS_PER_CROP * adapter.max_crops())
@@ -275,14 +275,14 @@ def test_in_llm_layers_receive_the_schedule(models, family, method):
         finally:
             for h in handles:
                 h.remove()
-        stats = pruner.last_stats["samples"][0]
-        n = stats["vision_tokens_full"]
+        stats = pruner.last_stats.samples[0]
+        n = stats.vision_tokens_full
         counted = [seen[i] - n_text for i in range(layers)]
         assert counted == pruner.layer_schedule(n, model.config), (method.name, family, q)
         assert counted[0] == n and counted[-1] < n, "the schedule must prune on the tiny models"
-        assert stats["layer_vision_tokens"] == counted
-        assert stats["equivalent_tokens"] == pytest.approx(sum(counted) / layers)
-        assert stats["vision_tokens"] <= counted[-1]  # less if the last layer's output is pruned too
+        assert stats.layer_vision_tokens == counted
+        assert stats.equivalent_tokens == pytest.approx(sum(counted) / layers)
+        assert stats.vision_tokens <= counted[-1]  # less if the last layer's output is pruned too
 
 
 @pytest.mark.parametrize("family", FAMILIES)

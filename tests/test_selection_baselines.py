@@ -9,7 +9,7 @@ import random
 import pytest
 import torch
 
-from mmtok.selection.divprune import cosine_distance, divprune_budget, divprune_select
+from mmtok.selection.divprune import cosine_distance, divprune_select
 from mmtok.selection.random import random_select
 from mmtok.selection.visionzip import (
     visionzip_dominant_indices,
@@ -125,13 +125,7 @@ def test_divprune_half_approximation_of_max_min(seed):
     assert spread(divprune_select(x, k).tolist()) >= optimum / 2 - 1e-5
 
 
-def test_divprune_budget_and_errors():
-    assert divprune_budget(576, 0.1) == 58
-    assert divprune_budget(576, 64 / 576) == 64
-    assert divprune_budget(10, 0.25) == 2  # Python's round: 2.5 -> 2, as the release computes it
-    assert divprune_budget(10, 0.01) == 1
-    with pytest.raises(ValueError, match="ratio"):
-        divprune_budget(10, 0.0)
+def test_divprune_errors():
     x = torch.randn(5, 4)
     with pytest.raises(ValueError, match="1 <= k <= 5"):
         divprune_select(x, 0)

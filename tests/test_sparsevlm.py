@@ -186,15 +186,15 @@ def test_counts_per_layer_positions_and_cache(models):
     # vision tokens: 36 -> 20 kept + 1 recycled (16 pruned: 5 recycled, 1 cluster)
     #               -> 10 + 1 (11 pruned: 4 recycled, 1 cluster) -> 5 + 1 (6 pruned: 2, 1 cluster)
     vision = [36] * 3 + [21] * 4 + [11] * 9
-    assert [t["recycled"][0] for t in pruner.last_trace] == [1, 1, 1]
-    assert [t["layer"] for t in pruner.last_trace] == [2, 6, 15]
+    assert [t.recycled[0] for t in pruner.last_trace] == [1, 1, 1]
+    assert [t.layer for t in pruner.last_trace] == [2, 6, 15]
     prefill = [seen[layer][0][0] for layer in lm.layers]
     assert prefill == [text + v for v in vision]
     assert seen[lm.norm][0][0] == text + 6  # pruning applies to layer 15's output too
-    stats = pruner.last_stats["samples"][0]
-    assert stats["layer_vision_tokens"] == vision
-    assert stats["vision_tokens"] == 6
-    assert stats["equivalent_tokens"] == pytest.approx(sum(vision) / LAYERS)
+    stats = pruner.last_stats.samples[0]
+    assert stats.layer_vision_tokens == vision
+    assert stats.vision_tokens == 6
+    assert stats.equivalent_tokens == pytest.approx(sum(vision) / LAYERS)
     for i, layer in enumerate(lm.layers):
         rows = text + vision[i]
         positions = [p for _, p in seen[layer]]
@@ -222,10 +222,10 @@ def test_scores_follow_rater_attention(models, tiny_llava_eager):
     text_rows = torch.arange(start + N, ids.shape[0])
     raters = text_rows[text_raters(pixel.reshape(N, -1), embeds[text_rows])]
     trace = pruner.last_trace[0]
-    assert trace["raters"][0].tolist() == raters.tolist()
+    assert trace.raters[0].tolist() == raters.tolist()
     reference = attn[:, raters][..., start : start + N].mean(dim=(0, 1))
-    torch.testing.assert_close(trace["scores"][0], reference, atol=1e-6, rtol=1e-4)
-    assert trace["keep"][0].tolist() == reference.topk(20).indices.sort().values.tolist()
+    torch.testing.assert_close(trace.scores[0], reference, atol=1e-6, rtol=1e-4)
+    assert trace.keep[0].tolist() == reference.topk(20).indices.sort().values.tolist()
 
 
 @pytest.mark.parametrize("family", ["llava", "llava_next"])
@@ -238,8 +238,8 @@ def test_keep_all_reproduces_the_unpruned_model(models, family):
             out = generate(model, batch, max_new_tokens=8)
         assert torch.equal(out, reference), (family, pruner)
         assert len(pruner.last_trace) == 3  # scored at every layer all the same
-        s = pruner.last_stats["samples"][0]
-        assert s["vision_tokens"] == s["vision_tokens_full"] == s["equivalent_tokens"]
+        s = pruner.last_stats.samples[0]
+        assert s.vision_tokens == s.vision_tokens_full == s.equivalent_tokens
 
 
 def test_pruning_changes_generations_and_next_runs(models):
@@ -250,11 +250,11 @@ def test_pruning_changes_generations_and_next_runs(models):
         with pruner(model, tokenizer=processor.tokenizer):
             out = generate(model, batch, max_new_tokens=8)
         assert not torch.equal(out, generate(model, batch, max_new_tokens=8)), family
-        s = pruner.last_stats["samples"][0]
-        counts = layer_counts(budget, s["vision_tokens_full"])
-        kept = [t["keep"][0].numel() for t in pruner.last_trace]
+        s = pruner.last_stats.samples[0]
+        counts = layer_counts(budget, s.vision_tokens_full)
+        kept = [t.keep[0].numel() for t in pruner.last_trace]
         assert kept == list(counts), family
-        assert s["vision_tokens"] == counts[-1] + pruner.last_trace[-1]["recycled"][0]
+        assert s.vision_tokens == counts[-1] + pruner.last_trace[-1].recycled[0]
 
 
 def test_batch_is_rejected_and_settings_validated(models):

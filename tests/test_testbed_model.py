@@ -16,8 +16,7 @@ import pytest
 import torch
 
 from mmtok.models.adapters import CropSelection, ImageCrops
-from mmtok.pruners import build_pruner
-from mmtok.pruners.base import Pruner, SampleContext
+from mmtok.pruners import Pruner, SampleContext, build_pruner
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / "results" / "testbed" / "model"

@@ -23,7 +23,7 @@ def test_in_llm_pruners_get_parameters_a_two_layer_llm_has():
     assert config.text_config.num_hidden_layers == 2
     fastv = pruner_for("fastv", 4)
     assert fastv.prune_layers(2) == (0,) and fastv.kept_tokens(576, 2) == 4
-    fastv.check_budget(config)
+    fastv.check_config(config)
     sparse = pruner_for("sparsevlm", 16)
     assert sparse.prune_layers(2) == (0,) and sparse.layer_counts(576) == (16,)
     assert pruner_for("random", 4).seed == 0

@@ -70,8 +70,8 @@ def test_next_tiles_release_on_the_tiny_next_model(tiny_models):
         finally:
             handle.remove()
         seqs[tiles] = received["embeds"][0]
-        counts = [s["vision_tokens"] for s in pruner.last_stats["samples"]]
-        assert counts == [8 * s["crops"] for s in pruner.last_stats["samples"]]
+        counts = [s.vision_tokens for s in pruner.last_stats.samples]
+        assert counts == [8 * s.crops for s in pruner.last_stats.samples]
     # the same tokens in another order: row multisets agree, sequences do not
     a, b = seqs["crop"], seqs["release"]
     assert a.shape == b.shape and not torch.equal(a, b)

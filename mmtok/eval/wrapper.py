@@ -175,7 +175,7 @@ class PrunedLlavaLM(lmms):
             )
             t_end = now(device)
         stats = self.pruner.last_stats
-        if timer.first is None or len(stats.get("samples", [])) != len(batch):
+        if timer.first is None or len(stats.samples) != len(batch):
             raise RuntimeError("generate did not run the pruner's request path (no first-token time / no stats)")
 
         eos = self.model.generation_config.eos_token_id
@@ -187,7 +187,7 @@ class PrunedLlavaLM(lmms):
             texts.append(self.tokenizer.decode(row[:n], skip_special_tokens=True))
         t_done = now(device)
 
-        vision_s, select_s = float(stats["vision_s"]), float(stats["select_s"])
+        vision_s, select_s = float(stats.vision_s), float(stats.select_s)
         # The `generate` called above is the pruner's: it encodes and selects (timed by the pruner),
         # then runs the LLM's generate. What remains up to the first logits is the LLM prefill.
         prefill_s = timer.first - t_gen - vision_s - select_s
@@ -197,7 +197,7 @@ class PrunedLlavaLM(lmms):
             # Stop strings cut the answer; surrounding whitespace goes, like the original LLaVA
             # scripts (`outputs.strip()`); lmms-eval's POPE / MME scoring strips as well.
             answer = _truncate(texts[k], until).strip()
-            s = stats["samples"][k]
+            s = stats.samples[k]
             record = {
                 "task": task,
                 "doc_id": doc_id,
@@ -205,10 +205,10 @@ class PrunedLlavaLM(lmms):
                 "answer": answer,
                 "target": None,  # filled from lmms-eval's logged sample by `evaluate`
                 "category": docs[k].get("category"),  # POPE split / MME category (None elsewhere)
-                "vision_tokens": int(s["vision_tokens"]),
-                "vision_tokens_full": int(s["vision_tokens_full"]),
-                "equivalent_tokens": s.get("equivalent_tokens"),
-                "crops": int(s["crops"]),
+                "vision_tokens": int(s.vision_tokens),
+                "vision_tokens_full": int(s.vision_tokens_full),
+                "equivalent_tokens": s.equivalent_tokens,
+                "crops": int(s.crops),
                 "n_images": n_images[k],  # images the document had (one reached the LLM)
                 "vision_s": vision_s,
                 "select_s": select_s,
@@ -219,9 +219,9 @@ class PrunedLlavaLM(lmms):
                 "text_tokens": int(text_tokens[k]),
                 # the prompt as the LLM receives it: text tokens + the vision tokens kept
                 # (seq_len for `mmtok.timing.prefill_flops` with pre-LLM methods)
-                "prefill_tokens": int(text_tokens[k]) + int(s["vision_tokens"]),
+                "prefill_tokens": int(text_tokens[k]) + int(s.vision_tokens),
                 # in-LLM methods: vision tokens in each decoder layer's input (else None)
-                "layer_vision_tokens": _int_list(s.get("layer_vision_tokens")),
+                "layer_vision_tokens": _int_list(s.layer_vision_tokens),
                 "batch_size": len(batch),
             }
             results.append((index, answer, record))

@@ -1,6 +1,6 @@
 """The family-adapter protocol: everything a model family differs in, behind one interface.
 
-A pruner never looks at model internals. The request path (`mmtok.pruners.base`) asks the model's
+A pruner never looks at model internals. The request path (`mmtok.pruners.core.engine`) asks the model's
 adapter to encode the images into per-crop tokens (`ImageCrops`), turns each image's kept tokens
 (`CropSelection` from a method) into the tokens the LLM receives (`assemble` -> `KeptImage`), and
 has the adapter build the shortened LLM inputs (`build_inputs` -> `LLMInputs`: embeddings,
@@ -14,7 +14,7 @@ One module per family registers its adapter by HF `model_type` (`@register_famil
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -41,8 +41,10 @@ class ImageCrops:
     pre: torch.Tensor  # [c, n(+1), D_vis] vision features before the projector; CLS at 0 when has_cls
     grid: tuple[int, int] | None = None  # NeXT: (rows, cols) of tiles; Qwen: (h, w) of the merged grid
     image_size: tuple[int, int] | None = None  # NeXT: original (height, width)
-    extras: dict = field(default_factory=dict)  # per-crop signals captured in the tower (VisionZip)
     has_cls: bool = True  # CLIP towers (LLaVA) put a CLS token at index 0 of `pre`; Qwen's ViT has none
+    # signals a method captures inside the tower (VisionZip, VisPruner), None until one does:
+    cls_attention: torch.Tensor | None = None  # [c, H, n+1] the CLS row's attention per head
+    keys: torch.Tensor | None = None  # [c, n+1, head_dim] the keys averaged over heads
 
     @property
     def num_crops(self) -> int:

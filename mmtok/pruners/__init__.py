@@ -1,21 +1,35 @@
-"""Every pruner, found by name. Adding a method = one module (a dataclass decorated with
-`@register`) + one `configs/pruner/<name>.yaml`; this package imports every module in it."""
+"""The public API of the pruners: everything a method module imports, and building a pruner by name.
+
+A method is one module of this folder (a dataclass decorated with `@register`) + one
+`configs/pruner/<name>.yaml`; it imports only from here (and `mmtok.selection.*` for its maths).
+Every top-level module here is a method; infrastructure lives in the subpackages `core/` (registry,
+records, contract, request engine) and `inllm/` (the in-LLM API, scores, views, decoder hooks).
+`PRUNERS` imports the method modules on its first read (`mmtok.pruners.core.registry`), so this
+package never imports a method and a method can import this package. See docs/adding-a-pruner.md.
+"""
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from dataclasses import fields
 
+from mmtok.models.adapters import (
+    CropSelection,
+    FamilyAdapter,
+    ImageCrops,
+    ImageSpan,
+    image_capacity,
+    max_crops,
+    tokens_per_crop,
+)
 from mmtok.models.families import missing_traits, refusal
-from mmtok.pruners.base import Pruner
-from mmtok.pruners.registry import PRUNERS, register
-
-# infrastructure, not methods
-_NOT_METHODS = {"base", "inllm", "registry"}
-for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
-    if _module not in _NOT_METHODS and not _module.startswith("_"):
-        importlib.import_module(f"{__name__}.{_module}")
+from mmtok.models.source import cached_hub_snapshot, is_hub_id
+from mmtok.pruners.core.contract import Pruner
+from mmtok.pruners.core.records import LayerTrace, PruneStats, Request, SampleContext, SampleStats
+from mmtok.pruners.core.registry import PRUNERS, method_modules, register
+from mmtok.pruners.core.tower import cls_attention_and_keys, encode_with_cls_signals
+from mmtok.pruners.inllm.api import InLLMPruner
+from mmtok.pruners.inllm.scoring import attention_rows, rotary_keys
+from mmtok.pruners.inllm.views import Cut, LayerView, Stage, keep_vision
 
 
 def pruner_names() -> list[str]:
@@ -48,4 +62,39 @@ def check_applies(name: str, model_type: str) -> None:
         raise ValueError(f"{reason}; valid there: {', '.join(pruners_for(model_type))}")
 
 
-__all__ = ["PRUNERS", "Pruner", "build_pruner", "check_applies", "pruner_names", "pruners_for", "register"]
+__all__ = [
+    # writing a method
+    "Pruner",
+    "InLLMPruner",
+    "register",
+    "CropSelection",
+    "ImageCrops",
+    "SampleContext",
+    "FamilyAdapter",
+    "ImageSpan",
+    "Cut",
+    "keep_vision",
+    "LayerView",
+    "Stage",
+    "cls_attention_and_keys",
+    "encode_with_cls_signals",
+    "attention_rows",
+    "rotary_keys",
+    "image_capacity",
+    "max_crops",
+    "tokens_per_crop",
+    "cached_hub_snapshot",
+    "is_hub_id",
+    # what a pruner reports
+    "PruneStats",
+    "SampleStats",
+    "LayerTrace",
+    "Request",
+    # finding and building one
+    "PRUNERS",
+    "build_pruner",
+    "check_applies",
+    "method_modules",
+    "pruner_names",
+    "pruners_for",
+]

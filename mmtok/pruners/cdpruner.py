@@ -24,9 +24,15 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from mmtok.models.adapters import CropSelection, ImageCrops
-from mmtok.pruners.base import Pruner, SampleContext
-from mmtok.pruners.registry import register
+from mmtok.pruners import (
+    CropSelection,
+    ImageCrops,
+    Pruner,
+    SampleContext,
+    cached_hub_snapshot,
+    is_hub_id,
+    register,
+)
 from mmtok.selection.cdpruner import cdpruner_select
 from mmtok.selection.text import strip_prompt
 
@@ -81,8 +87,6 @@ _LOADED: dict[tuple[str, str], ClipText] = {}
 
 def clip_source_problem(path: str) -> str | None:
     """Why `path` cannot provide a CLIP model here (one line), or None. Never downloads."""
-    from mmtok.models.source import cached_hub_snapshot, is_hub_id  # defers huggingface_hub
-
     how = "pass clip_path=<a local CLIP folder> (run.py: pruner.params.clip_path=...)"
     if os.path.isdir(path):
         if not os.path.isfile(os.path.join(path, "config.json")):
@@ -133,10 +137,10 @@ class CDPrunerPruner(Pruner):
         ):
             raise ValueError(f"cdpruner: theta must be in [0, 1) or null (off), got {self.theta!r}")
 
-    def check_budget(self, config) -> None:
+    def check_config(self, config) -> None:
         """Also fails early, from the configs alone, when the CLIP model is missing or does not fit
         the VLM's vision tower (runners call this before the VLM's weights load)."""
-        super().check_budget(config)
+        super().check_config(config)
         if self.budget is None and self.retain_ratio is None:
             return  # keeps everything: no CLIP needed
         problem = clip_source_problem(self.clip_path)

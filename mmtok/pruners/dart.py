@@ -18,8 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from mmtok.pruners.inllm import Cut, InLLMPruner, LayerView, keep_vision, rotary_keys
-from mmtok.pruners.registry import register
+from mmtok.pruners import Cut, InLLMPruner, LayerTrace, LayerView, keep_vision, register, rotary_keys
 from mmtok.selection.dart import dart_kept_count, dart_select
 
 
@@ -74,5 +73,5 @@ class DARTPruner(InLLMPruner):
             )  # fmt: skip
             kept.append(keep.cpu())
             cuts.append(Cut() if keep.numel() >= span.length else keep_vision(span, rows, keep.to(view.out.device)))
-        self.last_trace.append({"layer": view.index, "keep": kept})
+        self.last_trace.append(LayerTrace(layer=view.index, keep=kept))
         return cuts

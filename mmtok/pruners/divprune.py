@@ -21,9 +21,7 @@ from typing import ClassVar
 
 import torch
 
-from mmtok.models.adapters import CropSelection, ImageCrops
-from mmtok.pruners.base import Pruner, SampleContext
-from mmtok.pruners.registry import register
+from mmtok.pruners import CropSelection, ImageCrops, Pruner, SampleContext, register
 from mmtok.selection.divprune import ARITHMETICS, divprune_select
 
 SCOPES = ("global", "crop")

@@ -27,9 +27,7 @@ from typing import ClassVar
 
 import torch
 
-from mmtok.models.adapters import image_capacity
-from mmtok.pruners.inllm import Cut, InLLMPruner, LayerView, keep_vision
-from mmtok.pruners.registry import register
+from mmtok.pruners import Cut, InLLMPruner, LayerTrace, LayerView, image_capacity, keep_vision, register
 from mmtok.selection import top_in_order
 
 BUDGET_MODES = ("equivalent", "kept")
@@ -95,8 +93,8 @@ class FastVPruner(InLLMPruner):
         self._capacity = image_capacity(adapter.config)
         return super().llm_hooks(model, adapter)
 
-    def check_budget(self, config) -> None:
-        super().check_budget(config)
+    def check_config(self, config) -> None:
+        super().check_config(config)
         capacity = image_capacity(config)
         if capacity is not None:  # Qwen2.5-VL: the count follows the image, checked per request
             self.kept_tokens(capacity, config.text_config.num_hidden_layers, capacity)
@@ -119,5 +117,5 @@ class FastVPruner(InLLMPruner):
             scores.append(score.cpu())
             kept.append(keep.cpu())
             cuts.append(Cut() if r >= span.length else keep_vision(span, rows, keep))
-        self.last_trace.append({"layer": view.index, "scores": scores, "keep": kept})
+        self.last_trace.append(LayerTrace(layer=view.index, keep=kept, scores=scores))
         return cuts

@@ -4,8 +4,7 @@ are measured the same way); it must reproduce the unmodified model exactly."""
 from dataclasses import dataclass
 from typing import ClassVar
 
-from mmtok.pruners.base import Pruner
-from mmtok.pruners.registry import register
+from mmtok.pruners import Pruner, register
 
 
 @register

@@ -23,9 +23,7 @@ from typing import ClassVar
 
 import torch
 
-from mmtok.models.adapters import max_crops, tokens_per_crop
-from mmtok.pruners.inllm import Cut, InLLMPruner, LayerView, keep_vision
-from mmtok.pruners.registry import register
+from mmtok.pruners import Cut, InLLMPruner, LayerTrace, LayerView, keep_vision, max_crops, register, tokens_per_crop
 from mmtok.selection import top_in_order
 from mmtok.selection.pdrop import RELEASE_RATIO, default_rank_layers, solve_ratio, stage_counts
 
@@ -97,8 +95,8 @@ class PDropPruner(InLLMPruner):
         self._capacity = tokens_per_crop(adapter.config) * max_crops(adapter.config)
         return super().llm_hooks(model, adapter)
 
-    def check_budget(self, config) -> None:
-        super().check_budget(config)
+    def check_config(self, config) -> None:
+        super().check_config(config)
         self.lam(config.text_config.num_hidden_layers, tokens_per_crop(config) * max_crops(config))
 
     def cut(self, step: int, view: LayerView) -> list[Cut]:
@@ -116,5 +114,5 @@ class PDropPruner(InLLMPruner):
             scores.append(score.cpu())
             kept.append(keep.cpu())
             cuts.append(Cut() if k >= span.length else keep_vision(span, rows, keep))
-        self.last_trace.append({"layer": view.index + 1, "scores": scores, "keep": kept})
+        self.last_trace.append(LayerTrace(layer=view.index + 1, keep=kept, scores=scores))
         return cuts

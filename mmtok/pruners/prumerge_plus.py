@@ -18,9 +18,7 @@ from typing import ClassVar
 
 import torch
 
-from mmtok.models.adapters import CropSelection, ImageCrops
-from mmtok.pruners.base import Pruner, SampleContext
-from mmtok.pruners.registry import register
+from mmtok.pruners import CropSelection, ImageCrops, Pruner, SampleContext, register
 from mmtok.selection.prumerge import cls_attention_single_head, prumerge_centres, prumerge_merge
 
 

@@ -6,9 +6,7 @@ from typing import ClassVar
 
 import torch
 
-from mmtok.models.adapters import CropSelection, ImageCrops
-from mmtok.pruners.base import Pruner, SampleContext
-from mmtok.pruners.registry import register
+from mmtok.pruners import CropSelection, ImageCrops, Pruner, SampleContext, register
 from mmtok.selection.random import random_select
 
 

@@ -25,8 +25,7 @@ from typing import ClassVar
 
 import torch
 
-from mmtok.pruners.inllm import Cut, InLLMPruner, LayerView, keep_vision
-from mmtok.pruners.registry import register
+from mmtok.pruners import Cut, InLLMPruner, LayerTrace, LayerView, keep_vision, register
 from mmtok.selection.sparsevlm import layer_counts, recycle, recycled_groups, text_raters
 
 
@@ -95,13 +94,13 @@ class SparseVLMPruner(InLLMPruner):
         keep, pruned = order[:k].sort().values, order[k:].sort().values
         extra = recycle(view.out[0, span.start + pruned], score[pruned])
         self.last_trace.append(
-            {
-                "layer": view.index,
-                "raters": [self._raters.cpu()],
-                "scores": [score.cpu()],
-                "keep": [keep.cpu()],
-                "recycled": [int(extra.shape[0])],
-            }
+            LayerTrace(
+                layer=view.index,
+                keep=[keep.cpu()],
+                scores=[score.cpu()],
+                raters=[self._raters.cpu()],
+                recycled=[int(extra.shape[0])],
+            )
         )
         if k >= span.length:
             return [Cut()]

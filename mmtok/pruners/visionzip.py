@@ -18,9 +18,15 @@ from typing import ClassVar
 
 import torch
 
-from mmtok.models.adapters import CropSelection, FamilyAdapter, ImageCrops
-from mmtok.pruners.base import Pruner, SampleContext
-from mmtok.pruners.registry import register
+from mmtok.pruners import (
+    CropSelection,
+    FamilyAdapter,
+    ImageCrops,
+    Pruner,
+    SampleContext,
+    encode_with_cls_signals,
+    register,
+)
 from mmtok.selection.visionzip import (
     NEXT_TILES,
     release_next_order,
@@ -28,17 +34,6 @@ from mmtok.selection.visionzip import (
     visionzip_merge,
     visionzip_split,
 )
-
-
-def cls_attention_and_keys(attn: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """CLIP self-attention signals for input `x` [C, T, D]: CLS-row probabilities per head
-    [C, H, T] and keys averaged over heads [C, T, head_dim]."""
-    c, t, _ = x.shape
-    heads, hd = attn.num_heads, attn.head_dim
-    q = attn.q_proj(x[:, :1]).view(c, 1, heads, hd).transpose(1, 2)  # [C, H, 1, hd]
-    k = attn.k_proj(x).view(c, t, heads, hd).transpose(1, 2)  # [C, H, T, hd]
-    probs = torch.softmax((q.float() @ k.float().transpose(-1, -2)) * attn.scale, dim=-1)[:, :, 0]
-    return probs, k.mean(dim=1)
 
 
 @register
@@ -59,39 +54,20 @@ class VisionZipPruner(Pruner):
             raise ValueError(f"unknown visionzip next_tiles {self.next_tiles!r}; valid: {', '.join(NEXT_TILES)}")
 
     def encode(self, adapter: FamilyAdapter, pixel_values, **image_inputs) -> list[ImageCrops]:
-        attn = adapter.feature_layer_module().self_attn
-        captured = {}
-
-        def grab(module, args, kwargs):
-            captured["x"] = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-
-        handle = attn.register_forward_pre_hook(grab, with_kwargs=True)
-        try:
-            images = adapter.encode(pixel_values, **image_inputs)
-        finally:
-            handle.remove()
-        probs, keys = cls_attention_and_keys(attn, captured["x"])
-        start = 0
-        for image in images:
-            c = image.num_crops
-            image.extras["cls_attention"], image.extras["keys"] = probs[start : start + c], keys[start : start + c]
-            start += c
-        return images
+        return encode_with_cls_signals(adapter, pixel_values, **image_inputs)  # sets cls_attention, keys
 
     def select(self, image: ImageCrops, k: int, ctx: SampleContext) -> CropSelection:
         dominant, contextual = visionzip_split(k)
         merged = torch.stack(
             [
-                visionzip_merge(
-                    image.pre[c], image.extras["cls_attention"][c], image.extras["keys"][c], dominant, contextual
-                )
+                visionzip_merge(image.pre[c], image.cls_attention[c], image.keys[c], dominant, contextual)
                 for c in range(image.num_crops)
             ]
         )
         projected = ctx.adapter.project(merged.to(image.pre.dtype))
         if self.next_tiles == "release" and image.num_crops > 1:
             dom = torch.stack(
-                [visionzip_dominant_indices(image.extras["cls_attention"][c], dominant) for c in range(image.num_crops)]
+                [visionzip_dominant_indices(image.cls_attention[c], dominant) for c in range(image.num_crops)]
             )
             side = int(round((image.pre.shape[1] - 1) ** 0.5))
             order = release_next_order(dom.to(projected.device), image.grid, side, contextual)

@@ -1,7 +1,7 @@
 """`vispruner` (VisPruner): CLS-attention "important" tokens plus duplicate-free "diverse" ones, before the LLM.
 
 Signals come from the CLIP layer LLaVA reads, captured in one tower pass exactly as for VisionZip
-(the CLS row's attention recomputed from that layer's input, `cls_attention_and_keys`); the rule is
+(the CLS row's attention recomputed from that layer's input, `encode_with_cls_signals`); the rule is
 `mmtok.selection.vispruner.vispruner_select` on each crop's patch features, and the kept patches'
 projected tokens reach the LLM (projecting a subset of patches equals subsetting the projection).
 
@@ -16,10 +16,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from mmtok.models.adapters import CropSelection, ImageCrops
-from mmtok.pruners.base import Pruner, SampleContext
-from mmtok.pruners.registry import register
-from mmtok.pruners.visionzip import VisionZipPruner
+from mmtok.pruners import (
+    CropSelection,
+    FamilyAdapter,
+    ImageCrops,
+    Pruner,
+    SampleContext,
+    encode_with_cls_signals,
+    register,
+)
 from mmtok.selection.vispruner import vispruner_select
 
 
@@ -39,10 +44,11 @@ class VisPrunerPruner(Pruner):
         if not isinstance(self.step, int) or self.step < 1:
             raise ValueError(f"vispruner: step must be an integer >= 1, got {self.step!r}")
 
-    encode = VisionZipPruner.encode  # the same one-pass capture of the CLS row at LLaVA's layer
+    def encode(self, adapter: FamilyAdapter, pixel_values, **image_inputs) -> list[ImageCrops]:
+        return encode_with_cls_signals(adapter, pixel_values, **image_inputs)  # the same capture as VisionZip
 
     def select(self, image: ImageCrops, k: int, ctx: SampleContext) -> CropSelection:
-        attention = image.extras["cls_attention"][:, :, 1:].mean(dim=1)  # [crops, n]: heads averaged
+        attention = image.cls_attention[:, :, 1:].mean(dim=1)  # [crops, n]: heads averaged
         return CropSelection(
             indices=[
                 vispruner_select(image.pre[c, 1:], attention[c], k, self.important_ratio, self.step)

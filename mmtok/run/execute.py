@@ -89,15 +89,16 @@ def check_device(device: str) -> None:
 
 def check_budget_fits(pruner, cfg: DictConfig) -> None:
     """A budget the model cannot honour (LLaVA-NeXT: below one token per crop; FastV: below its
-    reachable equivalent count), or a pruner / option the family does not have, fails from the
-    checkpoint's config, before the weights load."""
+    reachable equivalent count), in-LLM prune layers the LLM does not have, or a pruner / option the
+    family does not have, fails from the checkpoint's config (`Pruner.check_config`), before the
+    weights load and before the run folder exists."""
     from mmtok.models.loading import load_config  # defers transformers
 
     m = cfg.model
     config = load_config(str(m.path), download=bool(m.download), tiny=m.tiny)
     check_family(cfg, config.model_type)  # preflight read it from disk; a download run learns it here
     try:
-        pruner.check_budget(config)
+        pruner.check_config(config)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
 

@@ -16,7 +16,7 @@ def build_pruner_from(cfg: DictConfig, model_type: str | None = None):
     """The configured pruner, with the parameters left at None set to the model family's defaults
     (`Pruner.for_family`, e.g. MMTok's tau_t: 0.02 on LLaVA, 0.01 on Qwen2.5-VL), so rows and the
     resume hash record the values that run. The family is `model_type`, else read from disk without
-    loading (`mmtok.config.model_family`); unknown (a checkpoint not downloaded yet): left unresolved.
+    loading (`mmtok.run.validate.model_family`); unknown (a checkpoint not downloaded yet): left unresolved.
     Parameter errors become one-line ConfigErrors."""
     name = cfg.pruner.name
     params = dict(OmegaConf.to_container(cfg.pruner.params, resolve=True) or {})

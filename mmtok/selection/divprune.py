@@ -15,19 +15,12 @@ import torch.nn.functional as F
 # Same budget / mask conventions as MMTok, so pruners can swap selectors without new checks.
 from mmtok.selection.mmtok import _as_budget, _exclude_mask
 
-__all__ = ["ARITHMETICS", "cosine_distance", "divprune_budget", "divprune_select", "release_distance"]
+__all__ = ["ARITHMETICS", "cosine_distance", "divprune_select", "release_distance"]
 
 # "release": the distance matrix in the input dtype, as the authors compute it (float16 in real runs,
 # where its few distinct values make first-index ties decide many picks); "float32": widened and
 # exactly symmetric, so near-ties are decided by the geometry rather than by half-precision rounding.
 ARITHMETICS = ("release", "float32")
-
-
-def divprune_budget(n: int, ratio: float) -> int:
-    """Tokens kept for a keep-ratio, `round(ratio * n)` with Python's round as in the release."""
-    if not 0 < ratio <= 1:
-        raise ValueError(f"ratio must be in (0, 1], got {ratio}")
-    return max(1, round(ratio * n))
 
 
 def cosine_distance(features: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Random baseline: a uniform, seeded subset of the vision tokens in original order.
 
-A surprisingly strong baseline (see baselines.md), so it must be exactly reproducible: the same
+A baseline every budget table compares against, so it must be exactly reproducible: the same
 seed gives the same subset on any machine because the permutation is drawn on a CPU generator.
 """
 

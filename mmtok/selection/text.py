@@ -3,7 +3,9 @@
 The text term needs the *content* words of the question: boilerplate benchmark instructions and
 stop words would otherwise steer coverage towards whatever patches resemble "the" or "answer".
 This module reproduces the paper's cleaning exactly (including its option-letter quirk) so that
-our selections match the published setting; the quirk fix is an explicit opt-in.
+our selections match the published setting; the quirk fix is an explicit opt-in. The steps, as
+the authors' release runs them: (1) drop the image placeholder, (2) drop the benchmark
+post-prompts, (3) keep the words that are not stop words, (4) tokenise them word by word.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 
 IMAGE_PLACEHOLDER = "<image>"
 
-# The 47-word list used for the paper, in the order the spec gives it.
+# The 47-word stop list used for the paper's LLaVA runs.
 STOP_WORDS: frozenset[str] = frozenset(
     """
     a an the
@@ -53,7 +55,7 @@ def _is_kept(word: str, keep_option_letters: bool) -> bool:
 
 
 def clean_question(text: str, *, keep_option_letters: bool = False) -> str:
-    """Steps 1-3 of the spec: the question's content words joined by single spaces.
+    """Steps 1-3 (module docstring): the question's content words joined by single spaces.
 
     If no word survives (e.g. "What is it?"), the question after step 2 is returned instead, as
     the paper does, so that the text term never silently disappears for a real question.
@@ -89,7 +91,7 @@ def _word_split_ids(words: list[str], tokenizer: Any) -> list[int]:
 def question_token_ids(text: str, tokenizer: Any, *, keep_option_letters: bool = False) -> list[int]:
     """Step 4: token ids of the cleaned question, one per sub-word, without BOS/EOS.
 
-    The words are tokenised as word-split input (`is_split_into_words=True`), as in the spec, and
+    The words are tokenised as word-split input (`is_split_into_words=True`), as the release does, and
     the boundary BOS/EOS the tokenizer may add are dropped because they are not question content.
 
     Fallbacks, so that a question with any text never yields an empty text term: the cleaned

@@ -3,7 +3,7 @@
 Works on one image crop at the CLIP layer LLaVA reads (hidden_states[-2]), before the projector.
 Inputs include the CLS token at index 0 because VisionZip keeps it as the first dominant token.
 
-Conventions (baselines.md, checked against the authors' release):
+Conventions (from the paper, checked against the authors' release; docs/pruners.md):
 - `dominant` counts CLS: CLS plus the top (dominant - 1) patches by CLS attention summed over
   heads. This is the release's own count: its public `visionzip(model, dominant=54,
   contextual=10)` passes `dominant - 1` to the tower, which keeps CLS + 53 patches + 10

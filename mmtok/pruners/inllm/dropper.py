@@ -1,4 +1,4 @@
-"""Dropping vision tokens inside the decoder, shared by FastV and SparseVLM.
+"""The hook machinery that physically shortens the decoder's sequence at a method's prune layers.
 
 A method prunes at the OUTPUT of some decoder layers ("prune layers"), scoring with attention
 computed in that layer from its input. Everything else stays on the model's own fast path (SDPA):
@@ -29,188 +29,20 @@ prompt length in decode, because layer 0's cache always holds the full prompt.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import ClassVar
-
 import torch
-from torch import nn
 
 from mmtok.models.adapters import FamilyAdapter, ImageSpan
-from mmtok.pruners.base import Pruner
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
-def _gather_rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """x [B, S, ...], rows [B, r] -> [B, r, ...]."""
-    index = rows.view(*rows.shape, *([1] * (x.dim() - 2))).expand(*rows.shape, *x.shape[2:])
-    return torch.gather(x, 1, index)
+from mmtok.pruners.inllm.views import Cut, LayerView, Stage
 
 
 def _splice(values: torch.Tensor, head: torch.Tensor, new: torch.Tensor, tail: torch.Tensor) -> torch.Tensor:
     return torch.cat([values[head], new, values[tail]])
 
 
-def attention_rows(
-    layer: nn.Module,
-    hidden: torch.Tensor,
-    rows: torch.Tensor,
-    position_embeddings: tuple[torch.Tensor, torch.Tensor],
-    mask: torch.Tensor | None,
-) -> torch.Tensor:
-    """Head-averaged attention probabilities [B, r, S] of query `rows` [B, r] in decoder `layer`.
-
-    Recomputed from the layer input `hidden` [B, S, D] as the layer itself does (input_layernorm,
-    q_proj on the needed rows only, k_proj on every row, rotary with the layer's cos/sin, grouped
-    key heads repeated) and masked by the layer's own mask restricted to those rows (`None` means
-    plain causal over a prompt that starts at position 0). Scores and softmax are in float32.
-    """
-    attn = layer.self_attn
-    batch, seq, _ = hidden.shape
-    head_dim = attn.head_dim
-    x = layer.input_layernorm(hidden)
-    q = attn.q_proj(_gather_rows(x, rows)).view(batch, rows.shape[1], -1, head_dim).transpose(1, 2)
-    k = attn.k_proj(x).view(batch, seq, -1, head_dim).transpose(1, 2)
-    cos, sin = (t.expand(batch, -1, -1) for t in position_embeddings)
-    q_cos, q_sin = _gather_rows(cos, rows).unsqueeze(1), _gather_rows(sin, rows).unsqueeze(1)
-    q = q * q_cos + _rotate_half(q) * q_sin
-    k = k * cos.unsqueeze(1) + _rotate_half(k) * sin.unsqueeze(1)
-    k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)  # GQA: key heads shared by groups
-    logits = (q.float() @ k.float().transpose(-1, -2)) * attn.scaling  # [B, H, r, S]
-    if mask is None:
-        allowed = torch.arange(seq, device=hidden.device)[None, None, :] <= rows[..., None]
-        logits = logits.masked_fill(~allowed[:, None], float("-inf"))
-    else:
-        row_mask = _gather_rows(mask[:, 0].expand(batch, -1, -1), rows)[:, None]  # [B, 1, r, S]
-        if row_mask.dtype == torch.bool:
-            logits = logits.masked_fill(~row_mask, float("-inf"))
-        else:  # additive float mask (eager attention)
-            logits = logits + row_mask.float()
-    return torch.softmax(logits, dim=-1).mean(dim=1)
-
-
-def rotary_keys(layer: nn.Module, hidden: torch.Tensor, position_embeddings) -> torch.Tensor:
-    """The keys [B, S, kv_heads * head_dim] decoder `layer` computes from its input `hidden`
-    (input_layernorm, k_proj, rotary with the layer's cos/sin), heads concatenated per token."""
-    attn = layer.self_attn
-    batch, seq, _ = hidden.shape
-    k = attn.k_proj(layer.input_layernorm(hidden)).view(batch, seq, -1, attn.head_dim).transpose(1, 2)
-    cos, sin = (t.expand(batch, -1, -1).unsqueeze(1) for t in position_embeddings)
-    k = k * cos + _rotate_half(k) * sin
-    return k.transpose(1, 2).reshape(batch, seq, -1)
-
-
-@dataclass
-class Cut:
-    """One sample's decision at a prune layer, in that layer's row coordinates.
-
-    `keep=None` keeps every row. `extra` [m, D] are new tokens (e.g. recycled clusters) placed
-    right after the kept vision tokens; they count as vision tokens from then on.
-    """
-
-    keep: torch.Tensor | None = None
-    extra: torch.Tensor | None = None
-
-
-def keep_vision(span: ImageSpan, rows: int, keep: torch.Tensor, extra: torch.Tensor | None = None) -> Cut:
-    """The `Cut` that keeps every row outside the vision `span` of a `rows`-row stage, the vision
-    tokens `keep` (ascending indices into the span) and, right after them, the new tokens `extra`."""
-    device = keep.device
-    end = span.start + span.length
-    kept = [torch.arange(span.start, device=device), span.start + keep, torch.arange(end, rows, device=device)]
-    return Cut(keep=torch.cat(kept), extra=extra)
-
-
-@dataclass
-class Stage:
-    """The prompt rows that the layers of one stage see (see the module docstring)."""
-
-    valid: torch.Tensor  # [B, P] bool
-    origin: torch.Tensor  # [B, P] long, row in the original prompt or -1
-    pos: torch.Tensor  # [B, P] long, position ids
-    spans: list[ImageSpan]
-    shift: torch.Tensor  # [B] decode positions: incoming position id - shift
-    changed: bool  # False while it equals stage 0 (then the layers' inputs are left untouched)
-    mrope: torch.Tensor | None = None  # [3, B, P] M-RoPE rows (Qwen2.5-VL); then `pos` is unused
-    # Read once when the stage is built (prefill), so decode steps never wait on the device
-    all_valid: bool = False
-    any_shift: bool = False
-
-    @property
-    def rows(self) -> int:
-        return self.valid.shape[1]
-
-
-@dataclass
-class LayerView:
-    """What a method sees at a prune layer during prefill."""
-
-    index: int  # decoder layer index
-    layer: nn.Module
-    hidden: torch.Tensor  # the layer's input [B, P, D]
-    out: torch.Tensor  # the layer's output [B, P, D]
-    kwargs: dict
-    stage: Stage
-    embeds: torch.Tensor  # layer-0 input (the prompt embeddings) [B, L, D]
-    num_layers: int
-    next_layer: nn.Module | None = None  # the decoder layer that receives `out` (None after the last)
-    final_norm: nn.Module | None = None  # the LLM's last RMSNorm (DART compares normalised states)
-
-    def attention(self, rows: torch.Tensor) -> torch.Tensor:
-        """Head-averaged attention [B, r, P] of `rows` [B, r], recomputed in this layer."""
-        return attention_rows(
-            self.layer, self.hidden, rows, self.kwargs["position_embeddings"], self.kwargs.get("attention_mask")
-        )
-
-    def next_attention(self, rows: torch.Tensor) -> torch.Tensor:
-        """Head-averaged attention [B, r, P] of `rows` [B, r] in the NEXT layer, from this layer's
-        output (the rows, positions and mask are the same until the cut is applied)."""
-        if self.next_layer is None:
-            raise ValueError(f"layer {self.index} is the last decoder layer: there is no next layer to score with")
-        return attention_rows(
-            self.next_layer, self.out, rows, self.kwargs["position_embeddings"], self.kwargs.get("attention_mask")
-        )
-
-
-@dataclass
-class InLLMPruner(Pruner):
-    """Base of the in-LLM methods: say where to prune (`prune_layers`) and what to keep (`cut`)."""
-
-    in_llm: ClassVar[bool] = True
-    takes_ratio: ClassVar[bool] = False  # schedules are defined by budget; a method opts in
-    renumber_positions: ClassVar[bool] = False  # False: kept tokens keep their original positions
-
-    # per prune layer of the last prefill: {"layer", "scores", "keep", ...} with per-sample lists
-    last_trace: list = field(default_factory=list, init=False, repr=False, compare=False)
-
-    def prune_layers(self, num_layers: int) -> tuple[int, ...]:
-        """Increasing decoder-layer indices whose output is pruned (raise for invalid settings)."""
-        raise NotImplementedError
-
-    def cut(self, step: int, view: LayerView) -> list[Cut]:
-        """Per sample, what survives the output of prune layer number `step`."""
-        raise NotImplementedError
-
-    def layer_schedule(self, n: int, config) -> list[int]:
-        """Vision tokens in the input of every decoder layer, for an image span of `n` tokens in a
-        model with this HF `config`, as the method's rule for `budget` prescribes. The contract
-        tests count what each layer really receives and compare."""
-        raise NotImplementedError
-
-    def llm_hooks(self, model: nn.Module, adapter: FamilyAdapter) -> list:
-        return LayerDropper(self, adapter).register()
-
-    def check_budget(self, config) -> None:
-        self.prune_layers(config.text_config.num_hidden_layers)  # raises for layers the LLM lacks
-
-
 class LayerDropper:
     """Physically shortens the decoder's sequence at a method's prune layers (module docstring)."""
 
-    def __init__(self, pruner: InLLMPruner, adapter: FamilyAdapter):
+    def __init__(self, pruner, adapter: FamilyAdapter):  # pruner: an InLLMPruner (it imports this module)
         self.pruner = pruner
         self.lm = adapter.language_model
         self.layers = self.lm.layers
@@ -218,12 +50,7 @@ class LayerDropper:
         if impl not in ("sdpa", "eager"):
             raise ValueError(f"{pruner.name}: attention implementation {impl!r} is not supported (use 'sdpa')")
         n = len(self.layers)
-        self.prune_at = tuple(pruner.prune_layers(n))
-        ok = all(isinstance(p, int) for p in self.prune_at) and list(self.prune_at) == sorted(set(self.prune_at))
-        if not self.prune_at or not ok or self.prune_at[0] < 0:
-            raise ValueError(f"{pruner.name}: prune layers must be increasing layer indices, got {self.prune_at}")
-        if self.prune_at[-1] >= n:
-            raise ValueError(f"{pruner.name}: prune layer {self.prune_at[-1]} does not exist ({n} decoder layers)")
+        self.prune_at = pruner.schedule(n)  # checked: increasing indices of existing layers
         # stage of layer i = number of prune layers before it
         self.stage_of = [sum(p < i for p in self.prune_at) for i in range(n)]
         self.mode: str | None = None  # "prefill", "decode", or None (pass not ours: untouched)
@@ -371,13 +198,12 @@ class LayerDropper:
         return stage, new_out
 
     def _report(self) -> None:
-        """Vision tokens per layer (what each layer's input holds) into the core's stats."""
-        samples = self.pruner.last_stats.get("samples", [])
-        for b, sample in enumerate(samples):
+        """Vision tokens per layer (what each layer's input holds) into the request's stats."""
+        for b, sample in enumerate(self.pruner.last_stats.samples):
             per_layer = [self.stages[s].spans[b].length for s in self.stage_of]
-            sample["vision_tokens"] = self.stages[-1].spans[b].length
-            sample["equivalent_tokens"] = sum(per_layer) / len(per_layer)
-            sample["layer_vision_tokens"] = per_layer
+            sample.vision_tokens = self.stages[-1].spans[b].length
+            sample.equivalent_tokens = sum(per_layer) / len(per_layer)
+            sample.layer_vision_tokens = per_layer
         self.embeds = None  # not needed any more; do not hold on to it while decoding
 
     # -- later layers: describe the shorter sequence -------------------------------------------

@@ -1,25 +1,23 @@
-"""The Pruner contract: a small dataclass per method, applied as a context manager.
+"""The Pruner contract: the dataclass every method subclasses, its budget rules and its config-only checks.
 
     pruner = build_pruner("mmtok", budget=64)
+    pruner.check_config(hf_config)  # one-line ValueError for settings the model cannot honour, no weights
     with pruner(model, tokenizer=processor.tokenizer, questions=questions):
         out = model.generate(**inputs, max_new_tokens=16, do_sample=False)
-    pruner.last_stats  # kept tokens per sample, vision / selection time
+    pruner.last_stats  # PruneStats: kept tokens per sample, vision / selection time
 
-Every pruner runs the same request path (`_PrunedGenerate`): the image is encoded once, each image's
-crops are reduced by the method (`select`, pre-LLM methods) or kept whole (in-LLM methods and
-`none`), the shorter `inputs_embeds` + attention mask are built per sample and re-left-padded, and
-the original `generate` runs on them. In-LLM methods additionally register decoder-layer hooks
-(`llm_hooks`). On exit every hook and the `generate` override are removed: the model is unmodified.
+A pre-LLM method implements `select` (which tokens of each crop stay); in-LLM methods subclass
+`mmtok.pruners.InLLMPruner`. Applying a pruner (`with pruner(model)`) is the request engine's job
+(`mmtok.pruners.core.engine`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import warnings
 import zlib
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -29,38 +27,12 @@ from mmtok.models.adapters import (
     CropSelection,
     FamilyAdapter,
     ImageCrops,
-    ImageSpan,
     KeptImage,
-    adapter_for,
     max_crops,
     tokens_per_crop,
 )
-from mmtok.models.families import refusal
-from mmtok.timing import now
-
-
-@dataclass
-class SampleContext:
-    """What a pruner may know about one request besides its image."""
-
-    index: int  # position in the batch (never use it for randomness: batches must not matter)
-    input_ids: torch.Tensor  # the sample's prompt ids without padding
-    question: str | None
-    tokenizer: Any
-    embed_tokens: nn.Module  # the LLM's input embedding table
-    seed: int
-    adapter: FamilyAdapter  # the model family (for methods that work on the packed sequence)
-
-
-@dataclass
-class Request:
-    """One `generate` call as the in-LLM hooks see it."""
-
-    spans: list[ImageSpan]
-    attention_mask: torch.Tensor  # [B, L] of the (possibly shortened) prompt
-    prompt_length: int
-    contexts: list[SampleContext]
-    position_ids: torch.Tensor | None = None  # [3, B, L] on M-RoPE families (Qwen2.5-VL), else None
+from mmtok.pruners.core.engine import applied
+from mmtok.pruners.core.records import PruneStats, SampleContext
 
 
 @dataclass
@@ -94,7 +66,7 @@ class Pruner:
     # per family (model_type), the values that parameters left at None take (e.g. MMTok's tau_t)
     family_defaults: ClassVar[dict[str, dict]] = {}
 
-    last_stats: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    last_stats: PruneStats = field(default_factory=PruneStats, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.budget is not None and (not isinstance(self.budget, int) or self.budget < 1):
@@ -160,31 +132,18 @@ class Pruner:
             )
         return k
 
-    def check_budget(self, config) -> None:
-        """Raise a one-line ValueError if `budget` cannot work for a model with this HF config.
+    def check_config(self, config) -> None:
+        """Raise a one-line ValueError if this pruner cannot run on a model with this HF config:
+        a budget it cannot honour, or (in-LLM methods) decoder layers the LLM does not have.
 
-        Needs the config only (no weights), so a runner can check before loading the model."""
+        Needs the config only (no weights), so a runner checks before loading the model; a method
+        with more settings to check overrides it and calls `super().check_config(config)`."""
         self._per_crop(config)
 
     # -- applying it ----------------------------------------------------------------------------
-    @contextlib.contextmanager
     def __call__(self, model: nn.Module, *, tokenizer=None, questions: list[str] | None = None):
-        adapter = adapter_for(model)  # raises for unsupported classes before touching the model
-        reason = refusal(self.name, self.requires, adapter.family)
-        if reason:
-            raise ValueError(reason)
-        if "generate" in vars(model):
-            raise RuntimeError("a pruner is already applied to this model (nested `with pruner(model)`)")
-        self.tokenizer, self.questions = tokenizer, questions
-        self.request: Request | None = None  # the latest request; kept after exit for inspection
-        handles = self.llm_hooks(model, adapter)
-        model.generate = _PrunedGenerate(self, model, adapter, model.generate)
-        try:
-            yield self
-        finally:
-            del model.generate
-            for h in handles:
-                h.remove()
+        """`with pruner(model, tokenizer=..., questions=...):` prunes every `model.generate` call."""
+        return applied(self, model, tokenizer=tokenizer, questions=questions)
 
     # -- the per-image reduction (shared by every method) ---------------------------------------
     def reduce_image(self, adapter: FamilyAdapter, image: ImageCrops, ctx: SampleContext) -> KeptImage:
@@ -209,96 +168,3 @@ class Pruner:
     def sample_seed(self, ctx: SampleContext) -> int:
         """A seed that depends on the run seed and the prompt, never on the batch position."""
         return (self.seed * 1_000_003 + zlib.crc32(ctx.input_ids.cpu().numpy().tobytes())) % (2**63)
-
-
-class _PrunedGenerate:
-    """Stands in for `model.generate` inside the `with` block (an instance attribute, removed on exit)."""
-
-    def __init__(self, pruner: Pruner, model: nn.Module, adapter: FamilyAdapter, generate):
-        self.pruner, self.model, self.adapter, self.generate = pruner, model, adapter, generate
-
-    def __call__(self, input_ids=None, attention_mask=None, pixel_values=None, **kwargs):
-        pruner, adapter, model = self.pruner, self.adapter, self.model
-        image_inputs = {key: kwargs.pop(key) for key in adapter.image_keys if key in kwargs}
-        if pixel_values is None or input_ids is None:
-            return self.generate(input_ids=input_ids, attention_mask=attention_mask, **image_inputs, **kwargs)
-        kwargs = _length_as_new_tokens(model, input_ids, kwargs)
-        if pruner.in_llm and (kwargs.get("num_beams", 1) > 1 or kwargs.get("num_return_sequences", 1) > 1):
-            raise ValueError(f"pruner {pruner.name!r} supports num_beams=1 and num_return_sequences=1 only")
-        batch = input_ids.shape[0]
-        if batch > 1 and not pruner.supports_batch:
-            raise ValueError(f"pruner {pruner.name!r} supports batch size 1 only (got {batch})")
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        questions = pruner.questions
-        if questions is not None and len(questions) != batch:
-            raise ValueError(f"got {len(questions)} questions for a batch of {batch}")
-        device = input_ids.device
-        embed = model.get_input_embeddings()
-
-        with torch.no_grad():
-            t0 = now(device)
-            images = pruner.encode(adapter, pixel_values, **image_inputs)
-            t1 = now(device)
-            if len(images) != batch:
-                raise ValueError(f"mmtok supports one image per sample; got {len(images)} images for {batch} samples")
-            contexts, kept = [], []
-            for b in range(batch):
-                ids = input_ids[b][attention_mask[b].bool()]
-                ctx = SampleContext(
-                    index=b,
-                    input_ids=ids,
-                    question=None if questions is None else questions[b],
-                    tokenizer=pruner.tokenizer,
-                    embed_tokens=embed,
-                    seed=pruner.seed,
-                    adapter=adapter,
-                )
-                contexts.append(ctx)
-                kept.append(pruner.reduce_image(adapter, images[b], ctx))
-            t2 = now(device)
-            inputs = adapter.build_inputs(input_ids, attention_mask, kept, image_inputs)
-
-        mask = inputs.attention_mask
-        pruner.request = Request(
-            spans=inputs.spans,
-            attention_mask=mask,
-            prompt_length=mask.shape[1],
-            contexts=contexts,
-            position_ids=inputs.position_ids,
-        )
-        pruner.last_stats = {
-            "vision_s": t1 - t0,
-            "select_s": t2 - t1,
-            "samples": [
-                {
-                    "vision_tokens_full": adapter.full_length(img),
-                    "vision_tokens": k.count,
-                    "crops": img.num_crops,
-                    # rows of the full image sequence kept, where the family tracks them (Qwen2.5-VL)
-                    "kept_index": None if k.index is None else k.index.tolist(),
-                }
-                for img, k in zip(images, kept)
-            ],
-        }
-        out = self.generate(**adapter.generate_inputs(inputs), **kwargs)
-        # HF returns only new tokens for an embeddings prompt; put the prompt ids back in front so
-        # callers slice `out[:, input_ids.shape[1]:]` exactly as with the unmodified model.
-        if isinstance(out, torch.Tensor):
-            return torch.cat([input_ids, out], dim=1)
-        out.sequences = torch.cat([input_ids, out.sequences], dim=1)
-        return out
-
-
-def _length_as_new_tokens(model, input_ids, kwargs: dict) -> dict:
-    """HF counts `max_length` against the prompt it is given, which is shorter once pruned; turn
-    it into `max_new_tokens` against the original prompt so lengths mean what they mean unpruned."""
-    if kwargs.get("max_new_tokens") is not None:
-        return kwargs
-    config = kwargs.get("generation_config") or model.generation_config
-    max_length = kwargs.get("max_length", config.max_length)
-    if max_length is None:
-        return kwargs
-    kwargs = {k: v for k, v in kwargs.items() if k != "max_length"}
-    kwargs["max_new_tokens"] = max(max_length - input_ids.shape[1], 0)
-    return kwargs

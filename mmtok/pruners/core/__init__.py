@@ -1,0 +1,1 @@
+"""Infrastructure every method builds on (registry, records, contract, request engine); not methods."""

@@ -1,0 +1,62 @@
+"""The in-LLM method API: `InLLMPruner` (where to prune, what to keep) and its validated prune-layer schedule."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from torch import nn
+
+from mmtok.models.adapters import FamilyAdapter
+from mmtok.pruners.core.contract import Pruner
+from mmtok.pruners.core.records import LayerTrace
+from mmtok.pruners.inllm.dropper import LayerDropper
+from mmtok.pruners.inllm.views import Cut, LayerView
+
+
+@dataclass
+class InLLMPruner(Pruner):
+    """Base of the in-LLM methods: say where to prune (`prune_layers`) and what to keep (`cut`)."""
+
+    in_llm: ClassVar[bool] = True
+    takes_ratio: ClassVar[bool] = False  # schedules are defined by budget; a method opts in
+    renumber_positions: ClassVar[bool] = False  # False: kept tokens keep their original positions
+
+    # one record per prune layer of the last prefill (a method appends its own in `cut`)
+    last_trace: list[LayerTrace] = field(default_factory=list, init=False, repr=False, compare=False)
+
+    def prune_layers(self, num_layers: int) -> tuple[int, ...]:
+        """Increasing decoder-layer indices whose output is pruned (raise for invalid settings)."""
+        raise NotImplementedError
+
+    def cut(self, step: int, view: LayerView) -> list[Cut]:
+        """Per sample, what survives the output of prune layer number `step`."""
+        raise NotImplementedError
+
+    def layer_schedule(self, n: int, config) -> list[int]:
+        """Vision tokens in the input of every decoder layer, for an image span of `n` tokens in a
+        model with this HF `config`, as the method's rule for `budget` prescribes. The contract
+        tests count what each layer really receives and compare."""
+        raise NotImplementedError
+
+    def schedule(self, num_layers: int) -> tuple[int, ...]:
+        """`prune_layers(num_layers)`, checked: increasing indices of layers an LLM of
+        `num_layers` decoder layers has, else a one-line ValueError naming the valid range."""
+        layers = tuple(self.prune_layers(num_layers))
+        ok = all(isinstance(p, int) and not isinstance(p, bool) for p in layers)
+        if not layers or not ok or list(layers) != sorted(set(layers)) or layers[0] < 0:
+            raise ValueError(f"{self.name}: prune layers must be increasing layer indices, got {layers}")
+        if layers[-1] >= num_layers:
+            raise ValueError(
+                f"{self.name}: prune layer {layers[-1]} does not exist ({num_layers} decoder layers); "
+                f"valid: 0 to {num_layers - 1}"
+            )
+        return layers
+
+    def check_config(self, config) -> None:
+        """The prune layers exist in this model's LLM (from its HF config, no weights)."""
+        super().check_config(config)
+        self.schedule(config.text_config.num_hidden_layers)
+
+    def llm_hooks(self, model: nn.Module, adapter: FamilyAdapter) -> list:
+        return LayerDropper(self, adapter).register()
