@@ -22,6 +22,7 @@ from typing import Any
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from mmtok.choices import IMAGE_PREPROCESS, MULTI_IMAGE, PROMPT_FORMATS, check_family_options
+from mmtok.models.registry import family_names
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = ROOT / "configs"
@@ -32,7 +33,7 @@ GROUPS = ("model", "pruner", "benchmark", "experiment")
 WANDB_MODES = ("online", "offline", "disabled")
 DTYPES = ("float16", "bfloat16", "float32", "auto")
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
-TINY_FAMILIES = ("llava", "llava_next", "qwen2_5_vl")  # = their model_type
+TINY_FAMILIES = family_names()  # = their model_type
 SUMMARIES = ("pope", "gqa", "mme")
 TESTBEDS = ("pope", "gqa", "mme", "scenes_pope", "scenes_gqa")
 _DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
@@ -256,7 +257,7 @@ def _model_type_on_disk(path: str) -> str | None:
 def check_family(cfg: DictConfig, model_type: str | None = None) -> None:
     """The pruner (and every cell's pruner) applies to the model's family, and the protocol options
     and image sizing are the family's. `model_type` None: read it from disk (`model_family`)."""
-    from mmtok.models.families import FAMILIES, TRAITS
+    from mmtok.models.registry import FAMILIES, TRAITS, pixel_bounds_families
 
     model_type = model_type or model_family(cfg.model)
     if model_type is None:
@@ -270,9 +271,10 @@ def check_family(cfg: DictConfig, model_type: str | None = None) -> None:
         check_family_options(model_type, cfg.prompt_format, cfg.image_preprocess)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    if model_type != "qwen2_5_vl" and (cfg.model.min_pixels is not None or cfg.model.max_pixels is not None):
+    if not FAMILIES[model_type].pixel_bounds and (cfg.model.min_pixels is not None or cfg.model.max_pixels is not None):
         raise ConfigError(
-            f"model.min_pixels / model.max_pixels size Qwen2.5-VL images; model={cfg.model.name} is {model_type}: "
+            f"model.min_pixels / model.max_pixels size {pixel_bounds_families()} images; "
+            f"model={cfg.model.name} is {model_type}: "
             f"set them to null"
         )
     # A job with cells runs the cells' pruners, not its own `pruner`.

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from mmtok.config import CONFIG_DIR, ConfigError, compose, group_options, preflight, validate
+from mmtok.models.registry import method_defaults
 
 ROOT = Path(__file__).resolve().parent.parent
 LMMS_TASKS = Path(__import__("lmms_eval").__file__).parent / "tasks"
@@ -65,7 +66,7 @@ def test_every_registered_pruner_has_a_config_with_valid_parameters():
         cfg = compose([f"pruner={name}"])
         assert cfg.pruner.name == name
         pruner = build_pruner_from(cfg)  # raises on a field the pruner does not have
-        family = pruner.family_defaults.get("llava", {})  # the default model is a LLaVA
+        family = method_defaults("llava", name)  # the default model is a LLaVA
         for key, value in cfg.pruner.params.items():
             got = pruner.params()[key]
             want = family[key] if value is None and key in family else value  # null = the family's value

@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmtok.models import qwen25vl as Q
+from mmtok.models.qwen2_5_vl import adapter as Q
 from mmtok.pruners import PRUNERS, build_pruner, pruners_for
 from tests._tiny import QUESTIONS
 from tests.test_pruner_contract import METHODS, _decoder_rows, ids
@@ -32,7 +32,7 @@ MAX_NEW = 8
 
 @pytest.fixture(scope="module")
 def tiny_qwen(tmp_path_factory):
-    from mmtok.models.tiny_qwen import build_tiny_qwen25vl, load_tiny_qwen25vl
+    from mmtok.models.qwen2_5_vl.tiny import build_tiny_qwen25vl, load_tiny_qwen25vl
 
     return load_tiny_qwen25vl(build_tiny_qwen25vl(tmp_path_factory.mktemp("tiny-qwen25vl") / "ckpt"))
 

@@ -7,7 +7,7 @@ import importlib
 import pkgutil
 from dataclasses import fields
 
-from mmtok.models.families import missing_traits, refusal
+from mmtok.models.registry import missing_traits, refusal
 from mmtok.pruners.base import Pruner
 from mmtok.pruners.registry import PRUNERS, register
 

@@ -20,8 +20,8 @@ import random
 from dataclasses import dataclass
 
 # The testbed speaks LLaVA-1.5's prompt format, exactly as the tiny checkpoints do.
-from mmtok.models.tiny import IMAGE_TOKEN
-from mmtok.models.tiny import LLAVA15_CHAT_TEMPLATE as CHAT_TEMPLATE  # noqa: F401  (re-exported)
+from mmtok.models.llava.tiny import IMAGE_TOKEN
+from mmtok.models.llava.tiny import LLAVA15_CHAT_TEMPLATE as CHAT_TEMPLATE  # noqa: F401  (re-exported)
 from mmtok.testbed.scenes import BG, BIG_MIN_CELLS, COLOR_NAMES, GRID, SMALL_MAX_CELLS, Scene
 
 POST_PROMPT = "\nAnswer the question using a single word or phrase."
