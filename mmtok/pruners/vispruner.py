@@ -1,13 +1,13 @@
 """`vispruner` (VisPruner): CLS-attention "important" tokens plus duplicate-free "diverse" ones, before the LLM.
 
-Signals come from the CLIP layer LLaVA reads, captured in one tower pass exactly as for VisionZip
+Signals come from the CLIP layer the projector reads, captured in one tower pass exactly as for VisionZip
 (the CLS row's attention recomputed from that layer's input, `cls_attention_and_keys`); the rule is
 `mmtok.selection.vispruner.vispruner_select` on each crop's patch features, and the kept patches'
 projected tokens reach the LLM (projecting a subset of patches equals subsetting the projection).
 
 Budget: `budget` tokens per crop reach the LLM (the release's `visual_token_num`, its tables'
 64/128/192), half important, half diverse (`important_ratio=0.5`), dropping at most `step=8`
-duplicates per round, as the release. LLaVA-NeXT: per crop under our layouts (the release's
+duplicates per round, as the release. Tiling families: per crop under our layouts (the release's
 anyres path does not handle pruned crops).
 """
 
@@ -39,7 +39,7 @@ class VisPrunerPruner(Pruner):
         if not isinstance(self.step, int) or self.step < 1:
             raise ValueError(f"vispruner: step must be an integer >= 1, got {self.step!r}")
 
-    encode = VisionZipPruner.encode  # the same one-pass capture of the CLS row at LLaVA's layer
+    encode = VisionZipPruner.encode  # the same one-pass capture of the CLS row at the projector's layer
 
     def select(self, image: ImageCrops, k: int, ctx: SampleContext) -> CropSelection:
         attention = image.extras["cls_attention"][:, :, 1:].mean(dim=1)  # [crops, n]: heads averaged
