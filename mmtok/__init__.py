@@ -1,3 +1,3 @@
-"""mmtok: vision-token pruning (MMTok and baselines) for HuggingFace LLaVA models."""
+"""mmtok: vision-token pruning (MMTok and baselines) for unmodified HuggingFace vision-language models."""
 
 __version__ = "0.1.0"

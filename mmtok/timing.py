@@ -49,8 +49,8 @@ class FirstTokenTimer(LogitsProcessor):
 def prefill_flops(config, seq_len: int, *, causal: bool = False, logits_tokens: int = 1) -> int:
     """Analytic FLOPs of one LLM prefill over `seq_len` tokens (one sequence).
 
-    `config`: a LLaVA / LLaVA-NeXT config (its `text_config` is used) or a decoder text config of
-    the Llama family (Vicuna, Mistral, Qwen2: q/k/v/o projections and a gated SwiGLU MLP).
+    `config`: a VLM config (its `text_config` is used) or a decoder text config of
+    the Llama kind (Vicuna, Mistral and the like: q/k/v/o projections and a gated SwiGLU MLP).
     A matmul of an [L, a] activation with an [a, b] weight costs 2*L*a*b FLOPs (multiply + add).
 
     Per decoder layer, with d = hidden_size, h = heads, g = key/value heads, e = head_dim,

@@ -74,7 +74,7 @@ class Row:
 def build_model(family, args, device, dtype):
     from transformers import AutoProcessor, LlavaForConditionalGeneration, LlavaNextForConditionalGeneration
 
-    from mmtok.models.tiny import build_tiny
+    from mmtok.models.llava.tiny import build_tiny
 
     text = None
     if args.llm_shape != "scaled":  # the real decoder shapes (vocabulary stays the tiny one)

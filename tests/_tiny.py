@@ -54,7 +54,7 @@ def build_tiny_clip(out_dir, *, vision_width: int = 32, seed: int = 0):
 
     from transformers import CLIPConfig, CLIPModel
 
-    from mmtok.models.tiny import build_tokenizer
+    from mmtok.models.llava.tiny import build_tokenizer
 
     tok = build_tokenizer()
     text = dict(

@@ -100,6 +100,24 @@ def tiny_models(tiny_llava_path, tiny_llavanext_path):
 
 
 @pytest.fixture(scope="session")
+def family_models(tiny_models, mmtok_cache):
+    """family_models(tester) -> (model, processor) of that family's tiny checkpoint (`tests._families`),
+    built by the family's own tiny builder and loaded once per session (the LLaVA ones are
+    `tiny_models`'), shared like `tiny_models`."""
+    from mmtok.models.loading import ensure_tiny
+
+    cache = dict(tiny_models)
+
+    def get(tester):
+        if tester.model_type not in cache:
+            path = ensure_tiny(mmtok_cache / "tiny" / tester.model_type, tester.model_type)
+            cache[tester.model_type] = tester.load(path)
+        return cache[tester.model_type]
+
+    return get
+
+
+@pytest.fixture(scope="session")
 def tiny_llava_eager(tiny_llava_path):
     """The same tiny LLaVA-1.5 under eager attention: a test-only reference for attention weights
     (`output_attentions`), which the pruners themselves never use."""

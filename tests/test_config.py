@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from mmtok.models.registry import method_defaults
 from mmtok.run.compose import compose, group_options
 from mmtok.run.identity import config_hash
 from mmtok.run.preflight import preflight
@@ -75,7 +76,7 @@ def test_every_registered_pruner_has_a_config_with_valid_parameters():
         cfg = compose([f"pruner={name}"])
         assert cfg.pruner.name == name
         pruner = build_pruner_from(cfg)  # raises on a field the pruner does not have
-        family = pruner.family_defaults.get("llava", {})  # the default model is a LLaVA
+        family = method_defaults("llava", name)  # the default model is a LLaVA
         for key, value in cfg.pruner.params.items():
             got = pruner.params()[key]
             want = family[key] if value is None and key in family else value  # null = the family's value

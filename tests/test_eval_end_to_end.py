@@ -17,9 +17,9 @@ import torch
 
 from mmtok.data import build_dataset
 from mmtok.eval.evaluate import evaluate
-from mmtok.eval.prompts import VICUNA_V1_SYSTEM
-from mmtok.eval.wrapper import PrunedLlavaLM
-from mmtok.models.tiny import build_tiny
+from mmtok.eval.wrapper import PrunedLM
+from mmtok.models.llava.prompts import VICUNA_V1_SYSTEM
+from mmtok.models.llava.tiny import build_tiny
 from mmtok.pruners import build_pruner
 from mmtok.pruners.random import RandomPruner
 from tests._tiny import load
@@ -203,7 +203,7 @@ def test_clean_keeps_the_model_for_another_evaluation(models, beds):
 
     model, processor = models["llava"]
     tb = beds["pope"]
-    lm = PrunedLlavaLM(model, processor, build_pruner("none"), max_new_tokens=1, progress=False)
+    lm = PrunedLM(model, processor, build_pruner("none"), max_new_tokens=1, progress=False)
     manager = task_manager(str(tb.include_path), [tb.task])
     answers = []
     for _ in range(2):  # the evaluator calls lm.clean() at the end of each run
@@ -221,7 +221,7 @@ def test_clean_keeps_the_model_for_another_evaluation(models, beds):
 
 def test_only_generation_is_supported(models):
     model, processor = models["llava"]
-    lm = PrunedLlavaLM(model, processor, build_pruner("none"))
+    lm = PrunedLM(model, processor, build_pruner("none"))
     with pytest.raises(NotImplementedError, match="only generates"):
         lm.loglikelihood([])
     with pytest.raises(NotImplementedError, match="multi-round"):
@@ -236,7 +236,7 @@ def test_until_and_max_new_tokens_cap(models, beds):
     doc = {"image": beds_image(beds), "category": None}
 
     def answer(gen_kwargs, cap):
-        lm = PrunedLlavaLM(model, processor, build_pruner("none"), max_new_tokens=cap, progress=False)
+        lm = PrunedLM(model, processor, build_pruner("none"), max_new_tokens=cap, progress=False)
         lm.task_dict = {"t": {"test": [doc]}}
         req = Instance(
             request_type="generate_until",
@@ -292,7 +292,7 @@ def vision_tower_inputs(model):
 def test_prompt_format_and_padding_reach_the_model(models, beds):
     """vicuna_v1: the LLM's prompt length is exactly that of the system-prompt template; pad: the
     vision tower receives the processor's pixels of the image padded to a square with the mean colour."""
-    from mmtok.eval.prompts import expand2square, mean_color
+    from mmtok.models.llava.prompts import expand2square, mean_color
 
     model, processor = models["llava"]
     with vision_tower_inputs(model) as seen:

@@ -10,8 +10,9 @@ from mmtok.data import build_dataset
 from mmtok.data.local import COLORS, MME_CATEGORIES
 from mmtok.data.tasks import write_task_yaml
 from mmtok.eval.metrics import pope_split_metrics, summarize
-from mmtok.eval.prompts import VICUNA_V1_SYSTEM, build_prompt, expand2square, mean_color, pick_image, preprocess_image
-from mmtok.models.tiny import build_tiny
+from mmtok.eval.prompts import build_prompt, pick_image, preprocess_image
+from mmtok.models.llava.prompts import VICUNA_V1_SYSTEM, expand2square, mean_color
+from mmtok.models.llava.tiny import build_tiny
 from mmtok.timing import layer_flops, peak_memory_bytes, prefill_flops, prefill_flops_per_layer
 
 
@@ -25,8 +26,8 @@ def processor(tmp_path_factory):
 # -- prompts / preprocessing -------------------------------------------------------------------
 def test_prompt_formats_exact_strings(processor):
     q = "Is there a cat in the image?\nAnswer the question using a single word or phrase."
-    assert build_prompt(processor, q, "hf") == f"USER: <image>\n{q} ASSISTANT:"
-    assert build_prompt(processor, q, "vicuna_v1") == (
+    assert build_prompt(processor, q, "hf", "llava") == f"USER: <image>\n{q} ASSISTANT:"
+    assert build_prompt(processor, q, "vicuna_v1", "llava") == (
         "A chat between a curious human and an artificial intelligence assistant. The assistant gives "
         "helpful, detailed, and polite answers to the human's questions. USER: <image>\n"
         f"{q} ASSISTANT:"
@@ -36,17 +37,17 @@ def test_prompt_formats_exact_strings(processor):
 
 def test_prompt_errors(processor):
     with pytest.raises(ValueError, match="unknown prompt_format 'llama3'; valid: hf, vicuna_v1"):
-        build_prompt(processor, "q", "llama3")
+        build_prompt(processor, "q", "llama3", "llava")
     with pytest.raises(ValueError, match="already contains the image placeholder"):
-        build_prompt(processor, "<image>\nq", "hf")
+        build_prompt(processor, "<image>\nq", "hf", "llava")
     with pytest.raises(ValueError, match="unknown image_preprocess 'squash'"):
-        preprocess_image(Image.new("RGB", (4, 4)), processor, "squash")
+        preprocess_image(Image.new("RGB", (4, 4)), processor, "squash", "llava")
 
 
 def test_pad_to_square_uses_the_mean_colour(processor):
     red = (200, 0, 0)
     wide = Image.new("RGB", (60, 30), red)
-    padded = preprocess_image(wide, processor, "pad")
+    padded = preprocess_image(wide, processor, "pad", "llava")
     mean = mean_color(processor)
     assert mean == (122, 116, 104)  # int(255 * CLIP mean), as the original LLaVA computes it
     assert padded.size == (60, 60)
@@ -55,9 +56,9 @@ def test_pad_to_square_uses_the_mean_colour(processor):
     assert padded.getpixel((0, 14)) == mean and padded.getpixel((0, 45)) == mean
     tall = expand2square(Image.new("RGB", (10, 31), red), mean)
     assert tall.size == (31, 31) and tall.getpixel((10, 5)) == red and tall.getpixel((9, 5)) == mean
-    assert preprocess_image(wide, processor, "crop").size == (60, 30)  # crop: the processor decides
+    assert preprocess_image(wide, processor, "crop", "llava").size == (60, 30)  # crop: the processor decides
     square = Image.new("RGB", (20, 20), red)
-    assert preprocess_image(square, processor, "pad").size == (20, 20)
+    assert preprocess_image(square, processor, "pad", "llava").size == (20, 20)
 
 
 def test_multi_image_policy_picks_one_image():

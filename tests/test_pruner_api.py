@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mmtok.models.adapters import CropSelection
-from mmtok.models.llava import LlavaNextAdapter
+from mmtok.models.llava.adapter import LlavaNextAdapter
 from mmtok.pruners import PRUNERS, build_pruner
 from tests._tiny import QUESTIONS, generate, images, inputs
 

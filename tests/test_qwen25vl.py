@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmtok.models import qwen25vl as Q
-from mmtok.models.tiny_qwen import Qwen25VLImageProcessor, build_tiny_qwen25vl, load_tiny_qwen25vl
+from mmtok.models.qwen2_5_vl import adapter as Q
+from mmtok.models.qwen2_5_vl.tiny import Qwen25VLImageProcessor, build_tiny_qwen25vl, load_tiny_qwen25vl
 from tests._tiny import QUESTIONS, images
 
 # Merged grids 4x6, 3x5 and 5x7 (one LLM token = 16x16 pixels; windows of 2x2 tokens): odd sides

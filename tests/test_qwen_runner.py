@@ -18,14 +18,8 @@ import pytest
 import torch
 from PIL import Image
 
-from mmtok.eval.prompts import (
-    QWEN_SYSTEM_PROMPT,
-    build_prompt,
-    preprocess_image,
-    qwen_messages,
-    qwen_smart_resize,
-    stop_strings,
-)
+from mmtok.eval.prompts import build_prompt, preprocess_image, stop_strings
+from mmtok.models.qwen2_5_vl.prompts import QWEN_SYSTEM_PROMPT, qwen_messages, qwen_smart_resize
 from mmtok.run.compose import compose
 from mmtok.run.identity import config_hash
 from mmtok.run.preflight import preflight
@@ -184,7 +178,7 @@ def test_a_retain_ratio_reaches_the_pruner():
 def test_tiny_qwen_loads_with_its_processor_and_sizing(tiny_qwen, tiny_qwen_path):
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    from mmtok.models.qwen_processor import Qwen25VLImageProcessor, pixel_bounds, resize_factor
+    from mmtok.models.qwen2_5_vl.processor import Qwen25VLImageProcessor, pixel_bounds, resize_factor
 
     model, processor, info = tiny_qwen
     assert type(model) is Qwen2_5_VLForConditionalGeneration and not model.training
@@ -206,7 +200,7 @@ def test_qwen_processor_round_trips_and_loads_a_hub_layout(tiny_qwen, tmp_path):
     """save_pretrained / from_pretrained keep the sizing, and a folder laid out like the hub's
     Qwen2.5-VL snapshots (preprocessor_config.json with min/max_pixels and processor_class
     Qwen2_5_VLProcessor, chat_template.json) loads without torchvision; the override wins."""
-    from mmtok.models.qwen_processor import load_qwen_processor, pixel_bounds
+    from mmtok.models.qwen2_5_vl.processor import load_qwen_processor, pixel_bounds
 
     _, processor, _ = tiny_qwen
     images, text = [_image(70, 90, seed=1)], [build_prompt(processor, QUESTION, "hf", "qwen2_5_vl")]
@@ -291,7 +285,7 @@ def test_qwen_prompt_is_the_chat_template_on_lmms_evals_messages(tiny_qwen, temp
 
 
 def test_llava_only_options_are_refused_on_qwen(tiny_qwen):
-    from mmtok.eval.wrapper import PrunedLlavaLM
+    from mmtok.eval.wrapper import PrunedLM
     from mmtok.pruners import build_pruner
 
     model, processor, _ = tiny_qwen
@@ -301,9 +295,9 @@ def test_llava_only_options_are_refused_on_qwen(tiny_qwen):
         preprocess_image(_image(40, 60), processor, "pad", "qwen2_5_vl")
     for kwargs in ({"prompt_format": "vicuna_v1"}, {"image_preprocess": "pad"}):
         with pytest.raises(ValueError, match="does not apply to qwen2_5_vl checkpoints; valid there: ") as info:
-            PrunedLlavaLM(model, processor, build_pruner("none"), **kwargs)
+            PrunedLM(model, processor, build_pruner("none"), **kwargs)
         assert "\n" not in str(info.value)
-    assert PrunedLlavaLM(model, processor, build_pruner("none")).model_type == "qwen2_5_vl"
+    assert PrunedLM(model, processor, build_pruner("none")).model_type == "qwen2_5_vl"
 
 
 def test_qwen_image_is_resized_as_qwen_vl_utils_fetches_it(tiny_qwen):
@@ -432,7 +426,7 @@ def results_hash(ident):
 def test_every_pruner_requires_only_known_traits():
     """The preflight skips importing the pruners for a family that has every trait in TRAITS; that
     is sound only while no pruner requires anything else."""
-    from mmtok.models.families import TRAITS
+    from mmtok.models.registry import TRAITS
     from mmtok.pruners import PRUNERS
 
     unknown = {name: sorted(set(cls.requires) - set(TRAITS)) for name, cls in PRUNERS.items()}

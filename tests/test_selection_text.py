@@ -17,7 +17,7 @@ LETTER = "Answer with the option's letter from the given choices directly."
 
 @pytest.fixture(scope="module")
 def tok():
-    from mmtok.models.tiny import build_tokenizer
+    from mmtok.models.llava.tiny import build_tokenizer
 
     return build_tokenizer()
 

@@ -38,7 +38,7 @@ from mmtok.data.tasks import benchmark
 
 SHAPES = ("circle", "square", "triangle", "cross")
 COLORS = {"red": (220, 30, 30), "green": (30, 170, 60), "blue": (40, 70, 220), "yellow": (235, 200, 20)}
-# (width, height): different aspect ratios, so LLaVA-NeXT picks different anyres grids
+# (width, height): different aspect ratios, so a tiling family picks different anyres grids
 SIZES = ((96, 64), (64, 96), (80, 80), (112, 56))
 POPE_SPLITS = ("random", "popular", "adversarial")
 MME_CATEGORIES = (

@@ -9,7 +9,7 @@ All are answered from the visible cells (`scenes.label_grid`); a size question i
 object's visible cell count is clearly big or clearly small.
 
 The tokenizer is word-level (lower-cased, punctuation split off): one token per word, and the grid word
-of an object cell IS the colour word the question uses. The prompt is the LLaVA-1.5 chat template
+of an object cell IS the colour word the question uses. The prompt is the testbed checkpoint's chat template
 "USER: <image>\\n{question}\\nAnswer the question using a single word or phrase. ASSISTANT:" that the
 evaluation wrapper builds (`prompt_format=hf`) from lmms-eval's POPE / GQA `post_prompt`.
 """

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from mmtok.eval.metrics import SUMMARIES, infer_summary, summarize
 from mmtok.eval.prompts import check_multi_image, check_options
-from mmtok.eval.wrapper import PrunedLlavaLM
+from mmtok.eval.wrapper import PrunedLM
 from mmtok.timing import device_name, peak_memory_bytes, reset_peak_memory
 
 
@@ -98,7 +98,7 @@ def evaluate(
     """
     from lmms_eval import evaluator
 
-    check_options(prompt_format, image_preprocess, str(getattr(model.config, "model_type", "llava")))
+    check_options(prompt_format, image_preprocess, str(getattr(model.config, "model_type", None)))
     check_multi_image(multi_image)
     if summary is not None and summary not in SUMMARIES:
         raise ValueError(f"unknown summary {summary!r}; valid: {', '.join(SUMMARIES)}")
@@ -110,7 +110,7 @@ def evaluate(
         # MME scores question pairs (acc+); an odd limit splits the last pair and lmms-eval's
         # aggregation then fails with an assertion deep inside.
         raise ValueError(f"MME questions come in pairs: limit must be even, got {limit}")
-    lm = PrunedLlavaLM(
+    lm = PrunedLM(
         model,
         processor,
         pruner,
@@ -157,4 +157,4 @@ def _attach_targets(samples: list[dict], logged: dict) -> None:
         s["target"] = targets.get((s["task"], s["doc_id"]))
 
 
-__all__ = ["EvalOutput", "PrunedLlavaLM", "evaluate", "summarize", "task_manager"]
+__all__ = ["EvalOutput", "PrunedLM", "evaluate", "summarize", "task_manager"]

@@ -4,8 +4,8 @@
   average of the three per-split F1 (`pope_f1_avg`). Per-split numbers are recomputed here from the
   per-sample answers with lmms-eval's own parsing (`pope_process_results`) and aggregations.
   Parsing: lmms-eval exact-matches `answer.lower().strip()` against "yes"/"no", so "Yes." counts as
-  wrong; the original LLaVA POPE script (`eval_pope.py`) instead looked for "no"/"not" among the
-  words of the answer and counted everything else as yes, so "Yes." was right there. We keep
+  wrong; the original POPE script of the paper's baselines (`eval_pope.py`) instead looked for
+  "no"/"not" among the words of the answer and counted everything else as yes, so "Yes." was right there. We keep
   lmms-eval's rule (absolute numbers are then lmms-eval numbers, comparable to its tables).
 - GQA: lmms-eval's exact match (case and punctuation ignored).
 - MME: perception and cognition scores from lmms-eval (sum over categories of acc + acc+), and the

@@ -1,4 +1,4 @@
-"""Our lmms-eval model: an already loaded HF LLaVA / LLaVA-NeXT / Qwen2.5-VL + processor + pruner.
+"""Our lmms-eval model: an already loaded HF model of a supported family + processor + pruner.
 
 Differences from lmms-eval's built-in HF wrappers, all deliberate:
 - It is passed to `simple_evaluate` as an instance (no registry, no `model_args` string), so one
@@ -12,8 +12,8 @@ Differences from lmms-eval's built-in HF wrappers, all deliberate:
 - One image per prompt: a document with several images goes through the `multi_image` policy
   (`mmtok.eval.prompts.pick_image`: error | first | middle).
 - The family (`model.config.model_type`) picks the prompt, the image preprocessing and the stop
-  strings (`mmtok.eval.prompts`: Qwen2.5-VL follows lmms-eval's `qwen2_5_vl` wrappers); everything
-  else is the same for every family.
+  strings (`mmtok.eval.prompts` asks the family's `InputRules`); everything else is the same for
+  every family.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from mmtok.eval.prompts import (
 from mmtok.timing import FirstTokenTimer, now
 
 
-class PrunedLlavaLM(lmms):
+class PrunedLM(lmms):
     """Simple (non-chat) lmms-eval model: `generate_until` requests, one image each reaching the LLM."""
 
     is_simple = True
@@ -55,7 +55,7 @@ class PrunedLlavaLM(lmms):
         progress: bool = True,
     ):
         super().__init__()
-        self.model_type = str(getattr(model.config, "model_type", "llava"))
+        self.model_type = str(getattr(model.config, "model_type", None))
         check_options(prompt_format, image_preprocess, self.model_type)
         check_multi_image(multi_image)
         if batch_size < 1:
@@ -83,13 +83,13 @@ class PrunedLlavaLM(lmms):
     # -- lmms-eval API --------------------------------------------------------------------------
     def loglikelihood(self, requests: list[Instance]):
         raise NotImplementedError(
-            "PrunedLlavaLM only generates: loglikelihood (multiple-choice scoring) is not implemented; "
+            "PrunedLM only generates: loglikelihood (multiple-choice scoring) is not implemented; "
             "use generate_until tasks (POPE, GQA, MME)"
         )
 
     def generate_until_multi_round(self, requests):
         raise NotImplementedError(
-            "PrunedLlavaLM only answers single-turn generate_until requests; multi-round generation is not implemented"
+            "PrunedLM only answers single-turn generate_until requests; multi-round generation is not implemented"
         )
 
     def clean(self):
@@ -194,8 +194,8 @@ class PrunedLlavaLM(lmms):
         decode_s = t_end - timer.first
         results = []
         for k, (context, _, _, doc_id, task, _, index) in enumerate(batch):
-            # Stop strings cut the answer; surrounding whitespace goes, like the original LLaVA
-            # scripts (`outputs.strip()`); lmms-eval's POPE / MME scoring strips as well.
+            # Stop strings cut the answer; surrounding whitespace goes, like the original evaluation
+            # scripts of the paper's models (`outputs.strip()`); lmms-eval's POPE / MME scoring strips as well.
             answer = _truncate(texts[k], until).strip()
             s = stats.samples[k]
             record = {

@@ -1,1 +1,3 @@
-"""Model loading and the per-family adapters (where LLaVA / LLaVA-NeXT keep image features)."""
+"""Model families: the torch-free registry (`registry`, `spec`), the adapter protocol (`adapters`),
+loading (`loading`), and one folder per family (`<family>/`: adapter, prompt and image rules,
+processor quirks, tiny builder, defaults, traits)."""

@@ -7,41 +7,32 @@ has the adapter build the shortened LLM inputs (`build_inputs` -> `LLMInputs`: e
 attention mask, position ids, image spans) and the kwargs of the model's own `generate`. In-LLM
 methods reach the decoder through `language_model` (layers, rotary embedding, final norm).
 
-One module per family registers its adapter by HF `model_type` (`@register_family`):
-`mmtok.models.llava` (LLaVA-1.5, LLaVA-NeXT) and `mmtok.models.qwen25vl` (Qwen2.5-VL).
+Each family folder `mmtok/models/<family>/` implements its adapter (`adapter.py`) and names it in
+its `FamilySpec` (`mmtok.models.registry`); `adapter_for(model)` picks it by `config.model_type`.
 """
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 from torch import nn
 
-from mmtok.models.families import FAMILIES
+from mmtok.models.registry import FAMILIES, family_of
 
 LAYOUTS = ("paper", "hf")
-
-# model_type -> the module that registers its adapter (imported on first use)
-_FAMILY_MODULES = {
-    "llava": "mmtok.models.llava",
-    "llava_next": "mmtok.models.llava",
-    "qwen2_5_vl": "mmtok.models.qwen25vl",
-}
-_ADAPTERS: dict[str, type[FamilyAdapter]] = {}
 
 
 @dataclass
 class ImageCrops:
-    """Vision features of one image, crop-major (LLaVA-1.5 and Qwen2.5-VL: one crop; NeXT: base image + tiles)."""
+    """Vision features of one image, crop-major (one crop, or a base image + tiles on tiling families)."""
 
     proj: torch.Tensor  # [c, n, D_llm] projected tokens (what the LLM would receive)
     pre: torch.Tensor  # [c, n(+1), D_vis] vision features before the projector; CLS at 0 when has_cls
-    grid: tuple[int, int] | None = None  # NeXT: (rows, cols) of tiles; Qwen: (h, w) of the merged grid
+    grid: tuple[int, int] | None = None  # tiling families: (rows, cols) of tiles; else the (h, w) token grid, if any
     image_size: tuple[int, int] | None = None  # NeXT: original (height, width)
-    has_cls: bool = True  # CLIP towers (LLaVA) put a CLS token at index 0 of `pre`; Qwen's ViT has none
+    has_cls: bool = True  # CLIP towers put a CLS token at index 0 of `pre`; towers without one set False
     # signals a method captures inside the tower (VisionZip, VisPruner), None until one does:
     cls_attention: torch.Tensor | None = None  # [c, H, n+1] the CLS row's attention per head
     keys: torch.Tensor | None = None  # [c, n+1, head_dim] the keys averaged over heads
@@ -96,15 +87,18 @@ class LLMInputs:
     inputs_embeds: torch.Tensor  # [B, L, D_llm]
     attention_mask: torch.Tensor  # [B, L]
     spans: list[ImageSpan]
-    position_ids: torch.Tensor | None = None  # None: the model's own (1-D, from the mask); Qwen: [3, B, L]
+    position_ids: torch.Tensor | None = None  # None: the model's own (1-D, from the mask); M-RoPE: [3, B, L]
 
 
 class FamilyAdapter:
     """Base of the family adapters (see the module docstring for the protocol)."""
 
-    family: ClassVar[str] = ""
+    family: ClassVar[str] = ""  # the HF model_type (set by the family's adapter)
     # keyword arguments of `generate` that describe the images (popped and handed to the adapter)
     image_keys: ClassVar[tuple[str, ...]] = ()
+    # which per-token features a diversity method compares on this family (DivPrune, as its
+    # release): "proj" (the LLM-space tokens) or "patches" (pre-projector features, CLS removed)
+    diversity_features: ClassVar[str] = "proj"
 
     def __init__(self, model: nn.Module):
         self.model = model
@@ -119,6 +113,11 @@ class FamilyAdapter:
     def encode(self, pixel_values: torch.Tensor, **image_inputs) -> list[ImageCrops]:
         """Run the vision tower once; `image_inputs` are the family's `image_keys` from the call."""
         raise NotImplementedError
+
+    def question_embeddings(self, embed_tokens: nn.Module, tokenizer, question: str) -> torch.Tensor | None:
+        """The question's text rows as this family's release of a text-guided method (MMTok) prepares
+        them, or None where the family uses the method's own (cleaned-question) rule."""
+        return None
 
     # -- assembly -----------------------------------------------------------------------------
     def max_crops(self) -> int:
@@ -158,14 +157,6 @@ class FamilyAdapter:
         return out
 
 
-def register_family(cls: type[FamilyAdapter]) -> type[FamilyAdapter]:
-    """Class decorator: the adapter of HF `model_type` `cls.family`."""
-    if cls.family not in FAMILIES:
-        raise ValueError(f"{cls.__name__}: family {cls.family!r} is not in mmtok.models.families")
-    _ADAPTERS[cls.family] = cls
-    return cls
-
-
 def adapter_for(model: nn.Module) -> FamilyAdapter:
     """The adapter of `model`'s family (by `config.model_type`); one-line TypeError otherwise."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
@@ -173,24 +164,25 @@ def adapter_for(model: nn.Module) -> FamilyAdapter:
     if info is None or type(model).__name__ != info.hf_class:
         valid = ", ".join(f.hf_class for f in FAMILIES.values())
         raise TypeError(f"unsupported model class {type(model).__name__}; valid: {valid}")
-    importlib.import_module(_FAMILY_MODULES[model_type])
-    return _ADAPTERS[model_type](model)
+    return info.adapter_class()(model)
 
 
 def max_crops(config) -> int:
-    """Crops of the largest split a checkpoint can produce: 1 for LLaVA-1.5 and Qwen2.5-VL; for
-    LLaVA-NeXT the base image plus the most tiles of any grid pinpoint (5 for the llava-hf checkpoints)."""
+    """Crops of the largest split a checkpoint can produce: 1, or on a tiling family (`anyres_tiles`)
+    the base image plus the most tiles of any grid pinpoint (5 for the tiling checkpoints we run)."""
     pinpoints = getattr(config, "image_grid_pinpoints", None)
-    if getattr(config, "model_type", None) != "llava_next" or not pinpoints:
+    spec = family_of(config)
+    if spec is None or not spec.anyres_tiles or not pinpoints:
         return 1
     size = config.vision_config.image_size
     return 1 + max((h // size) * (w // size) for h, w in pinpoints)
 
 
 def tokens_per_crop(config) -> int | None:
-    """Image tokens of one crop; None where the count follows the image size (Qwen2.5-VL)."""
+    """Image tokens of one crop; None where the count follows the image size (`tokens_follow_image`)."""
     vision = config.vision_config
-    if getattr(config, "model_type", None) == "qwen2_5_vl":
+    spec = family_of(config)
+    if spec is not None and spec.tokens_follow_image:
         return None
     return (vision.image_size // vision.patch_size) ** 2
 

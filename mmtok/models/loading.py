@@ -1,16 +1,15 @@
-"""Load a LLaVA / LLaVA-NeXT / Qwen2.5-VL checkpoint and its processor by hub id or local folder.
+"""Load a checkpoint of any supported family and its processor by hub id or local folder.
 
-    model, processor, info = load_model("llava-hf/llava-1.5-7b-hf", dtype="float16", device="cuda")
+    model, processor, info = load_model("<hub id or folder>", dtype="float16", device="cuda")
 
-The family comes from `config.model_type` (`mmtok.models.families`: llava →
-LlavaForConditionalGeneration, llava_next → LlavaNextForConditionalGeneration, qwen2_5_vl →
-Qwen2_5_VLForConditionalGeneration). The processor is `AutoProcessor`'s, except for Qwen2.5-VL:
-`Qwen25VLImageProcessor` (AutoProcessor needs torchvision there), with the image sizing
-`min_pixels` / `max_pixels` (None keeps the checkpoint's). A hub id is loaded from the local HF
-cache only, unless `download=True`; a missing folder or an uncached hub id is a one-line
-`ModelSourceError` (raised before any weights are read). `tiny="llava"|"llava_next"|"qwen2_5_vl"`
-builds a tiny random checkpoint at `path` on first use (mmtok/models/tiny.py, tiny_qwen.py) and then
-loads it exactly like any other folder.
+The family comes from `config.model_type` (`mmtok.models.registry`: each family's spec names the
+unmodified transformers class that loads it). The processor is `AutoProcessor`'s unless the family
+names its own loader (`FamilySpec.processor`), which alone takes the image sizing `min_pixels` /
+`max_pixels` (None keeps the checkpoint's; `FamilySpec.pixel_bounds`). A hub id is loaded from the
+local HF cache only, unless `download=True`; a missing folder or an uncached hub id is a one-line
+`ModelSourceError` (raised before any weights are read). `tiny=<model_type>` builds the family's
+tiny random checkpoint at `path` on first use (`FamilySpec.tiny`) and then loads it exactly like
+any other folder.
 """
 
 from __future__ import annotations
@@ -21,10 +20,11 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from mmtok.models.families import FAMILIES as _FAMILY_INFO
+from mmtok.models.registry import FAMILIES as _SPECS
+from mmtok.models.registry import pixel_bounds_families
 from mmtok.models.source import ModelSourceError, check_model_source
 
-FAMILIES = {model_type: info.hf_class for model_type, info in _FAMILY_INFO.items()}
+FAMILIES = {model_type: spec.hf_class for model_type, spec in _SPECS.items()}
 
 
 @dataclass
@@ -58,14 +58,9 @@ def ensure_tiny(path: str | Path, family: str) -> Path:
 
 
 def _build_tiny(out_dir: Path, family: str) -> None:
-    if family == "qwen2_5_vl":
-        from mmtok.models.tiny_qwen import build_tiny_qwen25vl  # defers torch
-
-        build_tiny_qwen25vl(out_dir)
-    else:
-        from mmtok.models.tiny import build_tiny  # defers torch
-
-        build_tiny(out_dir, family)
+    if family not in _SPECS:
+        raise ModelSourceError(f"unsupported model_type {family!r}; valid: {', '.join(FAMILIES)}")
+    _SPECS[family].tiny_builder()(out_dir, family)
 
 
 def resolve_source(path: str, *, download: bool = False, tiny: str | None = None) -> tuple[str, bool]:
@@ -112,7 +107,7 @@ def load_model(
     max_pixels: int | None = None,
 ):
     """(model in eval mode on `device`, processor, LoadedInfo). `min_pixels` / `max_pixels`: the
-    image sizing of a Qwen2.5-VL processor (None keeps the checkpoint's; other families take none)."""
+    image sizing of a family whose processor takes it (None keeps the checkpoint's; other families take none)."""
     from transformers import AutoConfig
 
     source, local_only = resolve_source(path, download=download, tiny=tiny)
@@ -140,14 +135,14 @@ def load_processor(
     max_pixels: int | None = None,
 ):
     """The processor of checkpoint `source` of model_type `family`."""
-    if family == "qwen2_5_vl":
-        from mmtok.models.qwen_processor import load_qwen_processor  # defers transformers
-
-        return load_qwen_processor(
-            source, min_pixels=min_pixels, max_pixels=max_pixels, local_files_only=local_files_only
+    spec = _SPECS.get(family)
+    loader = spec.processor_loader() if spec is not None else None
+    if loader is not None:
+        return loader(source, min_pixels=min_pixels, max_pixels=max_pixels, local_files_only=local_files_only)
+    if (min_pixels is not None or max_pixels is not None) and not (spec is not None and spec.pixel_bounds):
+        raise ModelSourceError(
+            f"min_pixels / max_pixels size {pixel_bounds_families()} images; a {family} checkpoint takes neither"
         )
-    if min_pixels is not None or max_pixels is not None:
-        raise ModelSourceError(f"min_pixels / max_pixels size Qwen2.5-VL images; a {family} checkpoint takes neither")
     from transformers import AutoProcessor
 
     return AutoProcessor.from_pretrained(source, local_files_only=local_files_only)

@@ -21,7 +21,7 @@ from mmtok.models.adapters import (
     max_crops,
     tokens_per_crop,
 )
-from mmtok.models.families import missing_traits, refusal
+from mmtok.models.registry import missing_traits, refusal
 from mmtok.models.source import cached_hub_snapshot, is_hub_id
 from mmtok.pruners.core.contract import Pruner
 from mmtok.pruners.core.records import LayerTrace, PruneStats, Request, SampleContext, SampleStats

@@ -1,17 +1,17 @@
 """`cdpruner` (CDPruner, NeurIPS 2025): a DPP over instruction-conditioned similarities, before the LLM.
 
-The relevance term needs CLIP's text tower and both projections, which LLaVA checkpoints lack, so
+The relevance term needs CLIP's text tower and both projections, which the VLM checkpoints lack, so
 the pruner loads a CLIP model beside the VLM (`clip_path`: a hub id in the local HF cache or a
-folder; by default the CLIP-L/336 that LLaVA-1.5 and LLaVA-NeXT were built on), lazily on first
+folder; by default the CLIP-L/336 the CLS-towered checkpoints were built on), lazily on first
 use and once per path and device. As the release: the instruction (the question without the image
 placeholder and the benchmark's answer-format suffix) is tokenised without truncation, cut into
 `max_position_embeddings`-token segments (zero-padded) and encoded in float32; the patches'
 image embeddings are CLIP's `visual_projection(post_layernorm(.))` of the features the projector
-reads (the layer LLaVA selects, CLS dropped), in float32. The rule is
+reads (the layer the model selects, CLS dropped), in float32. The rule is
 `mmtok.selection.cdpruner.cdpruner_select` over all crops of the image at once.
 
 Budget: `budget` tokens per crop reach the LLM (the release's `visual_token_num`: 64/128/192 for
-LLaVA-1.5; its LLaVA-NeXT scripts pass a per-crop number, 32 -> "32 x 5 = 160"). LLaVA-NeXT: per
+one 576-token crop; its multi-crop scripts pass a per-crop number, 32 -> "32 x 5 = 160"). Tiling families: per
 crop under our layouts (the release keeps T per crop, then unpads with the mask).
 """
 
@@ -125,7 +125,7 @@ class CDPrunerPruner(Pruner):
     theta: float | None = None  # the release's commented-out relevance reweighting; None = off, as released
 
     name: ClassVar[str] = "cdpruner"
-    # CLIP vision features (LLaVA's tower: CLS at 0, dropped) go through a CLIP model's projection
+    # CLIP vision features (a CLS tower: CLS at 0, dropped) go through a CLIP model's projection
     requires: ClassVar[frozenset[str]] = frozenset({"cls"})
 
     def __post_init__(self) -> None:

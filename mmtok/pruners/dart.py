@@ -8,7 +8,7 @@ see only those, with their ORIGINAL position ids (the release passes the kept in
 positions), like FastV.
 
 Budget: the release's `max_num_trunction`, the kept-token label of its tables (64/128/192 on
-LLaVA-1.5; on LLaVA-NeXT its `retain_token_num_for_llava_next`, capped at n - 4): the LLM's layers
+a 576-token crop; on a tiling family its multi-crop retain count, capped at n - 4): the LLM's layers
 >= K receive 4 + 8 * (budget // 8) image tokens (132 for 128), as the release keeps them.
 `budget=None` keeps everything.
 """

@@ -1,7 +1,7 @@
 """`divprune`: greedy max-min diversity on the projected tokens (CVPR 2025).
 
-LLaVA-NeXT: `scope="global"` (the original) selects over the whole packed HF sequence, newline
-tokens included, keeping as many tokens as the per-crop budget gives the image's crops in total
+Multi-crop (tiling) families: `scope="global"` (the original) selects over the whole packed HF
+sequence, newline tokens included, keeping as many tokens as the per-crop budget gives the image's crops in total
 (so it keeps the same count as MMTok); `scope="crop"` selects per crop like MMTok.
 
 `arithmetic="release"` (default) builds the distance matrix in the input dtype as the release does
@@ -9,9 +9,10 @@ tokens included, keeping as many tokens as the per-crop budget gives the image's
 symmetric distances; in float16 it picks ~15 % different tokens, decided by geometry rather than by
 half-precision ties). See `mmtok.selection.divprune.divprune_select`.
 
-Qwen2.5-VL: the MMTok authors' DivPrune variant (their Qwen release) selects on the ViT's last
-block averaged per 2x2 merge unit, in raster order (the features MMTok's vision-vision term uses),
-keeping k = int(retain_ratio x image tokens) or `budget` of the merged tokens.
+Features: the family's adapter says which ones its release compares (`diversity_features`): the
+projected tokens, or the pre-projector features (the MMTok authors' DivPrune variant on an M-RoPE
+family: the ViT's last block averaged per merge unit, the features MMTok's vision-vision term uses),
+keeping k = int(retain_ratio x image tokens) or `budget` tokens (docs/families.md).
 """
 
 from __future__ import annotations
@@ -34,10 +35,6 @@ class DivPrunePruner(Pruner):
     arithmetic: str = "release"  # "release" (input dtype, as the authors) or "float32"
 
     name: ClassVar[str] = "divprune"
-    # the release's features per family: LLaVA's projected tokens; on Qwen2.5-VL (the MMTok
-    # authors' DivPrune variant) the ViT's last block averaged per 2x2 merge unit, as MMTok's
-    # vision-vision term (`ImageCrops.patches`)
-    vision_feature_families: ClassVar[frozenset[str]] = frozenset({"qwen2_5_vl"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -48,7 +45,8 @@ class DivPrunePruner(Pruner):
 
     def select(self, image: ImageCrops, k: int, ctx: SampleContext) -> CropSelection:
         if self.scope == "crop" or image.num_crops == 1:
-            feats = image.patches if ctx.adapter.family in self.vision_feature_families else image.proj
+            # the features the family's release compares (`FamilyAdapter.diversity_features`)
+            feats = image.patches if ctx.adapter.diversity_features == "patches" else image.proj
             return CropSelection(indices=list(divprune_select(feats, k, arithmetic=self.arithmetic)))
         packed = ctx.adapter.full_sequence(image)
         total = k * image.num_crops

@@ -4,13 +4,13 @@ In layer K-1 the attention probabilities of the last prompt token to the image t
 over heads) are recomputed for that one row (`attention_rows`); the top-R image tokens stay, in
 their original order, with every text token. Layers >= K see (and cache) only the kept tokens,
 which keep their ORIGINAL position ids; decode positions continue from the full prompt length.
-On LLaVA-NeXT the image span is the whole packed anyres span (newline tokens included).
+On a tiling family the image span is the whole packed anyres span (newline tokens included).
 
 Budget (`budget_mode`):
   "equivalent" (default, the 64/128/192 tables): `budget` is the layer-averaged count
       T_eq = (K*N + (L-K)*R) / L for an L-layer LLM and N image tokens, so
       R = round_half_up((T_eq*L - K*N) / (L-K)); R < 1 is an error naming the minimum budget.
-      On LLaVA-NeXT the label is relative to the 5 x 576 capacity (T_eq = budget * N / 2880), as
+      On a tiling family the label is relative to the 5 x 576 capacity (T_eq = budget * N / 2880), as
       the NeXT tables' labels are; with K=2 of 32 layers a label below 181 cannot be reached.
   "kept": `budget` is R itself.
 R >= N (or `budget=None`) keeps every token: the scores are still computed, nothing is dropped.
@@ -63,11 +63,11 @@ class FastVPruner(InLLMPruner):
     def kept_tokens(self, n: int, num_layers: int, capacity: int | None = None) -> int:
         """R for an image of `n` tokens in an LLM of `num_layers` layers (at most n).
 
-        `capacity` is the most image tokens the model can produce (576 on LLaVA-1.5, 5 x 576 on
-        LLaVA-NeXT). An equivalent budget is a label relative to it, like the NeXT tables' labels:
-        an image of n tokens gets the target T_eq = budget * n / capacity (= budget on LLaVA-1.5).
+        `capacity` is the most image tokens the model can produce (576 on a one-crop family, 5 x 576
+        on a tiling one). An equivalent budget is a label relative to it, like the NeXT tables' labels:
+        an image of n tokens gets the target T_eq = budget * n / capacity (= budget on a one-crop family).
         """
-        if self.retain_ratio is not None:  # the release's Qwen rule, applied to R
+        if self.retain_ratio is not None:  # the release's ratio rule, applied to R
             return int(self.retain_ratio * n)
         if self.budget is None:
             return n
@@ -96,7 +96,7 @@ class FastVPruner(InLLMPruner):
     def check_config(self, config) -> None:
         super().check_config(config)
         capacity = image_capacity(config)
-        if capacity is not None:  # Qwen2.5-VL: the count follows the image, checked per request
+        if capacity is not None:  # else the count follows the image: checked per request
             self.kept_tokens(capacity, config.text_config.num_hidden_layers, capacity)
 
     def layer_schedule(self, n: int, config) -> list[int]:

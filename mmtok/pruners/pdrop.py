@@ -7,9 +7,9 @@ image tokens stay (original order), N being the image's original count; layers >
 Positions are renumbered contiguously after every drop, as the release does (its decode positions
 are shifted by the dropped count, which is the same thing).
 
-Budget: `budget=None` and `ratio=None` is the release's lambda = 0.5 (LLaVA-1.5: 576 -> 288 / 144 /
+Budget: `budget=None` and `ratio=None` is the release's lambda = 0.5 (a 576-token crop: 576 -> 288 / 144 /
 72, 270 equivalent tokens). `ratio` sets lambda. A `budget` is the layer-averaged equivalent count
-of the 64/128/192 tables (on LLaVA-NeXT relative to the 5 x 576 capacity, like FastV's labels);
+of the 64/128/192 tables (on a tiling family relative to the 5 x 576 capacity, like FastV's labels);
 lambda is solved so that the schedule averages `budget` before the counts are floored. Budgets at
 or below N * (first stage's layers) / L cannot be reached (the first stage sees every token): an
 error names the minimum and suggests earlier `layers`.

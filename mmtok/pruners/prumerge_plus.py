@@ -1,14 +1,14 @@
 """`prumerge_plus` (PruMerge+): CLS-attention outliers + spatial samples as centres, each merged with
 its key-nearest tokens, plus one summary token, before the LLM.
 
-The signals are recomputed from the CLIP features LLaVA reads (hidden_states[-2], CLS included):
+The signals are recomputed from the CLIP features the projector reads (hidden_states[-2], CLS included):
 the next CLIP layer's `layer_norm1`, `q_proj` and `k_proj` on them are exactly what the release's
 hooks on that layer capture. The merged tokens go through the projector afterwards.
 
 Budget: `budget` tokens per crop reach the LLM: the first budget - 1 centres of the release's
 order plus its summary token (`mmtok.selection.prumerge`). The release itself keeps an adaptive
 count (its outliers + spatial samples + 1, about a quarter of the patches on average) and has no
-budget. LLaVA-NeXT: per crop, concatenated in crop order like VisionZip.
+budget. Tiling families: per crop, concatenated in crop order like VisionZip.
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ from mmtok.selection.prumerge import cls_attention_single_head, prumerge_centres
 
 
 def next_clip_layer(adapter) -> torch.nn.Module:
-    """The CLIP encoder layer right after the one whose output LLaVA reads."""
+    """The CLIP encoder layer right after the one whose output the projector reads."""
     tower = adapter.tower
     layers = (tower.vision_model if hasattr(tower, "vision_model") else tower).encoder.layers
     index = adapter.feature_layer % (len(layers) + 1)  # hidden_states[index] = output of layers[index - 1]
     if index >= len(layers):
-        raise ValueError("prumerge_plus needs a CLIP layer after the one LLaVA reads")
+        raise ValueError("prumerge_plus needs a CLIP layer after the one the projector reads")
     return layers[index]
 
 

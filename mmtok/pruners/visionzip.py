@@ -1,12 +1,12 @@
 """`visionzip`: dominant tokens by CLS attention + contextual merges, inside the CLIP tower (CVPR 2025).
 
-It needs, at the CLIP layer LLaVA reads, the CLS query's attention and the head-averaged keys.
+It needs, at the CLIP layer the projector reads, the CLS query's attention and the head-averaged keys.
 Both are recomputed from that layer's input for the CLS row only (one hook during the tower pass),
 so the tower stays on its fast attention path. Merged tokens go through the projector afterwards.
 
 Budget: `budget` tokens reach the LLM per crop, CLS included (64 = CLS + 53 + 10), which is the
 release's count too: its `visionzip(model, dominant=54, contextual=10)` passes `dominant - 1` to the
-tower, so the authors' "64" is 64 tokens. LLaVA-NeXT: `next_tiles="crop"` (default) concatenates
+tower, so the authors' "64" is 64 tokens. Tiling families: `next_tiles="crop"` (default) concatenates
 each crop's tokens in crop order; `"release"` arranges them as the authors'
 `restore_image_features_sorted` does (`mmtok.selection.visionzip.release_next_order`).
 """
@@ -42,7 +42,7 @@ class VisionZipPruner(Pruner):
     """Budget per crop is split dominant:contextual as in the paper (64 = 54+10, 128 = 108+20,
     192 = 162+30; other budgets keep the 54:10 ratio, see `visionzip_split`)."""
 
-    next_tiles: str = "crop"  # LLaVA-NeXT: "crop" (crop order) or "release" (the authors' arrangement)
+    next_tiles: str = "crop"  # tiling families: "crop" (crop order) or "release" (the authors' arrangement)
 
     name: ClassVar[str] = "visionzip"
     requires: ClassVar[frozenset[str]] = frozenset({"cls"})

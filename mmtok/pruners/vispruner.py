@@ -1,13 +1,13 @@
 """`vispruner` (VisPruner): CLS-attention "important" tokens plus duplicate-free "diverse" ones, before the LLM.
 
-Signals come from the CLIP layer LLaVA reads, captured in one tower pass exactly as for VisionZip
+Signals come from the CLIP layer the projector reads, captured in one tower pass exactly as for VisionZip
 (the CLS row's attention recomputed from that layer's input, `encode_with_cls_signals`); the rule is
 `mmtok.selection.vispruner.vispruner_select` on each crop's patch features, and the kept patches'
 projected tokens reach the LLM (projecting a subset of patches equals subsetting the projection).
 
 Budget: `budget` tokens per crop reach the LLM (the release's `visual_token_num`, its tables'
 64/128/192), half important, half diverse (`important_ratio=0.5`), dropping at most `step=8`
-duplicates per round, as the release. LLaVA-NeXT: per crop under our layouts (the release's
+duplicates per round, as the release. Tiling families: per crop under our layouts (the release's
 anyres path does not handle pruned crops).
 """
 

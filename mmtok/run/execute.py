@@ -88,7 +88,7 @@ def check_device(device: str) -> None:
 
 
 def check_budget_fits(pruner, cfg: DictConfig) -> None:
-    """A budget the model cannot honour (LLaVA-NeXT: below one token per crop; FastV: below its
+    """A budget the model cannot honour (a tiling family: below one token per crop; FastV: below its
     reachable equivalent count), in-LLM prune layers the LLM does not have, or a pruner / option the
     family does not have, fails from the checkpoint's config (`Pruner.check_config`), before the
     weights load and before the run folder exists."""

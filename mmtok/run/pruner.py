@@ -14,7 +14,7 @@ from mmtok.run.validate import model_family
 
 def build_pruner_from(cfg: DictConfig, model_type: str | None = None):
     """The configured pruner, with the parameters left at None set to the model family's defaults
-    (`Pruner.for_family`, e.g. MMTok's tau_t: 0.02 on LLaVA, 0.01 on Qwen2.5-VL), so rows and the
+    (`Pruner.for_family`: each family declares them, e.g. MMTok's tau_t), so rows and the
     resume hash record the values that run. The family is `model_type`, else read from disk without
     loading (`mmtok.run.validate.model_family`); unknown (a checkpoint not downloaded yet): left unresolved.
     Parameter errors become one-line ConfigErrors."""

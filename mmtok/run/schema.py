@@ -33,9 +33,11 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    name: str = MISSING  # the label in result rows (llava15_7b, ...)
-    path: str = MISSING  # a hub id (llava-hf/llava-1.5-7b-hf) or a local checkpoint folder
-    tiny: str | None = None  # llava | llava_next | qwen2_5_vl: build a tiny random checkpoint at `path` on first use
+    name: str = MISSING  # the label in result rows (the model config's name)
+    path: str = MISSING  # a hub id (owner/name) or a local checkpoint folder
+    tiny: str | None = (
+        None  # a family's model_type (mmtok.models.registry): build its tiny random checkpoint at `path` on first use
+    )
     dtype: str = "float16"
     attn_implementation: str = "sdpa"
     device: str = "cuda"  # the default for the top-level `device`
@@ -44,8 +46,9 @@ class ModelConfig:
     # the checkpoint's model_type, declared by hub-model configs so that a machine without the
     # weights (a report, a sweep's preflight) knows the family; checked against config.json when on disk
     family: str | None = None
-    # Qwen2.5-VL image sizing: images are resized to a pixel count in [min_pixels, max_pixels]
-    # (null keeps the checkpoint's). Other families take neither. Left out of the run identity when null.
+    # Image sizing of families that size images by pixel count (FamilySpec.pixel_bounds): images are
+    # resized to a pixel count in [min_pixels, max_pixels] (null keeps the checkpoint's). Other
+    # families take neither. Left out of the run identity when null.
     min_pixels: int | None = None
     max_pixels: int | None = None
 
@@ -54,8 +57,9 @@ class ModelConfig:
 class PrunerConfig:
     name: str = MISSING  # a key of mmtok.pruners.PRUNERS
     params: dict[str, Any] = field(default_factory=dict)  # the pruner dataclass's fields (not budget)
-    # The release's Qwen budget: every crop keeps int(ratio x its tokens), instead of `budget` (set
-    # budget=null). The same as pruner.params.retain_ratio; the pruner checks it.
+    # A ratio budget (the MMTok release's rule where the token count follows the image): every crop
+    # keeps int(ratio x its tokens), instead of `budget` (set budget=null). The same as
+    # pruner.params.retain_ratio; the pruner checks it.
     retain_ratio: float | None = None
 
 
@@ -69,7 +73,7 @@ class BenchmarkConfig:
     testbed_n: int = 24  # testbed size (per POPE split)
     include_path: str | None = None  # a folder of extra lmms-eval task YAMLs
     multi_image: str = "error"  # the default for the top-level `multi_image` (seed: middle, mmmu: first)
-    # The generation cap of the task's own lmms-eval 0.7.3 YAML (1024, llava_hf's default, where the
+    # The generation cap of the task's own lmms-eval 0.7.3 YAML (1024, lmms-eval's HF wrapper default, where the
     # YAML sets none): the paper protocol's `max_new_tokens` (experiment files interpolate it).
     task_max_new_tokens: int = 1024
 
@@ -94,8 +98,8 @@ class RunConfig:
     seed: int = 0
     batch_size: int = 1
     max_new_tokens: int = 16
-    prompt_format: str = "hf"  # hf (the checkpoint's chat template) | vicuna_v1 (original LLaVA)
-    image_preprocess: str = "crop"  # crop (HF centre crop) | pad (original LLaVA pad-to-square)
+    prompt_format: str = "hf"  # hf (the checkpoint's chat template) | vicuna_v1 (the original conversation template)
+    image_preprocess: str = "crop"  # crop (HF centre crop) | pad (the original pad-to-square)
     multi_image: str = "error"  # documents with several images: error | first | middle (one image reaches the LLM)
     # Cells one job runs in turn on one loaded model: "none" (keep all) or "<pruner>@<budget>"; empty
     # = the single run of pruner/budget. Each cell writes its own run folder and resumes on its own.

@@ -8,13 +8,13 @@ import re
 from omegaconf import DictConfig, OmegaConf
 
 from mmtok.choices import IMAGE_PREPROCESS, MULTI_IMAGE, PROMPT_FORMATS, check_family_options
-from mmtok.models.families import FAMILIES, TRAITS
+from mmtok.models.registry import FAMILIES, TRAITS, family_names, pixel_bounds_families
 from mmtok.models.source import ModelSourceError, check_model_source, model_type_on_disk
 from mmtok.run.cells import parse_cell
 from mmtok.run.compose import choices, group_options
 from mmtok.run.schema import ATTN_IMPLEMENTATIONS, DTYPES, WANDB_MODES, ConfigError
 
-TINY_FAMILIES = ("llava", "llava_next", "qwen2_5_vl")  # = their model_type
+TINY_FAMILIES = family_names()  # = their model_type
 SUMMARIES = ("pope", "gqa", "mme")
 TESTBEDS = ("pope", "gqa", "mme", "scenes_pope", "scenes_gqa")
 _DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
@@ -121,10 +121,10 @@ def check_family(cfg: DictConfig, model_type: str | None = None) -> None:
         check_family_options(model_type, cfg.prompt_format, cfg.image_preprocess)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    if model_type != "qwen2_5_vl" and (cfg.model.min_pixels is not None or cfg.model.max_pixels is not None):
+    if not FAMILIES[model_type].pixel_bounds and (cfg.model.min_pixels is not None or cfg.model.max_pixels is not None):
         raise ConfigError(
-            f"model.min_pixels / model.max_pixels size Qwen2.5-VL images; model={cfg.model.name} is {model_type}: "
-            f"set them to null"
+            f"model.min_pixels / model.max_pixels size {pixel_bounds_families()} images; "
+            f"model={cfg.model.name} is {model_type}: set them to null"
         )
     # A job with cells runs the cells' pruners, not its own `pruner`.
     runs = [(parse_cell(c)[0], f" (cell {c})") for c in cfg.cells] or [(str(cfg.pruner.name), "")]

@@ -5,7 +5,7 @@ The release's rule (`encode_images`), per image (all its crops together), T = to
   * similarity: cosine similarity of the *projected* tokens (what the LLM receives), normalised
     in the model's dtype and multiplied in float32;
   * relevance: CLIP image embeddings of the patches (`visual_projection(post_layernorm(x))` of
-    the features LLaVA reads) against the CLIP text embeddings of the instruction (one per
+    the features the projector reads) against the CLIP text embeddings of the instruction (one per
     77-token segment); relevance = minus the cosine, averaged over segments, then min-max
     normalised over every patch of the image: (r - min + 1e-6) / (max - min);
   * kernel L = diag(r) S diag(r) (the release leaves the `theta` reweighting r <- exp(alpha r),

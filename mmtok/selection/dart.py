@@ -5,7 +5,7 @@ The release's rule (`get_retained_image_token`), for one prompt at decoder layer
   * pivots: the `pivot_image` image tokens and the `pivot_text` text tokens (every token after the
     image) with the largest L1 norm of their keys in layer K-1 (RoPE applied, heads concatenated);
   * `per_pivot = retain // (pivot_image + pivot_text)`, `retain` = the budget (its
-    `max_num_trunction`; on LLaVA-NeXT `min(retain, n - pivot_image)`);
+    `max_num_trunction`; on a multi-crop image `min(retain, n - pivot_image)`);
   * for each pivot in turn, the `per_pivot` image tokens of the still unclaimed pool (image tokens
     that are not image pivots) with the LOWEST cosine similarity to the pivot, on layer K-1's
     output passed through the LLM's final norm, are claimed and leave the pool;

@@ -6,7 +6,7 @@ terms are facility-location functions, hence monotone submodular, so the greedy 
 (1 - 1/e) of the optimum. Everything here is pure array code; model wiring lives elsewhere.
 
 Shapes: a single crop uses 2-D inputs; a batch of crops uses 3-D vision inputs with either one
-shared question `[m, D]` or one per crop `[B, m, D]` (LLaVA-NeXT selects on up to five crops per
+shared question `[m, D]` or one per crop `[B, m, D]` (a tiling family selects on up to five crops per
 request). The similarity matmuls and softmaxes run in torch, batched over crops, and so does the
 default greedy (the spec's dense greedy, operation for operation). An exact lazy greedy for CPUs
 runs in numpy (its small steps would cost more in torch dispatch than in arithmetic).
@@ -423,7 +423,7 @@ def mmtok_select(
     exclude:     optional boolean `[n]` or `[B, n]`; True columns are never chosen.
 
     Returns `[k]` for 2-D vision inputs and `[B, k]` for 3-D ones (long, on the input device).
-    Defaults are the LLaVA settings (alpha 0.5, tau_t 0.02, tau_v 0.2). `method` picks the greedy
+    Defaults are the paper's one-crop settings (alpha 0.5, tau_t 0.02, tau_v 0.2). `method` picks the greedy
     variant (`greedy_max_coverage`).
     """
     _check_method(method, vision_proj.device)

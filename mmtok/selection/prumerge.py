@@ -1,9 +1,9 @@
-"""PruMerge+ (LLaVA-PruMerge, arXiv 2403.15388) on one crop: CLS-attention outliers plus spatial
+"""PruMerge+ (arXiv 2403.15388) on one crop: CLS-attention outliers plus spatial
 samples as cluster centres, each merged with its most key-similar tokens, plus one summary token.
 
 The release's rule (`token_prune_merge_advanced_plus`), for the n patches of a crop:
-  * attention: one head over the full width at the CLIP layer after the one LLaVA reads:
-    q, k = q_proj / k_proj(layer_norm1(features at LLaVA's layer, CLS included)),
+  * attention: one head over the full width at the CLIP layer after the one the projector reads:
+    q, k = q_proj / k_proj(layer_norm1(features at the projector's layer, CLS included)),
     `softmax(q k^T / sqrt(D))`, the CLS row over the patches;
   * outliers: the share of patches above Q3 + 1.5 IQR of that row (`np.percentile`) is the ratio
     r; the `int(n r)` highest-attention patches are centres, then the patches

@@ -21,7 +21,7 @@ __all__ = [
     "text_raters",
 ]
 
-# v1.5 fixed kept-vision-token counts at its three pruning layers (2, 6, 15), for LLaVA-1.5's
+# v1.5 fixed kept-vision-token counts at its three pruning layers (2, 6, 15), for a crop of
 # 576 image tokens. Keys are the budget labels of the 64/128/192 tables.
 TABLE_TOKENS = 576
 COUNT_TABLES: dict[int, tuple[int, int, int]] = {
@@ -50,7 +50,7 @@ def text_raters(vision: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
 def layer_counts(budget: int | None, n: int) -> tuple[int, int, int]:
     """Kept vision tokens at the three pruning layers for `budget` and an image of `n` tokens.
 
-    Rule: rescale the budget to LLaVA-1.5's 576 tokens, r = budget * 576 / n, and interpolate the
+    Rule: rescale the budget to a 576-token crop, r = budget * 576 / n, and interpolate the
     v1.5 tables piecewise-linearly in r between the anchors r = 0 -> (0, 0, 0), 64, 128, 192 (the
     tables) and r = 576 -> (576, 576, 576); r >= 576 keeps everything. The interpolated counts are
     scaled back by n / 576 and rounded half up, at least 1 and at most n. For n = 576 and budgets
@@ -78,7 +78,7 @@ def layer_counts(budget: int | None, n: int) -> tuple[int, int, int]:
 def pairwise_distance(x: torch.Tensor) -> torch.Tensor:
     """`||x_i - x_j|| / sqrt(D)` for the rows of `x` [n, D], in `x`'s dtype, as the release computes it
     (the norm of the broadcast difference, not `cdist`'s expansion). Rows go in blocks so that the
-    [rows, n, D] difference stays near 64 Mi elements (LLaVA-NeXT recycles hundreds of tokens)."""
+    [rows, n, D] difference stays near 64 Mi elements (a multi-crop image recycles hundreds of tokens)."""
     n, width = x.shape
     step = max(1, (1 << 26) // max(1, n * width))
     rows = [(x[i : i + step, None, :] - x[None, :, :]).norm(dim=-1, p=2) for i in range(0, n, step)]

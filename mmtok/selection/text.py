@@ -1,4 +1,4 @@
-"""Question-text preparation for MMTok's text-vision coverage term (LLaVA path).
+"""Question-text preparation for MMTok's text-vision coverage term (the release's cleaned-question path).
 
 The text term needs the *content* words of the question: boilerplate benchmark instructions and
 stop words would otherwise steer coverage towards whatever patches resemble "the" or "answer".
@@ -15,7 +15,7 @@ from typing import Any
 
 IMAGE_PLACEHOLDER = "<image>"
 
-# The 47-word stop list used for the paper's LLaVA runs.
+# The 47-word stop list used for the paper.
 STOP_WORDS: frozenset[str] = frozenset(
     """
     a an the

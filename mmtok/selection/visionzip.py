@@ -1,6 +1,6 @@
 """VisionZip: keep the CLS-attended "dominant" tokens and merge the rest into "contextual" ones.
 
-Works on one image crop at the CLIP layer LLaVA reads (hidden_states[-2]), before the projector.
+Works on one image crop at the CLIP layer the projector reads (hidden_states[-2]), before the projector.
 Inputs include the CLS token at index 0 because VisionZip keeps it as the first dominant token.
 
 Conventions (from the paper, checked against the authors' release; docs/pruners.md):
@@ -32,7 +32,7 @@ __all__ = [
     "visionzip_targets",
 ]
 
-# LLaVA-NeXT arrangement of the per-crop VisionZip tokens: "crop" concatenates each crop's
+# Multi-crop arrangement of the per-crop VisionZip tokens: "crop" concatenates each crop's
 # [dominant, contextual] in crop order; "release" is the authors' `restore_image_features_sorted`.
 NEXT_TILES = ("crop", "release")
 
@@ -89,7 +89,7 @@ def visionzip_merge(
 ) -> torch.Tensor:
     """The `[dominant + contextual, Dv]` VisionZip tokens of one crop, before the projector.
 
-    features:      `[n + 1, Dv]` CLIP features of the layer LLaVA reads, CLS at index 0.
+    features:      `[n + 1, Dv]` CLIP features of the layer the projector reads, CLS at index 0.
     cls_attention: `[H, n + 1]` attention probabilities of the CLS query, per head, same layer.
     keys:          `[n + 1, Dk]` that layer's keys averaged over heads.
 
@@ -137,7 +137,7 @@ def visionzip_merge(
 
 def release_next_order(dominant_idx: torch.Tensor, grid: tuple[int, int], side: int, contextual: int) -> torch.Tensor:
     """Order, as indices into the crops' stacked VisionZip tokens `[c * (d + contextual)]`, in which
-    the release (`restore_image_features_sorted`, LLaVA-NeXT "spatial_unpad") hands them to the LLM.
+    the release (`restore_image_features_sorted`, "spatial_unpad" anyres) hands them to the LLM.
 
     dominant_idx: `[c, d]` each crop's dominant token indices (CLS = 0 first, then patches
                   ascending, as `visionzip_dominant_indices`); crop 0 is the base image, crops

@@ -3,7 +3,7 @@ CLS attention, then diverse tokens by repeatedly dropping the most duplicated on
 
 The release's rule (`encode_images`), T = tokens to keep:
   * important: the `int(T * important_ratio)` patches with the highest CLS attention (at the CLIP
-    layer LLaVA reads, averaged over heads);
+    layer the projector reads, averaged over heads);
   * the other patches, in descending attention order, form the residual list; while it is longer
     than the diverse share T - T_imp: split it into even and odd positions, score every even one by
     its largest cosine similarity to an odd one, and drop the `r = min(step, excess)` highest-scored
@@ -25,7 +25,7 @@ def vispruner_select(
 ) -> torch.Tensor:
     """Indices (ascending) of the `k` kept patches of one crop.
 
-    features:  [n, D] patch features (no CLS) at the layer LLaVA reads
+    features:  [n, D] patch features (no CLS) at the layer the projector reads
     attention: [n] CLS attention to each patch, averaged over heads
     """
     n = features.shape[0]

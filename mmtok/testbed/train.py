@@ -32,7 +32,7 @@ import torch
 
 from mmtok.data import scene_questions as Q
 from mmtok.data.scenes import BG, COLOR_NAMES, GRID, IMAGE_SIZE, PATCH, counts, flip, label_grid, render, sample_scene
-from mmtok.models.tiny import LLAVA15_CHAT_TEMPLATE  # the prompt format the scenes' questions are asked in
+from mmtok.models.llava.tiny import LLAVA15_CHAT_TEMPLATE  # the prompt format the scenes' questions are asked in
 
 HIDDEN = 128
 IMAGE_MEAN = [0.48145466, 0.4578275, 0.40821073]

@@ -31,6 +31,7 @@ from mmtok.models.adapters import (
     max_crops,
     tokens_per_crop,
 )
+from mmtok.models.registry import method_defaults
 from mmtok.pruners.core.engine import applied
 from mmtok.pruners.core.records import PruneStats, SampleContext
 
@@ -39,32 +40,30 @@ from mmtok.pruners.core.records import PruneStats, SampleContext
 class Pruner:
     """Base of every method. `budget=None` keeps every vision token.
 
-    Budget rule (pre-LLM methods): LLaVA-1.5 keeps `budget` tokens of its single crop. LLaVA-NeXT
-    labels are upper bounds over the largest anyres split (5 crops for LLaVA-NeXT: `budget=160`
-    means 32 per crop); each crop keeps `budget // max_crops` tokens, and the LLM receives that many
-    per crop actually present. A per-crop budget at or above the crop size keeps every token (with
-    a warning when it is strictly above). Qwen2.5-VL (one image = one crop of a size-dependent
-    count n): `budget` tokens, or all n when n <= budget.
+    Budget rule (pre-LLM methods): a one-crop family keeps `budget` tokens of its single crop. On a
+    tiling family labels are upper bounds over the largest anyres split (5 crops for the tiling
+    checkpoints: `budget=160` means 32 per crop); each crop keeps `budget // max_crops` tokens, and
+    the LLM receives that many per crop actually present. A per-crop budget at or above the crop size
+    keeps every token (with a warning when it is strictly above). A family whose token count follows
+    the image (one image = one crop of a size-dependent count n): `budget` tokens, or all n when n <= budget.
 
     `retain_ratio` (instead of `budget`): every crop keeps int(ratio x its tokens), the release's
-    Qwen rule (k = int(0.2 x n) there); a method that cannot honour a ratio says so.
+    rule on such families (k = int(0.2 x n) there); a method that cannot honour a ratio says so.
     """
 
     budget: int | None = None
     retain_ratio: float | None = None
-    next_layout: str = "paper"  # LLaVA-NeXT assembly of kept tokens: "paper" or "hf" (see adapters)
+    next_layout: str = "paper"  # tiling families' assembly of kept tokens: "paper" or "hf" (see adapters)
     seed: int = 0
 
     name: ClassVar[str] = ""
     in_llm: ClassVar[bool] = False  # acts inside the LLM (FastV, SparseVLM) rather than before it
     supports_batch: ClassVar[bool] = True
     merges: ClassVar[bool] = False  # returns new (merged) tokens, so keeping k = n is not the identity
-    # what the method needs from a model family (mmtok.models.families.TRAITS); families lacking
+    # what the method needs from a model family (mmtok.models.registry.TRAITS); families lacking
     # one are refused with a one-line error before any weights load
     requires: ClassVar[frozenset[str]] = frozenset()
     takes_ratio: ClassVar[bool] = True  # accepts `retain_ratio`
-    # per family (model_type), the values that parameters left at None take (e.g. MMTok's tau_t)
-    family_defaults: ClassVar[dict[str, dict]] = {}
 
     last_stats: PruneStats = field(default_factory=PruneStats, init=False, repr=False, compare=False)
 
@@ -103,8 +102,9 @@ class Pruner:
         return []
 
     def for_family(self, model_type: str) -> Pruner:
-        """This pruner with every parameter left at None set to the family's default (a copy)."""
-        defaults = self.family_defaults.get(model_type, {})
+        """This pruner with every parameter left at None set to the family's default (a copy);
+        the family declares them (`FamilySpec.method_defaults`, e.g. MMTok's tau_t)."""
+        defaults = method_defaults(model_type, self.name)
         unset = {k: v for k, v in defaults.items() if getattr(self, k) is None}
         return dataclasses.replace(self, **unset) if unset else self
 
@@ -126,7 +126,7 @@ class Pruner:
         crops = max_crops(config)
         k = self.budget // crops
         if k < 1:
-            family = "llava_next" if crops > 1 else "llava"
+            family = getattr(config, "model_type", None)
             raise ValueError(
                 f"budget {self.budget} is below one token per crop for {family} ({crops} crops); use budget >= {crops}"
             )
@@ -155,7 +155,7 @@ class Pruner:
             empty = torch.zeros(0, dtype=torch.long, device=image.proj.device)
             return adapter.kept(image, CropSelection(indices=[empty] * image.num_crops), self.next_layout)
         if k >= n:
-            if k > n and tokens_per_crop(adapter.config) is not None:  # Qwen's n follows the image: no warning
+            if k > n and tokens_per_crop(adapter.config) is not None:  # n follows the image: no warning
                 warnings.warn(
                     f"{self.name}: per-crop budget {k} exceeds the {n} tokens of a crop; keeping all",
                     stacklevel=3,

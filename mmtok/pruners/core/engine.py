@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from mmtok.models.adapters import FamilyAdapter, adapter_for
-from mmtok.models.families import refusal
+from mmtok.models.registry import refusal
 from mmtok.pruners.core.records import PruneStats, Request, SampleContext, SampleStats
 from mmtok.timing import now
 

@@ -32,7 +32,7 @@ class Request:
     attention_mask: torch.Tensor  # [B, L] of the (possibly shortened) prompt
     prompt_length: int
     contexts: list[SampleContext]
-    position_ids: torch.Tensor | None = None  # [3, B, L] on M-RoPE families (Qwen2.5-VL), else None
+    position_ids: torch.Tensor | None = None  # [3, B, L] on M-RoPE families, else None
 
 
 @dataclass
@@ -42,7 +42,7 @@ class SampleStats:
     vision_tokens_full: int  # image tokens the unmodified model would feed
     vision_tokens: int  # image tokens the LLM received (in-LLM methods: what the last layers see)
     crops: int
-    # rows of the full image sequence kept, where the family tracks them (Qwen2.5-VL), else None
+    # rows of the full image sequence kept, where the family tracks them (original positions), else None
     kept_index: list[int] | None = None
     # in-LLM methods: the layer average of `layer_vision_tokens` (None before the LLM)
     equivalent_tokens: float | None = None

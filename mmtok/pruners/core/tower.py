@@ -1,6 +1,6 @@
 """Signals captured inside the CLIP vision tower in the image's one pass: the CLS row's attention and the keys.
 
-VisionZip and VisPruner rank patches by them at the CLIP layer LLaVA reads. Both are recomputed
+VisionZip and VisPruner rank patches by them at the CLIP layer the projector reads. Both are recomputed
 from that layer's input for the CLS row only (one hook during the tower pass), so the tower stays
 on its fast attention path.
 """

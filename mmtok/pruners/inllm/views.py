@@ -42,7 +42,7 @@ class Stage:
     spans: list[ImageSpan]
     shift: torch.Tensor  # [B] decode positions: incoming position id - shift
     changed: bool  # False while it equals stage 0 (then the layers' inputs are left untouched)
-    mrope: torch.Tensor | None = None  # [3, B, P] M-RoPE rows (Qwen2.5-VL); then `pos` is unused
+    mrope: torch.Tensor | None = None  # [3, B, P] M-RoPE rows (M-RoPE families); then `pos` is unused
     # Read once when the stage is built (prefill), so decode steps never wait on the device
     all_valid: bool = False
     any_shift: bool = False

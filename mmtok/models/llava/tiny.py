@@ -11,18 +11,7 @@ from pathlib import Path
 
 import torch
 
-# A word list covering the local benchmark questions, so the tokenizer splits real words into
-# a few sub-words rather than bytes. Extra words fall back to characters (BPE with full alphabet).
-_CORPUS = """
-is there a an the in on of image picture photo this that what which where who how many color
-yes no left right top bottom cat dog person car bus truck chair table bottle cup bird horse
-man woman people sign street tree sky water grass red blue green white black yellow
-answer question using single word or phrase with option letter from given choices directly
-please describe object objects visible shown are do does can you see it they one two three
-A B C D E answer the question using a single word or phrase
-USER ASSISTANT system user assistant chat between curious human artificial intelligence
-gives helpful detailed polite answers to human's questions
-"""
+from mmtok.models.tiny_words import CORPUS as _CORPUS
 
 IMAGE_TOKEN = "<image>"
 LLAVA15_CHAT_TEMPLATE = (
@@ -212,7 +201,7 @@ def build_tiny(
     return out_dir
 
 
-if __name__ == "__main__":  # python -m mmtok.models.tiny OUT_DIR [llava|llava_next]
+if __name__ == "__main__":  # python -m mmtok.models.llava.tiny OUT_DIR [llava|llava_next]
     import sys
 
     print(build_tiny(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "llava"))

@@ -1,4 +1,4 @@
-"""A tiny Qwen2.5-VL checkpoint built in code (real HF classes, random weights), like `tiny.py` for LLaVA.
+"""A tiny Qwen2.5-VL checkpoint built in code (real HF classes, random weights), like every family's `tiny.py`.
 
 The builder writes an ordinary checkpoint folder (model, tokenizer with Qwen's special tokens, a
 Qwen-style chat template, the Qwen2-VL image processor) that loads back with `from_pretrained`.
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from mmtok.models.qwen_processor import IMAGE_PAD, VIDEO_PAD, Qwen25VLImageProcessor
-from mmtok.models.tiny import _CORPUS
+from mmtok.models.qwen2_5_vl.processor import IMAGE_PAD, VIDEO_PAD, Qwen25VLImageProcessor
+from mmtok.models.tiny_words import CORPUS as _CORPUS
 
 VISION_START = "<|vision_start|>"
 VISION_END = "<|vision_end|>"
@@ -150,6 +150,13 @@ def build_tiny_qwen25vl(
     return out_dir
 
 
+def build_tiny(out_dir: str | Path, model_type: str = "qwen2_5_vl") -> Path:
+    """The family's tiny builder (`FamilySpec.tiny`): `build_tiny_qwen25vl` with its defaults."""
+    if model_type != "qwen2_5_vl":
+        raise ValueError(f"unknown tiny family {model_type!r}; valid: qwen2_5_vl")
+    return build_tiny_qwen25vl(out_dir)
+
+
 def load_tiny_qwen25vl(path: str | Path):
     """(model, processor) from a folder written by `build_tiny_qwen25vl` (or any Qwen2.5-VL folder)."""
     from transformers import Qwen2_5_VLForConditionalGeneration
@@ -157,7 +164,7 @@ def load_tiny_qwen25vl(path: str | Path):
     return Qwen2_5_VLForConditionalGeneration.from_pretrained(path).eval(), Qwen25VLImageProcessor.from_pretrained(path)
 
 
-if __name__ == "__main__":  # python -m mmtok.models.tiny_qwen OUT_DIR
+if __name__ == "__main__":  # python -m mmtok.models.qwen2_5_vl.tiny OUT_DIR
     import sys
 
     print(build_tiny_qwen25vl(sys.argv[1]))

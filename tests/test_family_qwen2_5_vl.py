@@ -1,12 +1,8 @@
-"""The pruner contract on the third family, a tiny Qwen2.5-VL (built in code, reloaded with `from_pretrained`).
-
-The same table as `test_pruner_contract` (every registered method, default parameters), restricted
-by declared traits to the methods that apply to Qwen2.5-VL (`pruners_for`); the others must refuse
-with a one-line error. Checks: keep-all = the unmodified model's `generate` (batch 1 and 3); the LLM
-receives exactly the budgeted image tokens, for counts and retain ratios; in-LLM methods follow
-their schedule layer by layer; batch = one by one; a pruned run equals a no-cache greedy reference
-that feeds the kept tokens with their ORIGINAL M-RoPE positions; MMTok picks what a plain loop of
-the release's Qwen rule picks.
+"""Qwen2.5-VL's own checks beyond the shared contract (tests/test_pruner_contract.py, which runs every
+method on this family through `QwenTester`): a pruned run equals a no-cache greedy reference that
+feeds the kept tokens with their ORIGINAL M-RoPE positions; FastV's retain ratio and a hand-run FastV;
+MMTok and DivPrune pick what plain loops of the release's Qwen rules pick; the family's traits and
+defaults (which methods run, MMTok's tau_t).
 """
 
 from __future__ import annotations
@@ -14,31 +10,28 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmtok.models import qwen25vl as Q
+from mmtok.models.qwen2_5_vl import adapter as Q
+from mmtok.models.registry import family
 from mmtok.pruners import PRUNERS, build_pruner, pruners_for
+from tests._families import QwenTester
 from tests._tiny import QUESTIONS
-from tests.test_pruner_contract import METHODS, _decoder_rows, ids
-from tests.test_qwen25vl import _batch as qwen_batch
+from tests.test_pruner_contract import METHODS, ids
 from tests.test_qwen25vl import _eos, _reference, _until_eos
 
 FAMILY = "qwen2_5_vl"
-# merged grids 4x6, 5x7 and 4x7: 24, 35 and 28 image tokens (sizes where every method prunes)
-SIZES = [(60, 90), (80, 112), (64, 112)]
+TESTER = QwenTester()
 QWEN = [m for m in METHODS if m.name in pruners_for(FAMILY)]
 PRE_LLM = [m for m in QWEN if not m.in_llm and m.name != "none"]
-IN_LLM = [m for m in QWEN if m.in_llm]
 MAX_NEW = 8
 
 
 @pytest.fixture(scope="module")
-def tiny_qwen(tmp_path_factory):
-    from mmtok.models.tiny_qwen import build_tiny_qwen25vl, load_tiny_qwen25vl
-
-    return load_tiny_qwen25vl(build_tiny_qwen25vl(tmp_path_factory.mktemp("tiny-qwen25vl") / "ckpt"))
+def tiny_qwen(family_models):
+    return family_models(TESTER)
 
 
 def _batch(processor, which=(0, 1, 2)):
-    return qwen_batch(processor, which, sizes=SIZES)
+    return TESTER.batch(processor, which)
 
 
 def _generate(model, batch, max_new_tokens=MAX_NEW):
@@ -55,94 +48,8 @@ def test_the_table_splits_by_traits():
     names = {m.name for m in QWEN}
     assert {"none", "random", "mmtok", "divprune", "fastv"} <= names
     # Qwen2.5-VL offers no CLS token and 3-row positions: exactly the methods requiring neither run
+    assert family(FAMILY).traits == frozenset()
     assert names == {name for name, cls in PRUNERS.items() if not cls.requires}
-
-
-@pytest.mark.parametrize("method", ids(QWEN))
-def test_keep_all_reproduces_unpruned_generations(tiny_qwen, method):
-    model, processor = tiny_qwen
-    for which in ((1,), (0, 1, 2)):
-        batch = _batch(processor, which)
-        ref = _generate(model, batch)
-        pruner = method.cls.keep_all()
-        with pruner(model, tokenizer=processor.tokenizer, questions=_questions(which)):
-            out = _generate(model, batch)
-        assert torch.equal(out, ref), f"{method.name} keep-all differs from the unpruned model (batch {len(which)})"
-        stats = pruner.last_stats.samples
-        assert [s.vision_tokens for s in stats] == [s.vision_tokens_full for s in stats]
-
-
-@pytest.mark.parametrize("name", [n for n, c in PRUNERS.items() if n not in pruners_for(FAMILY)])
-def test_methods_that_do_not_apply_refuse_in_one_line(tiny_qwen, name):
-    model, processor = tiny_qwen
-    pruner = PRUNERS[name].keep_all()
-    with pytest.raises(
-        ValueError, match=rf"^pruner '{name}' does not apply to Qwen2\.5-VL \(qwen2_5_vl\): it needs [^\n]+$"
-    ):
-        with pruner(model, tokenizer=processor.tokenizer, questions=QUESTIONS[:1]):
-            pass
-    assert "generate" not in vars(model)
-
-
-def _llm_prefill_lengths(model):
-    seen = []
-
-    def hook(module, args, kwargs):
-        cache = kwargs.get("past_key_values")
-        if cache is None or cache.get_seq_length() == 0:
-            seen.append(kwargs["attention_mask"].sum(-1).tolist())
-
-    return seen, model.model.language_model.register_forward_pre_hook(hook, with_kwargs=True)
-
-
-@pytest.mark.parametrize("budget", [{"budget": 8}, {"budget": 30}, {"retain_ratio": 0.2}, {"retain_ratio": 0.5}])
-@pytest.mark.parametrize("method", ids(PRE_LLM))
-def test_llm_receives_exactly_the_budget(tiny_qwen, method, budget):
-    model, processor = tiny_qwen
-    batch = _batch(processor)
-    full = [24, 35, 28]
-    n_text = ((batch["input_ids"] != model.config.image_token_id) & batch["attention_mask"].bool()).sum(-1).tolist()
-    if "budget" in budget:
-        want = [min(budget["budget"], n) for n in full]  # a budget above an image's count keeps it whole
-    else:
-        want = [int(budget["retain_ratio"] * n) for n in full]  # the release's k = int(ratio x n)
-    pruner = build_pruner(method.name, **budget)
-    seen, handle = _llm_prefill_lengths(model)
-    try:
-        with pruner(model, tokenizer=processor.tokenizer, questions=QUESTIONS[:3]):
-            _generate(model, batch, max_new_tokens=2)
-    finally:
-        handle.remove()
-    assert seen == [[t + k for t, k in zip(n_text, want)]], (method.name, budget)
-    stats = pruner.last_stats.samples
-    assert [s.vision_tokens for s in stats] == want
-    assert [s.vision_tokens_full for s in stats] == full
-    assert [len(s.kept_index) for s in stats] == want
-    assert [span.length for span in pruner.request.spans] == want
-
-
-@pytest.mark.parametrize("method", ids(IN_LLM))
-def test_in_llm_layers_receive_the_schedule(tiny_qwen, method):
-    model, processor = tiny_qwen
-    layers = model.config.text_config.num_hidden_layers
-    for i in range(3):
-        batch = _batch(processor, (i,))
-        n_text = int((batch["input_ids"] != model.config.image_token_id).sum())
-        pruner = build_pruner(method.name, budget=16)
-        seen, handles = _decoder_rows(model)
-        try:
-            with pruner(model, tokenizer=processor.tokenizer, questions=_questions((i,))):
-                _generate(model, batch, max_new_tokens=2)
-        finally:
-            for h in handles:
-                h.remove()
-        stats = pruner.last_stats.samples[0]
-        n = stats.vision_tokens_full
-        counted = [seen[j] - n_text for j in range(layers)]
-        assert counted == pruner.layer_schedule(n, model.config), (method.name, i)
-        assert counted[0] == n and counted[-1] < n, "the schedule must prune on the tiny model"
-        assert stats.layer_vision_tokens == counted
-        assert stats.equivalent_tokens == pytest.approx(sum(counted) / layers)
 
 
 def test_fastv_retain_ratio_keeps_int_ratio_of_each_image(tiny_qwen):
@@ -152,21 +59,6 @@ def test_fastv_retain_ratio_keeps_int_ratio_of_each_image(tiny_qwen):
     with pruner(model, tokenizer=processor.tokenizer, questions=QUESTIONS[:3]):
         _generate(model, batch, max_new_tokens=2)
     assert [s.vision_tokens for s in pruner.last_stats.samples] == [4, 7, 5]  # int(0.2 * 24 / 35 / 28)
-
-
-@pytest.mark.parametrize("method", ids([m for m in QWEN if m.batched and m.name != "none"]))
-def test_batch_equals_one_by_one(tiny_qwen, method):
-    model, processor = tiny_qwen
-    pruner = build_pruner(method.name, budget=16 if method.in_llm else 8)
-    with pruner(model, tokenizer=processor.tokenizer, questions=QUESTIONS[:3]):
-        together = _generate(model, _batch(processor))
-        kept = [s.vision_tokens for s in pruner.last_stats.samples]
-    eos = _eos(model)
-    for i in range(3):
-        with pruner(model, tokenizer=processor.tokenizer, questions=_questions((i,))):
-            alone = _generate(model, _batch(processor, (i,)))
-        assert kept[i] == pruner.last_stats.samples[0].vision_tokens
-        assert _until_eos(together[i], eos) == _until_eos(alone[0], eos), (method.name, i)
 
 
 @pytest.mark.parametrize("method", ids(PRE_LLM))
@@ -252,22 +144,6 @@ def test_mmtok_on_qwen_equals_the_release_rule(tiny_qwen):
     assert build_pruner("mmtok", budget=8).for_family(FAMILY).tau_t == 0.01
     assert build_pruner("mmtok", budget=8).for_family("llava").tau_t == 0.02
     assert build_pruner("mmtok", budget=8, tau_t=0.05).for_family(FAMILY).tau_t == 0.05
-
-
-def test_deterministic_and_model_unmodified(tiny_qwen):
-    model, processor = tiny_qwen
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    batch = _batch(processor, (1,))
-    for method in QWEN:
-        pruner = build_pruner(method.name, budget=None if method.name == "none" else 16 if method.in_llm else 8)
-        runs = []
-        for _ in range(2):
-            with pruner(model, tokenizer=processor.tokenizer, questions=_questions((1,))):
-                runs.append(_generate(model, batch))
-        assert torch.equal(runs[0], runs[1]), method.name
-        assert "generate" not in vars(model)
-    after = model.state_dict()
-    assert all(torch.equal(before[k], after[k]) for k in before)
 
 
 def _fastv_reference(model, batch, k_layer: int, r: int, steps: int) -> list[int]:

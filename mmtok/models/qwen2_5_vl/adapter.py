@@ -35,11 +35,7 @@ from mmtok.models.adapters import (
     ImageSpan,
     KeptImage,
     LLMInputs,
-    register_family,
 )
-
-# MMTok's defaults on Qwen2.5-VL in the authors' release (LLaVA: tau_t 0.02).
-RELEASE_QWEN_MMTOK = {"alpha": 0.5, "tau_t": 0.01, "tau_v": 0.2}
 
 
 @dataclass
@@ -225,7 +221,6 @@ def release_question_embeddings(embed_tokens: nn.Module, tokenizer, question: st
     return table[torch.tensor(ids, device=table.device)]
 
 
-@register_family
 class QwenAdapter(FamilyAdapter):
     """Qwen2.5-VL: one image = one "crop" of t*h*w merged tokens (the count follows the image size).
 
@@ -237,6 +232,13 @@ class QwenAdapter(FamilyAdapter):
 
     family = "qwen2_5_vl"
     image_keys = ("image_grid_thw", "mm_token_type_ids")
+    # the MMTok authors' DivPrune variant on Qwen2.5-VL selects on the ViT's last block averaged per
+    # 2x2 merge unit (`ImageCrops.patches`, as MMTok's vision-vision term), not on the merged tokens
+    diversity_features = "patches"
+
+    def question_embeddings(self, embed_tokens: nn.Module, tokenizer, question: str) -> torch.Tensor:
+        """MMTok's text side on Qwen2.5-VL, as its release prepares it (`release_question_embeddings`)."""
+        return release_question_embeddings(embed_tokens, tokenizer, question)
 
     def encode(self, pixel_values: torch.Tensor, image_grid_thw=None, mm_token_type_ids=None) -> list[ImageCrops]:
         if image_grid_thw is None:

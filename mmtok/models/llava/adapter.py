@@ -20,11 +20,9 @@ from mmtok.models.adapters import (
     KeptImage,
     LLMInputs,
     max_crops,
-    register_family,
 )
 
 
-@register_family
 class LlavaAdapter(FamilyAdapter):
     """LLaVA-1.5 (`LlavaForConditionalGeneration`): one 336px crop, patches without CLS."""
 
@@ -87,7 +85,6 @@ class LlavaAdapter(FamilyAdapter):
         return build_spliced_inputs(self.model, prompts, [k.tokens for k in kept])
 
 
-@register_family
 class LlavaNextAdapter(LlavaAdapter):
     """LLaVA-NeXT (`LlavaNextForConditionalGeneration`): base image + anyres tiles."""
 
