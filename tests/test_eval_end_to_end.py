@@ -17,6 +17,7 @@ import torch
 
 from mmtok.data import build_dataset
 from mmtok.eval.evaluate import evaluate
+from mmtok.eval.protocol import RunProtocol
 from mmtok.eval.wrapper import PrunedLM
 from mmtok.models.llava.prompts import VICUNA_V1_SYSTEM
 from mmtok.models.llava.tiny import build_tiny
@@ -72,7 +73,14 @@ def run(models, beds, family, bench, pruner, **kw):
     tb = beds[bench]
     kw.setdefault("limit", None)
     kw.setdefault("max_new_tokens", 1)
-    return evaluate(model, processor, pruner, tasks=[tb.task], include_path=str(tb.include_path), progress=False, **kw)
+    return evaluate(
+        model,
+        processor,
+        pruner,
+        tasks=[tb.task],
+        include_path=str(tb.include_path),
+        protocol=RunProtocol(progress=False, **kw),
+    )
 
 
 # -- hand recomputation of the metrics -------------------------------------------------------------
@@ -180,7 +188,9 @@ def test_limit_takes_the_first_docs(models, beds):
     out = run(models, beds, "llava", "pope", build_pruner("none"), limit=6)
     assert sorted(s["doc_id"] for s in out.samples) == list(range(6))
     assert {s["category"] for s in out.samples} == {"random", "popular", "adversarial"}
-    with pytest.raises(ValueError, match="MME questions come in pairs: limit must be even, got 5"):
+    with pytest.raises(
+        ValueError, match=r"MME questions come in pairs \(acc\+ scores both\): limit must be even; got 5"
+    ):
         run(models, beds, "llava", "mme", build_pruner("none"), limit=5)
 
 
@@ -203,7 +213,7 @@ def test_clean_keeps_the_model_for_another_evaluation(models, beds):
 
     model, processor = models["llava"]
     tb = beds["pope"]
-    lm = PrunedLM(model, processor, build_pruner("none"), max_new_tokens=1, progress=False)
+    lm = PrunedLM(model, processor, build_pruner("none"), RunProtocol(max_new_tokens=1, progress=False))
     manager = task_manager(str(tb.include_path), [tb.task])
     answers = []
     for _ in range(2):  # the evaluator calls lm.clean() at the end of each run
@@ -236,7 +246,7 @@ def test_until_and_max_new_tokens_cap(models, beds):
     doc = {"image": beds_image(beds), "category": None}
 
     def answer(gen_kwargs, cap):
-        lm = PrunedLM(model, processor, build_pruner("none"), max_new_tokens=cap, progress=False)
+        lm = PrunedLM(model, processor, build_pruner("none"), RunProtocol(max_new_tokens=cap, progress=False))
         lm.task_dict = {"t": {"test": [doc]}}
         req = Instance(
             request_type="generate_until",
@@ -357,8 +367,8 @@ def test_multi_image_documents_follow_the_policy(models, beds, tmp_path):
 
     def go(limit=None, **kw):
         return evaluate(
-            model, processor, build_pruner("none"), tasks=[task], include_path=str(tmp_path), limit=limit,
-            max_new_tokens=1, progress=False, **kw
+            model, processor, build_pruner("none"), tasks=[task], include_path=str(tmp_path),
+            protocol=RunProtocol(limit=limit, max_new_tokens=1, progress=False, **kw)
         )  # fmt: skip
 
     with pytest.raises(ValueError, match=rf"^{task} doc \d+ has 2 images and the LLM takes one: set multi_image=first"):

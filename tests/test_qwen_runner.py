@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from mmtok.eval.prompts import build_prompt, preprocess_image, stop_strings
+from mmtok.eval.protocol import RunProtocol
 from mmtok.models.qwen2_5_vl.prompts import QWEN_SYSTEM_PROMPT, qwen_messages, qwen_smart_resize
 from mmtok.run.compose import compose
 from mmtok.run.identity import config_hash
@@ -295,7 +296,7 @@ def test_llava_only_options_are_refused_on_qwen(tiny_qwen):
         preprocess_image(_image(40, 60), processor, "pad", "qwen2_5_vl")
     for kwargs in ({"prompt_format": "vicuna_v1"}, {"image_preprocess": "pad"}):
         with pytest.raises(ValueError, match="does not apply to qwen2_5_vl checkpoints; valid there: ") as info:
-            PrunedLM(model, processor, build_pruner("none"), **kwargs)
+            PrunedLM(model, processor, build_pruner("none"), RunProtocol(**kwargs))
         assert "\n" not in str(info.value)
     assert PrunedLM(model, processor, build_pruner("none")).model_type == "qwen2_5_vl"
 

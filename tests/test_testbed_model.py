@@ -63,10 +63,16 @@ def unpruned_pope(testbed_model, beds):
 
 def score(testbed_model, bed, pruner) -> tuple[float, list[dict]]:
     from mmtok.eval.evaluate import evaluate
+    from mmtok.eval.protocol import RunProtocol
 
     model, processor = testbed_model
     out = evaluate(
-        model, processor, pruner, tasks=[bed.task], include_path=str(bed.include_path), limit=SLICE, progress=False
+        model,
+        processor,
+        pruner,
+        tasks=[bed.task],
+        include_path=str(bed.include_path),
+        protocol=RunProtocol(limit=SLICE, progress=False),
     )
     assert len(out.samples) == SLICE
     key = "pope_f1_avg" if bed.benchmark == "scenes_pope" else "gqa_exact_match"

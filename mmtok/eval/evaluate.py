@@ -1,7 +1,7 @@
 """`evaluate`: one loaded model + pruner through lmms-eval's `simple_evaluate`, metrics and per-sample records out.
 
     out = evaluate(model, processor, build_pruner("mmtok", budget=64), tasks=["mmtok_pope"],
-                   include_path=testbed_dir, limit=None, batch_size=1)
+                   include_path=dataset_dir, protocol=RunProtocol(batch_size=1))
     out.metrics["pope_f1_avg"], out.samples[0]["prefill_s"], out.wall_s
 
 `include_path` is the folder holding our task YAMLs (`mmtok.data.tasks.write_task_yaml`,
@@ -15,8 +15,9 @@ import functools
 import time
 from dataclasses import dataclass, field
 
-from mmtok.eval.metrics import SUMMARIES, infer_summary, summarize
+from mmtok.eval.metrics import infer_summary, summarize
 from mmtok.eval.prompts import check_multi_image, check_options
+from mmtok.eval.protocol import DEFAULT_PROTOCOL, SUMMARIES, RunProtocol, mme_limit_problem
 from mmtok.eval.wrapper import PrunedLM
 from mmtok.timing import device_name, peak_memory_bytes, reset_peak_memory
 
@@ -25,17 +26,8 @@ from mmtok.timing import device_name, peak_memory_bytes, reset_peak_memory
 class EvalOutput:
     """What one evaluation produced.
 
-    `samples`: one dict per answered request, in lmms-eval's request order, with
-        task, doc_id, question (the task's prompt text, also what the pruner got), answer (decoded,
-        cut at the task's stop strings, stripped), target (what lmms-eval scored against),
-        category (POPE split / MME category; None for GQA), vision_tokens (what the LLM received),
-        vision_tokens_full (unpruned), equivalent_tokens (in-LLM methods, else None), crops,
-        n_images (images the document had; one reached the LLM, chosen by `multi_image`),
-        text_tokens (prompt tokens other than the image placeholders and padding),
-        prefill_tokens (prompt length the LLM prefilled: text + kept vision tokens),
-        layer_vision_tokens (in-LLM methods: vision tokens in each decoder layer's input, else None),
-        vision_s, select_s, prefill_s, decode_s, total_s (seconds, per batch: every sample of a
-        batch carries its batch's values), new_tokens (generated, through EOS), batch_size.
+    `samples`: one `mmtok.eval.records.SampleRecord` per answered request, as a dict (its fields), in
+        lmms-eval's request order.
     """
 
     metrics: dict[str, float]  # flat: pope_f1_avg, pope_random_f1, gqa_exact_match, mme_total, ...
@@ -80,47 +72,30 @@ def evaluate(
     *,
     tasks: list[str],
     include_path: str | None,
-    limit: int | None,
-    batch_size: int = 1,
-    max_new_tokens: int = 16,
-    prompt_format: str = "hf",
-    image_preprocess: str = "crop",
-    multi_image: str = "error",
-    summary: str | None = None,
-    progress: bool = True,
+    protocol: RunProtocol = DEFAULT_PROTOCOL,
 ) -> EvalOutput:
-    """Evaluate `model` + `pruner` on lmms-eval `tasks`; see the module docstring.
+    """Evaluate `model` + `pruner` on lmms-eval `tasks` under `protocol`; see the module docstring.
 
-    `summary`: "pope" | "gqa" | "mme" for every task, or None to infer each task's benchmark from
-    its name (a task whose name names none gets lmms-eval's metrics as "<task>_<metric>").
-    `multi_image`: "error" | "first" | "middle", for documents with several images
+    `protocol.summary`: "pope" | "gqa" | "mme" for every task, or None to infer each task's benchmark
+    from its name (a task whose name names none gets lmms-eval's metrics as "<task>_<metric>").
+    `protocol.multi_image`: "error" | "first" | "middle", for documents with several images
     (`mmtok.eval.prompts.pick_image`). Generation errors propagate (never an empty answer).
     """
     from lmms_eval import evaluator
 
-    check_options(prompt_format, image_preprocess, str(getattr(model.config, "model_type", None)))
-    check_multi_image(multi_image)
+    check_options(protocol.prompt_format, protocol.image_preprocess, str(getattr(model.config, "model_type", None)))
+    check_multi_image(protocol.multi_image)
+    summary, limit = protocol.summary, protocol.limit
     if summary is not None and summary not in SUMMARIES:
         raise ValueError(f"unknown summary {summary!r}; valid: {', '.join(SUMMARIES)}")
     tasks = list(tasks)
     if not tasks:
         raise ValueError("no tasks given")
     kinds = {t: summary if summary is not None else infer_summary(t) for t in tasks}
-    if limit is not None and limit % 2 and "mme" in kinds.values():
-        # MME scores question pairs (acc+); an odd limit splits the last pair and lmms-eval's
-        # aggregation then fails with an assertion deep inside.
-        raise ValueError(f"MME questions come in pairs: limit must be even, got {limit}")
-    lm = PrunedLM(
-        model,
-        processor,
-        pruner,
-        batch_size=batch_size,
-        max_new_tokens=max_new_tokens,
-        prompt_format=prompt_format,
-        image_preprocess=image_preprocess,
-        multi_image=multi_image,
-        progress=progress,
-    )
+    if "mme" in kinds.values() and mme_limit_problem(limit):
+        # an odd limit splits the last pair and lmms-eval's aggregation then fails deep inside
+        raise ValueError(mme_limit_problem(limit))
+    lm = PrunedLM(model, processor, pruner, protocol)
     manager = task_manager(include_path, tasks)
     device = model.device
     reset_peak_memory(device)
@@ -129,11 +104,11 @@ def evaluate(
         model=lm,
         tasks=tasks,
         task_manager=manager,
-        batch_size=batch_size,
+        batch_size=protocol.batch_size,
         limit=limit,
         log_samples=True,
         bootstrap_iters=0,  # no stderr resampling: it is slow and we report per-sample data instead
-        verbosity="INFO" if progress else "WARNING",
+        verbosity="INFO" if protocol.progress else "WARNING",
     )
     wall_s = time.perf_counter() - start
     peak = peak_memory_bytes(device)

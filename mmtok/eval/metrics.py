@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from lmms_eval.tasks.pope import utils as pope_utils
 
-SUMMARIES = ("pope", "gqa", "mme")
+from mmtok.eval.protocol import SUMMARIES
+
 POPE_SPLITS = ("random", "popular", "adversarial")
 
 

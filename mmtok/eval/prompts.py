@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from PIL import Image
 
-from mmtok.choices import IMAGE_PREPROCESS, MULTI_IMAGE, PROMPT_FORMATS, check_family_options
+from mmtok.eval.protocol import IMAGE_PREPROCESS, MULTI_IMAGE, PROMPT_FORMATS, check_family_options
 from mmtok.models.registry import family
 from mmtok.models.spec import image_token
 

@@ -33,6 +33,8 @@ from mmtok.eval.prompts import (
     preprocess_image,
     stop_strings,
 )
+from mmtok.eval.protocol import DEFAULT_PROTOCOL, RunProtocol
+from mmtok.eval.records import SampleRecord
 from mmtok.timing import FirstTokenTimer, now
 
 
@@ -41,37 +43,26 @@ class PrunedLM(lmms):
 
     is_simple = True
 
-    def __init__(
-        self,
-        model,
-        processor,
-        pruner,
-        *,
-        batch_size: int = 1,
-        max_new_tokens: int = 16,
-        prompt_format: str = "hf",
-        image_preprocess: str = "crop",
-        multi_image: str = "error",
-        progress: bool = True,
-    ):
+    def __init__(self, model, processor, pruner, protocol: RunProtocol = DEFAULT_PROTOCOL):
         super().__init__()
         self.model_type = str(getattr(model.config, "model_type", None))
-        check_options(prompt_format, image_preprocess, self.model_type)
-        check_multi_image(multi_image)
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        check_options(protocol.prompt_format, protocol.image_preprocess, self.model_type)
+        check_multi_image(protocol.multi_image)
+        if protocol.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {protocol.batch_size}")
+        if protocol.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {protocol.max_new_tokens}")
         self.model = model
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.pruner = pruner
-        self.batch_size = batch_size
-        self.max_new_tokens = max_new_tokens
-        self.prompt_format = prompt_format
-        self.image_preprocess = image_preprocess
-        self.multi_image = multi_image
-        self.progress = progress
+        self.protocol = protocol
+        self.batch_size = protocol.batch_size
+        self.max_new_tokens = protocol.max_new_tokens
+        self.prompt_format = protocol.prompt_format
+        self.image_preprocess = protocol.image_preprocess
+        self.multi_image = protocol.multi_image
+        self.progress = protocol.progress
         # Single process: a present-but-None accelerator stops the evaluator from creating one.
         self.accelerator = None
         self.records: list[dict] = []
@@ -198,32 +189,29 @@ class PrunedLM(lmms):
             # scripts of the paper's models (`outputs.strip()`); lmms-eval's POPE / MME scoring strips as well.
             answer = _truncate(texts[k], until).strip()
             s = stats.samples[k]
-            record = {
-                "task": task,
-                "doc_id": doc_id,
-                "question": context,
-                "answer": answer,
-                "target": None,  # filled from lmms-eval's logged sample by `evaluate`
-                "category": docs[k].get("category"),  # POPE split / MME category (None elsewhere)
-                "vision_tokens": int(s.vision_tokens),
-                "vision_tokens_full": int(s.vision_tokens_full),
-                "equivalent_tokens": s.equivalent_tokens,
-                "crops": int(s.crops),
-                "n_images": n_images[k],  # images the document had (one reached the LLM)
-                "vision_s": vision_s,
-                "select_s": select_s,
-                "prefill_s": prefill_s,
-                "decode_s": decode_s,
-                "total_s": t_done - t0,
-                "new_tokens": counts[k],
-                "text_tokens": int(text_tokens[k]),
-                # the prompt as the LLM receives it: text tokens + the vision tokens kept
-                # (seq_len for `mmtok.timing.prefill_flops` with pre-LLM methods)
-                "prefill_tokens": int(text_tokens[k]) + int(s.vision_tokens),
-                # in-LLM methods: vision tokens in each decoder layer's input (else None)
-                "layer_vision_tokens": _int_list(s.layer_vision_tokens),
-                "batch_size": len(batch),
-            }
+            record = SampleRecord(
+                task=task,
+                doc_id=doc_id,
+                question=context,
+                answer=answer,
+                target=None,
+                category=docs[k].get("category"),
+                vision_tokens=int(s.vision_tokens),
+                vision_tokens_full=int(s.vision_tokens_full),
+                equivalent_tokens=s.equivalent_tokens,
+                crops=int(s.crops),
+                n_images=n_images[k],
+                vision_s=vision_s,
+                select_s=select_s,
+                prefill_s=prefill_s,
+                decode_s=decode_s,
+                total_s=t_done - t0,
+                new_tokens=counts[k],
+                text_tokens=int(text_tokens[k]),
+                prefill_tokens=int(text_tokens[k]) + int(s.vision_tokens),
+                layer_vision_tokens=_int_list(s.layer_vision_tokens),
+                batch_size=len(batch),
+            ).as_dict()  # samples travel as plain records (samples.jsonl lines) from here on
             results.append((index, answer, record))
         return results
 

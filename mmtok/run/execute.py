@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mmtok import store
 from mmtok.data import build_dataset, dataset_format
+from mmtok.eval.protocol import RunProtocol
 from mmtok.models.source import ModelSourceError
 from mmtok.run.cells import cell_config
 from mmtok.run.identity import config_hash, identity, new_run_id
@@ -185,6 +186,20 @@ def add_prefill_flops(samples: list[dict], model_config) -> None:
             s["prefill_flops"] = prefill_flops(model_config, int(round(text + float(vision))))
 
 
+def protocol_of(cfg: DictConfig) -> RunProtocol:
+    """The evaluation protocol the config asks for (handed to `evaluate` as one record)."""
+    return RunProtocol(
+        batch_size=int(cfg.batch_size),
+        max_new_tokens=int(cfg.max_new_tokens),
+        prompt_format=cfg.prompt_format,
+        image_preprocess=cfg.image_preprocess,
+        multi_image=cfg.multi_image,
+        limit=cfg.limit,
+        summary=cfg.benchmark.summary,
+        progress=bool(cfg.progress),
+    )
+
+
 def start_row(cfg: DictConfig, run_id: str, key: str, pruner, tasks: list[str], run_dir: Path) -> RunRow:
     """The row of a run that is about to evaluate: what runs, on which code and libraries."""
     commit, dirty = store.git_info(ROOT)
@@ -270,14 +285,7 @@ def _execute(cfg: DictConfig, resolved: dict, pruner, key: str, csv_path: Path, 
             pruner,
             tasks=tasks,
             include_path=include_path,
-            limit=cfg.limit,
-            batch_size=int(cfg.batch_size),
-            max_new_tokens=int(cfg.max_new_tokens),
-            prompt_format=cfg.prompt_format,
-            image_preprocess=cfg.image_preprocess,
-            multi_image=cfg.multi_image,
-            summary=cfg.benchmark.summary,
-            progress=bool(cfg.progress),
+            protocol=protocol_of(cfg),
         )
     except BaseException as exc:
         row.status = "failed"

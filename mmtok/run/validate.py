@@ -7,7 +7,14 @@ import re
 
 from omegaconf import DictConfig, OmegaConf
 
-from mmtok.choices import IMAGE_PREPROCESS, MULTI_IMAGE, PROMPT_FORMATS, check_family_options
+from mmtok.eval.protocol import (
+    IMAGE_PREPROCESS,
+    MULTI_IMAGE,
+    PROMPT_FORMATS,
+    SUMMARIES,
+    check_family_options,
+    mme_limit_problem,
+)
 from mmtok.models.registry import FAMILIES, TRAITS, family_names, pixel_bounds_families
 from mmtok.models.source import ModelSourceError, check_model_source, model_type_on_disk
 from mmtok.run.cells import parse_cell
@@ -15,7 +22,6 @@ from mmtok.run.compose import choices, group_options
 from mmtok.run.schema import ATTN_IMPLEMENTATIONS, DTYPES, WANDB_MODES, ConfigError
 
 TINY_FAMILIES = family_names()  # = their model_type
-SUMMARIES = ("pope", "gqa", "mme")
 TESTBEDS = ("pope", "gqa", "mme", "scenes_pope", "scenes_gqa")
 _DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
 
@@ -57,8 +63,8 @@ def validate(cfg: DictConfig, *, check_model: bool = True) -> None:
         raise ConfigError(f"unknown benchmark.summary {bench.summary!r}; valid: {choices(SUMMARIES)} or null")
     if bench.testbed is not None and bench.testbed not in TESTBEDS:
         raise ConfigError(f"unknown benchmark.testbed {bench.testbed!r}; valid: {choices(TESTBEDS)} or null")
-    if bench.summary == "mme" and cfg.limit is not None and cfg.limit % 2:
-        raise ConfigError(f"MME questions come in pairs (acc+ scores both): limit must be even; got {cfg.limit}")
+    if bench.summary == "mme" and mme_limit_problem(cfg.limit):
+        raise ConfigError(mme_limit_problem(cfg.limit))
     if bench.testbed is None and not bench.tasks:
         raise ConfigError(f"benchmark {bench.name!r} names no lmms-eval tasks (benchmark.tasks) and no testbed")
     positive("benchmark.task_max_new_tokens", cfg.benchmark.task_max_new_tokens, "an integer >= 1", False)

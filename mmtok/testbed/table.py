@@ -27,6 +27,7 @@ from pathlib import Path
 
 from mmtok.data import build_dataset
 from mmtok.data.scene_tasks import question_kind
+from mmtok.eval.protocol import RunProtocol
 
 PRUNERS = ("random", "mmtok", "fastv", "sparsevlm", "visionzip", "divprune", "vispruner")
 BUDGETS = (576, 192, 64, 16, 4)
@@ -207,8 +208,7 @@ def main(argv=None) -> None:
             pruner_for(cell.pruner, cell.budget),
             tasks=[bed.task],
             include_path=str(bed.include_path),
-            limit=None,
-            progress=False,
+            protocol=RunProtocol(progress=False),
         )
         rows.append(score_row(cell, out))
         write_rows(csv_path, rows)
