@@ -24,11 +24,10 @@ import random
 from pathlib import Path
 
 from mmtok.data import scene_questions as Q
-from mmtok.data.local import GQA_COLUMNS, write_gqa, write_parquet
+from mmtok.data.local import GQA_COLUMNS, POPE_SPLITS, write_gqa, write_parquet
 from mmtok.data.scenes import COLOR_NAMES, counts, label_grid, render, sample_scene
 from mmtok.data.tasks import benchmark
 
-POPE_SPLITS = ("random", "popular", "adversarial")
 GQA_TYPES = {
     "choose": ("choose", "attr", "chooseAttr"),
     "size": ("choose", "attr", "chooseSize"),

@@ -16,9 +16,8 @@ from __future__ import annotations
 
 from lmms_eval.tasks.pope import utils as pope_utils
 
+from mmtok.data.local import POPE_SPLITS  # the format's splits, where the datasets are built
 from mmtok.eval.protocol import SUMMARIES
-
-POPE_SPLITS = ("random", "popular", "adversarial")
 
 
 def infer_summary(task: str) -> str | None:
