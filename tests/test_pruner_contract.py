@@ -282,9 +282,8 @@ def assert_selecting_every_token_is_identity(name, model, processor, tester: Fam
     """`select` with k = n keeps every index of every crop in order, and the assembled (HF
     layout) sequence is then exactly the unmodified model's image tokens. (The request path never
     calls `select` for k >= n, so keep-all generation tests alone would not exercise it.)"""
-    from mmtok.pruners.base import SampleContext
-
     from mmtok.models.adapters import adapter_for
+    from mmtok.pruners import SampleContext
     from tests._tiny import images, inputs
 
     adapter = adapter_for(model)
