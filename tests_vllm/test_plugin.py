@@ -11,7 +11,8 @@ attention differs by float rounding swap places and change every later split. vL
 qkv, its own attention kernel) reproduces HF's CLS attention to ~4e-9 and its features to ~5e-6,
 not bit for bit, so VisPruner's rows match HF's only up to those near-ties (2-30 of k rows differ
 on these scenes; the same happens between two HF devices); its tokens, like VisionZip's (merged,
-no rows), are still compared with HF's.
+no rows), are still compared with HF's (VisPruner: the greedy tokens; the others: the first
+token's top log-probabilities too).
 """
 
 from __future__ import annotations
@@ -76,6 +77,8 @@ def test_kept_rows_equal_hf(runs):
 def test_tokens_equal_hf(runs):
     for case, result, _ in runs:
         assert tokens(result) == case["tokens"], label(case)
+        if case["method"] == "vispruner":
+            continue  # other rows near rounding ties (module docstring): the logits differ, the tokens do not
         got = first_logprobs(result)
         for tok, lp in zip(case["top_ids"], case["top_logprobs"]):
             assert tok in got, label(case)
