@@ -78,7 +78,9 @@ $(STAMP_VLLM): requirements/lock-vllm.txt pyproject.toml scripts/cpu_torchvision
 # The HF references come from our HF path in the main env; the vLLM side runs in .venv-vllm.
 test-vllm: venv venv-vllm
 	$(PY) tests_vllm/hf_reference.py --out .cache/vllm-tests
+	$(PY) tests_vllm/pope_reference.py --out .cache/vllm-tests
 	$(VLLM_ENV) $(PY_VLLM) -m pytest -q -p no:cacheprovider tests_vllm $(ARGS)
+	$(PY) tests_vllm/pope_reference.py --out .cache/vllm-tests --score
 
 bench-vllm: venv-vllm
 	$(VLLM_ENV) $(PY_VLLM) scripts/bench_vllm.py $(ARGS)

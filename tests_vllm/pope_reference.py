@@ -15,6 +15,7 @@ they are equal.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import json
 import subprocess
@@ -26,10 +27,22 @@ BUDGET = 16
 METHOD = "mmtok"
 
 
+def inputs_digest() -> str:
+    """This script, the testbed model and mmtok/: what the HF answers depend on."""
+    h = hashlib.sha256()
+    model = ROOT / "results" / "testbed" / "model"
+    for path in [Path(__file__), *sorted(model.iterdir()), *sorted((ROOT / "mmtok").rglob("*.py"))]:
+        if path.is_file():
+            h.update(str(path.relative_to(ROOT)).encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()
+
+
 def build(out: Path) -> int:
     pope = out / "pope"
-    if (pope / "cases.json").is_file():
-        print(f"{pope / 'cases.json'} exists")
+    digest = inputs_digest()
+    if (pope / "cases.json").is_file() and json.loads((pope / "cases.json").read_text()).get("inputs_sha256") == digest:
+        print(f"{pope / 'cases.json'} is current")
         return 0
     results = out / "hf-results"
     cmd = [
@@ -38,7 +51,7 @@ def build(out: Path) -> int:
         "benchmark=scenes_pope", "model=testbed_llava", "batch_size=1", "max_new_tokens=16", "force=true",
     ]  # fmt: skip
     subprocess.run(cmd, check=True, cwd=ROOT)
-    (run_dir,) = sorted((results / "runs").iterdir())[-1:]
+    (run_dir,) = sorted((results / "runs").iterdir())[-1:]  # force=true: this run is the newest
     samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines() if line]
 
     import pandas as pd
@@ -71,7 +84,7 @@ def build(out: Path) -> int:
             }
         )
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    meta = {"method": METHOD, "budget": BUDGET, "hf_pope_f1_avg": metrics["pope_f1_avg"], "run": run_dir.name}
+    meta = {"inputs_sha256": digest, "method": METHOD, "budget": BUDGET, "hf_pope_f1_avg": metrics["pope_f1_avg"]}
     (pope / "cases.json").write_text(json.dumps({**meta, "cases": cases}, indent=1) + "\n")
     print(f"wrote {pope / 'cases.json'}: {len(cases)} questions, HF pope_f1_avg {metrics['pope_f1_avg']:.4f}")
     return 0
