@@ -19,12 +19,14 @@ import json
 import random
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / "results" / "testbed" / "model"
 METHODS = ("mmtok", "divprune", "random", "visionzip", "vispruner")
 BUDGETS = (4, 16, 64)
+NEXT_BUDGETS = (5, 20, 80, 200)  # per crop (5 crops at most): 1, 4, 16, 40 >= the 36 tokens of a crop
 MAX_NEW = 8
 TOP = 5
 # (scene seed, colour asked about): two scenes, one question each, plus a second question on scene 0
@@ -36,9 +38,14 @@ SECOND_QUESTION = "Is there a yellow object in the image?"  # on scene 0 MMTok@4
 POST_PROMPT = "\nAnswer the question using a single word or phrase."
 
 
+def _hf_path_sources():
+    """mmtok's sources except the vLLM plugin (the HF references do not depend on it)."""
+    return (p for p in (ROOT / "mmtok").rglob("*.py") if "serving" not in p.relative_to(ROOT).parts)
+
+
 def inputs_digest() -> str:
     h = hashlib.sha256()
-    files = [Path(__file__), *sorted(MODEL.iterdir()), *sorted((ROOT / "mmtok").rglob("*.py"))]
+    files = [Path(__file__), *sorted(MODEL.iterdir()), *sorted(_hf_path_sources())]
     for path in files:
         if path.is_file():
             h.update(str(path.relative_to(ROOT)).encode())
@@ -52,21 +59,28 @@ def scene_image(seed: int):
     return render(sample_scene(random.Random(f"vllm-tests:{seed}")))
 
 
-def kept_rows(pruner, model, pixel_values) -> list[int] | None:
+def kept_rows(pruner, model, inputs) -> list[list[int]] | None:
     """The kept row indices of the request `pruner` just ran (its own encode + select on the same
-    inputs; None for methods that merge tokens)."""
+    inputs), per crop, or [indices into the packed sequence] (NeXT DivPrune); None for merged tokens."""
     from mmtok.models.adapters import adapter_for
 
     if pruner.merges:
         return None
     adapter = adapter_for(model)
     ctx = pruner.request.contexts[0]
+    extra = {key: inputs[key] for key in adapter.image_keys if key in inputs}
     with torch.no_grad():
-        image = pruner.encode(adapter, pixel_values)[0]
+        image = pruner.encode(adapter, inputs["pixel_values"], **extra)[0]
         k = pruner.per_crop_budget(adapter, image)
         if k is None or k >= image.tokens_per_crop:
-            return list(range(image.tokens_per_crop))
-        return pruner.select(image, k, ctx).indices[0].tolist()
+            return [list(range(image.tokens_per_crop))] * image.num_crops
+        sel = pruner.select(image, k, ctx)
+        if sel.packed_indices is not None:
+            packed = adapter.full_sequence(image)
+            if sel.packed_indices.numel() == packed.shape[0]:
+                return None  # every packed token: the unpruned layout
+            return [sel.packed_indices.tolist()]
+        return [x.tolist() for x in sel.indices]
 
 
 def run_case(model, processor, image, question: str, method: str | None, budget: int | None) -> dict:
@@ -75,7 +89,7 @@ def run_case(model, processor, image, question: str, method: str | None, budget:
     from mmtok.eval.prompts import build_prompt
     from mmtok.pruners import build_pruner
 
-    prompt = build_prompt(processor, question, "hf", "llava")
+    prompt = build_prompt(processor, question, "hf", model.config.model_type)
     inputs = processor(images=[image], text=[prompt], return_tensors="pt")
     image_id = model.config.image_token_id
     text_tokens = int((inputs["input_ids"] != image_id).sum())
@@ -90,7 +104,7 @@ def run_case(model, processor, image, question: str, method: str | None, budget:
         out = model.generate(
             **inputs, max_new_tokens=MAX_NEW, do_sample=False, num_beams=1, logits_processor=LogitsProcessorList([grab])
         )
-        rows = kept_rows(pruner, model, inputs["pixel_values"]) if method else None
+        rows = kept_rows(pruner, model, inputs) if method else None
     new = out[0, inputs["input_ids"].shape[1] :].tolist()
     eos = model.generation_config.eos_token_id
     n = next((j + 1 for j, tok in enumerate(new) if tok == eos), len(new))
@@ -100,13 +114,40 @@ def run_case(model, processor, image, question: str, method: str | None, budget:
         "question": question,
         "method": method,
         "budget": budget,
-        "kept": rows,
+        "kept": None if rows is None or model.config.model_type != "llava" else rows[0],
+        "kept_crops": rows,
         "vision_tokens": int(pruner.last_stats["samples"][0]["vision_tokens"]),
         "text_tokens": text_tokens,
         "tokens": new[:n],
         "top_ids": top.indices.tolist(),
         "top_logprobs": top.values.tolist(),
     }
+
+
+def next_reference(out: Path) -> list[dict]:
+    """LLaVA-NeXT: a tiny random-weight checkpoint (mmtok.models.tiny; 36 tokens per crop, 5 crops
+    at most), a wide image (base + 1 x 2 tiles, unpadded rows), per-crop budgets 1 / 4 / 16 and a
+    budget above the crop size, every method."""
+    from PIL import Image
+    from transformers import AutoProcessor, LlavaNextForConditionalGeneration
+
+    from mmtok.models.tiny import build_tiny
+
+    folder = out / "next-model"
+    if not (folder / "config.json").is_file():
+        text = {"hidden_size": 128, "head_dim": 32, "intermediate_size": 256}
+        build_tiny(folder, "llava_next", text_layers=2, text=text)
+    model = LlavaNextForConditionalGeneration.from_pretrained(folder, dtype=torch.float32).eval()
+    processor = AutoProcessor.from_pretrained(folder)
+    pixels = (np.random.RandomState(7).rand(60, 100, 3) * 255).astype("uint8")
+    image = Image.fromarray(pixels)
+    image.save(out / "next.png")
+    question = "Is there a red object in the image?" + POST_PROMPT
+    cases = [{"image": "next.png", **run_case(model, processor, image, question, None, None)}]
+    for method in METHODS:
+        for budget in NEXT_BUDGETS:
+            cases.append({"image": "next.png", **run_case(model, processor, image, question, method, budget)})
+    return cases
 
 
 def main() -> int:
@@ -139,8 +180,10 @@ def main() -> int:
     cases.append(
         {"image": "scene0.png", **run_case(model, processor, image, SECOND_QUESTION + POST_PROMPT, "mmtok", 4)}
     )
-    ref.write_text(json.dumps({"inputs_sha256": digest, "model": str(MODEL), "cases": cases}, indent=1) + "\n")
-    print(f"wrote {ref}: {len(cases)} cases")
+    next_cases = next_reference(args.out)
+    payload = {"inputs_sha256": digest, "model": str(MODEL), "cases": cases, "next_cases": next_cases}
+    ref.write_text(json.dumps(payload, indent=1) + "\n")
+    print(f"wrote {ref}: {len(cases)} LLaVA-1.5 cases, {len(next_cases)} LLaVA-NeXT cases")
     return 0
 
 

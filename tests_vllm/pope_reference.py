@@ -27,11 +27,16 @@ BUDGET = 16
 METHOD = "mmtok"
 
 
+def _hf_path_sources():
+    """mmtok's sources except the vLLM plugin (the HF references do not depend on it)."""
+    return (p for p in (ROOT / "mmtok").rglob("*.py") if "serving" not in p.relative_to(ROOT).parts)
+
+
 def inputs_digest() -> str:
     """This script, the testbed model and mmtok/: what the HF answers depend on."""
     h = hashlib.sha256()
     model = ROOT / "results" / "testbed" / "model"
-    for path in [Path(__file__), *sorted(model.iterdir()), *sorted((ROOT / "mmtok").rglob("*.py"))]:
+    for path in [Path(__file__), *sorted(model.iterdir()), *sorted(_hf_path_sources())]:
         if path.is_file():
             h.update(str(path.relative_to(ROOT)).encode())
             h.update(path.read_bytes())

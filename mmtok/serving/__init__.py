@@ -15,6 +15,7 @@ from __future__ import annotations
 # vLLM architecture name -> "module:class" (imported lazily by vLLM's registry)
 ARCHITECTURES = {
     "MMTokLlavaForConditionalGeneration": "mmtok.serving.vllm_llava:MMTokLlavaForConditionalGeneration",
+    "MMTokLlavaNextForConditionalGeneration": "mmtok.serving.vllm_llava_next:MMTokLlavaNextForConditionalGeneration",
 }
 
 

@@ -58,6 +58,9 @@ _OWN_KEYS = (KEY_METHOD, KEY_BUDGET, KEY_QUESTION, KEY_SEED)
 
 
 class PrunedLlavaProcessingInfo(LlavaProcessingInfo):
+    def check_budget(self, req: PruneRequest) -> None:
+        """One-line ValueError if the family cannot honour `req.budget` (LLaVA-1.5: any k >= 1)."""
+
     def get_num_kept_tokens(self, req: PruneRequest, *, image_width: int, image_height: int) -> int:
         """k: the placeholders vLLM reserves for one image of this request (the unpruned count is
         `get_num_image_tokens`, which stays the maximum vLLM profiles and budgets its caches for)."""
@@ -65,9 +68,16 @@ class PrunedLlavaProcessingInfo(LlavaProcessingInfo):
         return kept_count(req, n)
 
 
-class PrunedLlavaProcessor(LlavaMultiModalProcessor):
+class PruningProcessorMixin:
+    """The front end of a pruned family (put before vLLM's processor class): resolves and checks
+    each request, keeps the resolved keys in the (hashed) processor kwargs, hands the method, k,
+    seed and question ids to the model as per-image tensors, and reserves the kept count of
+    placeholders (`info.get_num_kept_tokens`)."""
+
     def _request(self, kwargs: Mapping[str, object]) -> PruneRequest:
-        return resolve(self.info.get_hf_config(), {k: v for k, v in kwargs.items() if k in _OWN_KEYS})
+        req = resolve(self.info.get_hf_config(), {k: v for k, v in kwargs.items() if k in _OWN_KEYS})
+        self.info.check_budget(req)
+        return req
 
     def get_dummy_inputs(self, seq_len, mm_counts, mm_options):
         # Profiling: the unpruned image is the largest any request can send.
@@ -92,13 +102,18 @@ class PrunedLlavaProcessor(LlavaMultiModalProcessor):
 
     def _hf_ids(self, inputs) -> list[int]:
         """The prompt ids as the HF processor gives them to the HF model (each `<image>` expanded to
-        the full token count): what the HF path seeds Random from."""
+        its image's full token count): what the HF path seeds Random from."""
         config = self.info.get_hf_config()
-        size = self.info.get_image_size_with_most_features()
-        n = self.info.get_num_image_tokens(image_width=size.width, image_height=size.height)
+        images = inputs.mm_data_items.get_items("image", ImageProcessorItems)
         out: list[int] = []
+        i = 0
         for tok in inputs.prompt:
-            out.extend([tok] * n if tok == config.image_token_index else [tok])
+            if tok == config.image_token_index:
+                size = images.get_image_size(i)
+                out.extend([tok] * self.info.get_num_image_tokens(image_width=size.width, image_height=size.height))
+                i += 1
+            else:
+                out.append(tok)
         return out
 
     def _call_hf_processor(self, hf_data, hf_kwargs):
@@ -135,6 +150,10 @@ class PrunedLlavaProcessor(LlavaMultiModalProcessor):
         return [PromptReplacement(modality="image", target=[image_token_id], replacement=replacement)]
 
 
+class PrunedLlavaProcessor(PruningProcessorMixin, LlavaMultiModalProcessor):
+    pass
+
+
 def cls_signals(layer: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The CLS row's attention probabilities per head [B, H, T] and the keys averaged over heads
     [B, T, head_dim] of vLLM's CLIP `layer` for its normalised input `x` [B, T, D]: what the HF
@@ -148,6 +167,24 @@ def cls_signals(layer: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, 
     k = k.reshape(b, t, heads, hd).transpose(1, 2)
     probs = torch.softmax((q.float() @ k.float().transpose(-1, -2)) * attn.scale, dim=-1)[:, :, 0]
     return probs, k.mean(dim=1)
+
+
+def tower_features(vision_tower, pixel_values: torch.Tensor, with_cls: bool):
+    """(features with CLS [B, n+1, Dv], CLS attention [B, H, n+1], keys [B, n+1, hd]) of vLLM's
+    CLIP tower at the layer LLaVA reads (vLLM builds the tower only up to it, so its last layer
+    produces it); the signals only when `with_cls`. The same operations as the tower's forward."""
+    vm = vision_tower.vision_model
+    h = vm.pre_layrnorm(vm.embeddings(pixel_values.to(vm.dtype)))
+    layers = vm.encoder.layers
+    for layer in layers[:-1]:
+        h = layer(h)
+    probs = keys = None
+    if with_cls:
+        probs, keys = cls_signals(layers[-1], layers[-1].layer_norm1(h))
+    h = layers[-1](h)
+    if vm.post_layernorm is not None:
+        h = vm.post_layernorm(h)
+    return h, probs, keys
 
 
 @MULTIMODAL_REGISTRY.register_processor(
@@ -164,20 +201,7 @@ class MMTokLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         self.mmtok_last: list[tuple[str, list[int] | None]] = []
 
     def _tower(self, pixel_values: torch.Tensor, with_cls: bool):
-        """(features with CLS [B, n+1, Dv], CLS attention, keys) at the layer LLaVA reads; the
-        signals only when `with_cls` (one pass either way)."""
-        vm = self.vision_tower.vision_model
-        h = vm.pre_layrnorm(vm.embeddings(pixel_values.to(vm.dtype)))
-        layers = vm.encoder.layers  # built up to the feature layer: the last one produces it
-        for layer in layers[:-1]:
-            h = layer(h)
-        probs = keys = None
-        if with_cls:
-            probs, keys = cls_signals(layers[-1], layers[-1].layer_norm1(h))
-        h = layers[-1](h)
-        if vm.post_layernorm is not None:
-            h = vm.post_layernorm(h)
-        return h, probs, keys
+        return tower_features(self.vision_tower, pixel_values, with_cls)
 
     def embed_multimodal(self, **kwargs):
         spec = kwargs.pop(SPEC_FIELD, None)
