@@ -38,6 +38,7 @@ import benchlib  # noqa: E402  (torch + standard library)
 
 TOKENIZER_FROM = ROOT / "results" / "testbed" / "model"  # the testbed's tokenizer / processor files
 QUESTION = "Is there a red object in the image?"  # words of the testbed vocabulary
+TEXT_ONLY = "text-only"  # the same prompt without the image: vLLM's per-request floor here
 SHAPES = {
     # vision layers, LLM hidden, LLM layers, heads, MLP, vocab (None: the tokenizer's)
     "scaled": (2, 1024, 8, 4, 2048, None),
@@ -161,6 +162,7 @@ def main() -> int:
     configs = {"none": {"mmtok_method": "none"}}
     for b in args.budgets:
         configs[f"{args.method}:{b}"] = {"mmtok_method": args.method, "mmtok_budget": b, "mmtok_question": QUESTION}
+    configs[TEXT_ONLY] = {"mmtok_method": TEXT_ONLY}
     counter = iter(range(10**9))
 
     def image():
@@ -168,6 +170,8 @@ def main() -> int:
         return Image.fromarray((rng.rand(336, 336, 3) * 255).astype("uint8"))
 
     def batch(kwargs: dict, n: int) -> list[dict]:
+        if kwargs.get("mmtok_method") == TEXT_ONLY:  # the engine's floor: the same text, no image
+            return [{"prompt": prompt.replace("<image>\n", "")} for _ in range(n)]
         return [
             {"prompt": prompt, "multi_modal_data": {"image": image()}, "mm_processor_kwargs": kwargs} for _ in range(n)
         ]
@@ -200,14 +204,16 @@ def main() -> int:
     base_wall, base_ttft = benchlib.median(wall["none"]), benchlib.median(ttft["none"])
     rows = []
     for name, kwargs in configs.items():
-        k = prompt_tokens[name] - text_tokens
+        text_only = name == TEXT_ONLY
+        k = 0 if text_only else prompt_tokens[name] - text_tokens
         prefill, total = llm_flops(config["text_config"], prompt_tokens[name], args.out_tokens)
+        tower = 0 if text_only else vis
         w, t = benchlib.median(wall[name]), benchlib.median(ttft[name])
         rows.append(
             Row(
                 config=name,
                 method=kwargs["mmtok_method"],
-                budget=kwargs.get("mmtok_budget", 576),
+                budget=0 if text_only else kwargs.get("mmtok_budget", 576),
                 vision_tokens=k,
                 prompt_tokens=prompt_tokens[name],
                 requests=requests,
@@ -217,8 +223,8 @@ def main() -> int:
                 ttft_ms=1000 * t,
                 throughput_speedup=base_wall / w,
                 ttft_speedup=base_ttft / t,
-                flops_ideal_throughput=(vis + base_total) / (vis + total),
-                flops_ideal_ttft=(vis + base_prefill) / (vis + prefill),
+                flops_ideal_throughput=(vis + base_total) / (tower + total),
+                flops_ideal_ttft=(vis + base_prefill) / (tower + prefill),
                 rounds=args.rounds,
                 device=args.device,
                 dtype=dtype,
@@ -265,7 +271,8 @@ def main() -> int:
         f"(`MMTokLlavaForConditionalGeneration`), {dtype}, random weights: vision tower CLIP-L/336 widths "
         f"with {vision_layers} layers, LLM Llama {hidden} wide x {layers} layers (MLP {mlp}, {heads} heads). "
         f"Throughput: {requests} requests at once, {args.out_tokens} output tokens each, a distinct image per "
-        "request, prefix / processor caches off; TTFT: one request alone, max_tokens=1. Medians of "
+        "request, prefix / processor caches off; TTFT: one request alone, max_tokens=1; `text-only`: the same "
+        "prompt without the image (the engine's per-request floor). Medians of "
         f"{args.rounds} interleaved rounds after {args.warmup} warm-up round(s); file `{tag}.csv`.\n\n"
         + benchlib.md_machine(info)
         + "\n"

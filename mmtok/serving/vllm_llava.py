@@ -201,7 +201,14 @@ class MMTokLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         self.mmtok_last: list[tuple[str, list[int] | None]] = []
 
     def _tower(self, pixel_values: torch.Tensor, with_cls: bool):
-        return tower_features(self.vision_tower, pixel_values, with_cls)
+        """(patch features [B, n, Dv], features with CLS or None, CLS attention, keys): vLLM's own
+        tower call, or one pass that also captures the CLS row's signals (VisionZip, VisPruner)."""
+        if not with_cls:
+            strategy = self.config.vision_feature_select_strategy
+            patches = self.vision_tower(pixel_values, feature_select_strategy=strategy)
+            return patches, None, None, None
+        pre, probs, keys = tower_features(self.vision_tower, pixel_values, True)
+        return pre[:, 1:], pre, probs, keys
 
     def embed_multimodal(self, **kwargs):
         spec = kwargs.pop(SPEC_FIELD, None)
@@ -217,8 +224,7 @@ class MMTokLlavaForConditionalGeneration(LlavaForConditionalGeneration):
             pixel_values = torch.stack(list(pixel_values))
         spec = spec.reshape(-1, 3).tolist()
         methods = [METHODS[code] for code, _, _ in spec]
-        pre, probs, keys = self._tower(pixel_values, with_cls=any(m in CLS_METHODS for m in methods))
-        patches = pre[:, 1:]
+        patches, pre, probs, keys = self._tower(pixel_values, with_cls=any(m in CLS_METHODS for m in methods))
         proj = self.multi_modal_projector(patches)
         out, self.mmtok_last = [], []
         for b, (method, (_, k, seed)) in enumerate(zip(methods, spec)):
@@ -229,7 +235,7 @@ class MMTokLlavaForConditionalGeneration(LlavaForConditionalGeneration):
             image = ImageSignals(
                 proj=proj[b],
                 patches=patches[b],
-                pre=pre[b],
+                pre=None if pre is None else pre[b],
                 cls_attention=None if probs is None else probs[b],
                 keys=None if keys is None else keys[b],
             )

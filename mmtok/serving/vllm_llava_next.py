@@ -129,10 +129,13 @@ class MMTokLlavaNextForConditionalGeneration(LlavaNextForConditionalGeneration):
         grids = [get_anyres_image_grid_shape(s, config.image_grid_pinpoints, size) for s in sizes]
         counts = [1 + r * c for r, c in grids]
         crops = [pv[:count] for pv, count in zip(pixel_values, counts)]  # batches may pad the crops
-        pre, probs, keys = tower_features(
-            self.vision_tower, torch.cat(crops), with_cls=any(m in CLS_METHODS for m in methods)
-        )
-        patches = pre[:, 1:]
+        pixels = torch.cat(crops)
+        if any(m in CLS_METHODS for m in methods):
+            pre, probs, keys = tower_features(self.vision_tower, pixels, with_cls=True)
+            patches = pre[:, 1:]
+        else:  # vLLM's own tower call
+            patches = self._image_pixels_to_features(self.vision_tower, pixels)
+            pre = probs = keys = None
         proj_all = self.multi_modal_projector(patches)
         out, self.mmtok_last, start = [], [], 0
         for b, (method, (_, budget, seed)) in enumerate(zip(methods, spec)):
