@@ -233,7 +233,7 @@ def main() -> int:
     llm.llm_engine.engine_core.shutdown()
     shutil.rmtree(folder, ignore_errors=True)
 
-    tag = f"vllm_{args.device}"
+    tag = f"vllm_{args.device}" + ("" if args.method == "mmtok" else f"_{args.method}")
     out = Path(args.out)
     benchlib.write_csv(out / f"{tag}.csv", rows)
     vision_layers, hidden, layers, heads, mlp, _ = SHAPES[shape]
@@ -266,7 +266,7 @@ def main() -> int:
         ],
     )
     section = (
-        f"## vLLM serving, LLaVA-1.5 shape ({args.device})\n\n"
+        f"## vLLM serving, LLaVA-1.5 shape, {args.method} ({args.device})\n\n"
         f"`{command}` (`make bench-vllm`), vLLM {__import__('vllm').__version__} + the mmtok plugin "
         f"(`MMTokLlavaForConditionalGeneration`), {dtype}, random weights: vision tower CLIP-L/336 widths "
         f"with {vision_layers} layers, LLM Llama {hidden} wide x {layers} layers (MLP {mlp}, {heads} heads). "
