@@ -26,6 +26,9 @@ EXCEPTIONS = {
     # the testbed trains and evaluates one fixed LLaVA-1.5-architecture checkpoint: its data and
     # model are that family's by construction
     "mmtok/testbed/",
+    # the vLLM plugin subclasses vLLM's own class of each family; it installs beside vLLM without the
+    # framework (it may import only mmtok.selection), so it cannot reach the family folders
+    "mmtok/serving/",
 }
 
 

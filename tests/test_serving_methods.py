@@ -79,7 +79,7 @@ def test_kept_count_and_keep_all_rows():
 
 def test_random_rows_are_the_hf_pruners():
     """Random: seeded from the prompt ids as `Pruner.sample_seed`, drawn by `random_select`."""
-    from mmtok.pruners.base import SampleContext
+    from mmtok.pruners import SampleContext
 
     ids = [1, 5, 4, 4, 4, 7]
     pruner = build_pruner("random", budget=3)

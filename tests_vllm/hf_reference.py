@@ -54,7 +54,7 @@ def inputs_digest() -> str:
 
 
 def scene_image(seed: int):
-    from mmtok.testbed.scenes import render, sample_scene
+    from mmtok.data.scenes import render, sample_scene
 
     return render(sample_scene(random.Random(f"vllm-tests:{seed}")))
 
@@ -116,7 +116,7 @@ def run_case(model, processor, image, question: str, method: str | None, budget:
         "budget": budget,
         "kept": None if rows is None or model.config.model_type != "llava" else rows[0],
         "kept_crops": rows,
-        "vision_tokens": int(pruner.last_stats["samples"][0]["vision_tokens"]),
+        "vision_tokens": int(pruner.last_stats.samples[0].vision_tokens),
         "text_tokens": text_tokens,
         "tokens": new[:n],
         "top_ids": top.indices.tolist(),
@@ -131,7 +131,7 @@ def next_reference(out: Path) -> list[dict]:
     from PIL import Image
     from transformers import AutoProcessor, LlavaNextForConditionalGeneration
 
-    from mmtok.models.tiny import build_tiny
+    from mmtok.models.llava.tiny import build_tiny
 
     folder = out / "next-model"
     if not (folder / "config.json").is_file():
