@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import os
 import random
 
 import numpy as np
@@ -565,6 +566,57 @@ def test_auto_picks_the_authors_indices_at_llava_sizes(seed):
         want = authors.authors_select_crops(t, v, w, k)
         assert torch.equal(mmtok_select(t, v, w, k), want)
         assert torch.equal(mmtok_select(t, v[1], w[1], k), want[1])
+
+
+# ---------------------------------------------------------------- on the device under test
+# `make gpu-check` (scripts/gpu_check.sh) runs this file with MMTOK_TEST_DEVICE=cuda; by default
+# these tests run on the CPU like the rest.
+DEVICE = torch.device(os.environ.get("MMTOK_TEST_DEVICE", "cpu"))
+if DEVICE.type == "cuda" and not torch.cuda.is_available():
+    raise RuntimeError("MMTOK_TEST_DEVICE=cuda but torch.cuda.is_available() is False")
+
+
+@pytest.mark.parametrize("seed", range(50))
+def test_on_device_single_crop_matches_reference(seed):
+    t, v, w, excluded, exclude, k, p = _seeded_case(seed)
+    on = [x.to(DEVICE) for x in (t, v, w)]
+    got = mmtok_select(*on, k, exclude=None if exclude is None else exclude.to(DEVICE), **p)
+    assert got.device.type == DEVICE.type and got.dtype == torch.long
+    assert tuple(got.cpu().tolist()) in ref_outcomes(t, v, w, k, excluded=excluded, **p)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_on_device_batched_matches_reference(seed):
+    rng, gen = random.Random(1000 + seed), torch.Generator().manual_seed(1000 + seed)
+    batch = rng.randint(1, 4)
+    t, v, w = _instance(rng, gen, batch=batch, shared_text=bool(seed % 2))
+    k, p = rng.randint(1, v.shape[1]), _params(rng)
+    got = mmtok_select(t.to(DEVICE), v.to(DEVICE), w.to(DEVICE), k, **p).cpu()
+    for b in range(batch):
+        tb = t if t.dim() == 2 else t[b]
+        assert tuple(got[b].tolist()) in ref_outcomes(tb, v[b], w[b], k, **p)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_on_device_picks_the_authors_indices_at_llava_sizes(dtype):
+    """One crop at LLaVA size: our default path on the device picks exactly what the authors'
+    selector (re-implemented in scripts/authors_selector.py) picks on the same device; the
+    5-crop batch picks what it picks crop by crop, or (a batched kernel may round a near-tie
+    differently) a selection of the same coverage to float32 precision."""
+    authors = _authors()
+    gen = torch.Generator().manual_seed(9800)
+    t = torch.randn(6, 512, generator=gen).to(DEVICE, dtype)
+    v = torch.randn(5, 576, 512, generator=gen).to(DEVICE, dtype)
+    segments = torch.randn(5, 48, 256, generator=gen)[:, torch.arange(576) % 48]
+    w = (torch.randn(5, 576, 256, generator=gen) + 2 * segments).to(DEVICE, dtype)
+    for k in (4, 32, 64, 192):
+        want = authors.authors_select_crops(t, v, w, k)
+        assert torch.equal(mmtok_select(t, v[0], w[0], k), want[0])
+        got = mmtok_select(t, v, w, k)
+        for b in range(5):
+            if not torch.equal(got[b], want[b]):
+                C = build_coverage_matrix(t, v[b], w[b]).double()
+                assert coverage(C, got[b]).item() == pytest.approx(coverage(C, want[b]).item(), rel=1e-5)
 
 
 def test_method_is_checked():
