@@ -16,7 +16,7 @@ TABLES := table1 table17 table18 table19 table5 table8
 # The experiments that fill each table (table5 has a LLaVA-1.5 and a LLaVA-NeXT half).
 EXPERIMENTS_table5 := table5 table5_next
 
-.PHONY: help venv lock lock-check lint format test test-slurm run bench testbed testbed-table clean distclean tables index plots status $(TABLES) tiny
+.PHONY: help venv lock lock-check lint format test test-slurm run bench gpu-check testbed testbed-table clean distclean tables index plots status $(TABLES) tiny
 
 help:
 	@echo "make test    create .venv from the lock if missing, run the whole test suite"
@@ -32,6 +32,8 @@ help:
 	@echo "make testbed        train the testbed LLaVA on synthetic scenes from scratch on CPU (-> results/testbed/model)"
 	@echo "make testbed-table  every pruner x budget on scenes_pope / scenes_gqa (-> results/testbed/table.{md,csv,png})"
 	@echo "make bench   selection latency and time-to-first-token per pruner, side by side (scripts/bench_*.py)"
+	@echo "make gpu-check  on a CUDA machine: venv (LOCK=cuda), selection tests on CUDA, both benchmarks at 7B/13B shapes"
+	@echo "             (results/bench/*_cuda.*); DEVICE=cpu: its dry run at reduced sizes"
 	@echo "make clean   remove caches, Hydra outputs and the tiny checkpoints / testbeds (keeps .venv and results/)"
 
 venv: $(STAMP)
@@ -98,6 +100,13 @@ status: venv
 bench: venv
 	$(PY) scripts/bench_selection.py
 	$(PY) scripts/bench_prefill.py
+
+# The GPU checks in one unattended command (scripts/gpu_check.sh): on a CUDA machine it builds the
+# venv from the CUDA lock, runs the selection tests on CUDA and both benchmarks at the 7B / 13B shapes
+# (results/bench/*_cuda.*). DEVICE=cpu is its dry run at reduced sizes (figures to a temporary folder).
+DEVICE ?= cuda
+gpu-check:
+	DEVICE=$(DEVICE) PY=$(abspath $(PY)) bash scripts/gpu_check.sh
 
 # Both stages run at once, one thread each (python -m mmtok.testbed.train --help for the step counts).
 testbed: venv

@@ -44,7 +44,7 @@ PRE_LLM = ("random", "mmtok", "visionzip", "divprune")
 BUDGETS = {"llava": (576, 192, 128, 64, 16, 4), "llava_next": (640, 320, 160)}
 # hidden, layers, heads, MLP width of the real LLMs (Vicuna-7B / -13B); "mini" is a small shape that
 # takes the same direct-on-device path (its CPU dry run in scripts/gpu_check.sh).
-LLM_SHAPES = {"7b": (4096, 32, 32, 11008), "13b": (5120, 40, 40, 13824), "mini": (256, 2, 2, 512)}
+LLM_SHAPES = {"7b": (4096, 32, 32, 11008), "13b": (5120, 40, 40, 13824), "mini": (256, 4, 2, 512)}
 QUESTION = "Is there a red car next to the person on the left side of the street?"
 
 

@@ -374,7 +374,11 @@ def _incremental_greedy(C: torch.Tensor, k: int, forbidden: torch.Tensor) -> tor
             break
         column = Cn[:, j]
         raised = np.flatnonzero(column > best)  # best = maximum(best, column) changes these rows only
-        if raised.size:
+        if 2 * raised.size > rows:  # most rows (the first picks): whole-array passes beat gathers
+            np.maximum(best, column, out=best)
+            np.subtract(Cn, best[:, None], out=terms)
+            np.maximum(terms, 0, out=terms)
+        elif raised.size:
             best[raised] = column[raised]
             block = Cn[raised]
             np.subtract(block, best[raised, None], out=block)
