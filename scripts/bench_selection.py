@@ -301,6 +301,7 @@ def main(argv=None):
     ap.add_argument("--cases", nargs="*", default=None, help="subset of case labels (default: all)")
     ap.add_argument("--inputs", nargs="+", default=list(INPUTS), choices=INPUTS)
     ap.add_argument("--no-others", dest="others", action="store_false", help="time MMTok's configurations only")
+    ap.add_argument("--other-repeats", type=int, default=5, help="timed rounds of the other pruners' group")
     ap.add_argument("--tag", default="", help="file names selection_<tag>_<device>.* (e.g. 7b, 13b)")
     ap.add_argument("--out", default=str(benchlib.OUT))
     args = ap.parse_args(argv)
@@ -327,9 +328,10 @@ def main(argv=None):
                     other_configs(text, proj, pre, k, crops, n, args, gen, layer, rotary, projector, device, dtype)
                 )
             med, same = {}, {}
-            for configs in groups:
+            for i, configs in enumerate(groups):
+                repeats, warmup = (args.repeats, args.warmup) if i == 0 else (args.other_repeats, min(args.warmup, 1))
                 with torch.no_grad():
-                    times, outputs = benchlib.interleaved(configs, timer, args.repeats, args.warmup)
+                    times, outputs = benchlib.interleaved(configs, timer, repeats, warmup)
                 if "authors" in outputs:
                     theirs = outputs["authors"].cpu()
                     for name in ("mmtok", "mmtok-dense", "mmtok-lazy", "spec-dense"):
@@ -408,7 +410,8 @@ def main(argv=None):
     cmd = "python " + " ".join(["scripts/bench_selection.py", *(argv if argv is not None else sys.argv[1:])])
     section = (
         f"## Selection step ({tag})\n\n`{cmd}`: median ms of {args.repeats} interleaved runs after "
-        f"{args.warmup} warm-up runs, {dtype_name}, D = {D}, Dv = {Dv}, {args.words} text rows; files "
+        f"{args.warmup} warm-up runs (the other pruners' group: {args.other_repeats} after one), {dtype_name}, "
+        f"D = {D}, Dv = {Dv}, {args.words} text rows; files "
         f"`selection_{tag}.csv`, `selection_ratios_{tag}.csv`. Inputs: "
         + "; ".join(f"{kind} (patch cosine {s})" for kind, s in stats.items())
         + ".\n\n"

@@ -7,9 +7,11 @@ terms are facility-location functions, hence monotone submodular, so the greedy 
 
 Shapes: a single crop uses 2-D inputs; a batch of crops uses 3-D vision inputs with either one
 shared question `[m, D]` or one per crop `[B, m, D]` (LLaVA-NeXT selects on up to five crops per
-request). The similarity matmuls and softmaxes run in torch, batched over crops, and so does the
-default greedy (the spec's dense greedy, operation for operation). An exact lazy greedy for CPUs
-runs in numpy (its small steps would cost more in torch dispatch than in arithmetic).
+request). The similarity matmuls and softmaxes run in torch with the authors' release's arithmetic.
+The greedy has three variants with identical picks: the spec's dense greedy in torch (batched over
+crops; the default off the CPU), and on CPUs, one crop at a time, an incremental one that rewrites
+only the rows a pick changes and sums them with the dense greedy's own reduction (the default),
+and an exact lazy greedy in numpy (opt-in). docs/speed.md has the measurements behind the choice.
 """
 
 from __future__ import annotations
