@@ -341,6 +341,12 @@ def _dense_greedy(C: torch.Tensor, k: int, forbidden: torch.Tensor) -> torch.Ten
     return picks
 
 
+# The incremental greedy rewrites the whole term matrix (torch, all threads) instead of gathering
+# rows (numpy) when more than 1 / FULL_REWRITE of the rows change: per row, a gather costs about
+# what 1 / 5 of a whole-matrix pass does at 576 tokens on a 2-core CPU (docs/speed.md).
+FULL_REWRITE = 5
+
+
 def _incremental_greedy(C: torch.Tensor, k: int, forbidden: torch.Tensor) -> torch.Tensor:
     """The dense greedy's picks for one crop (`C` `[R, n]`, CPU, float32 or float64), computed
     with the same reduction, but without rewriting every term at every step.
@@ -355,16 +361,19 @@ def _incremental_greedy(C: torch.Tensor, k: int, forbidden: torch.Tensor) -> tor
     same split over threads, the same order of additions per column). So every gain has the
     dense greedy's bits and the argmax is the same first maximum: the picks equal the dense
     greedy's (and the authors' kernel's) exactly, near-ties included, with no tie logic at all.
-    Per step: one reduction pass and a few small numpy calls.
+    Per step: one reduction pass and a few small numpy calls; in the first steps, where most
+    rows change, the whole buffer is rewritten in torch instead (`FULL_REWRITE`), which is the
+    dense step minus its allocation.
     """
     Cn = C.numpy()
     rows, n = Cn.shape
-    terms = np.maximum(Cn, 0)  # step 1: best = 0, and relu(x - 0) = relu(x)
-    terms_t = torch.from_numpy(terms)
+    terms_t = torch.clamp_min(C, 0)  # step 1: best = 0, and relu(x - 0) = relu(x)
+    terms = terms_t.numpy()
     gain_t = torch.empty(n, dtype=C.dtype)
     gain = gain_t.numpy()
     mask = np.where(forbidden.numpy(), -np.inf, 0).astype(Cn.dtype)
-    best = np.zeros(rows, dtype=Cn.dtype)
+    best_t = torch.zeros(rows, 1, dtype=C.dtype)
+    best = best_t.numpy()[:, 0]  # the same memory, as numpy
     picks = np.empty(k, dtype=np.int64)
     for step in range(k):
         torch.sum(terms_t, 0, out=gain_t)
@@ -376,10 +385,10 @@ def _incremental_greedy(C: torch.Tensor, k: int, forbidden: torch.Tensor) -> tor
             break
         column = Cn[:, j]
         raised = np.flatnonzero(column > best)  # best = maximum(best, column) changes these rows only
-        if 2 * raised.size > rows:  # most rows (the first picks): whole-array passes beat gathers
-            np.maximum(best, column, out=best)
-            np.subtract(Cn, best[:, None], out=terms)
-            np.maximum(terms, 0, out=terms)
+        if raised.size * FULL_REWRITE > rows:  # many rows (the first picks): the dense step's two
+            np.maximum(best, column, out=best)  # passes, multithreaded, beat row gathers
+            torch.sub(C, best_t, out=terms_t)
+            terms_t.clamp_min_(0)
         elif raised.size:
             best[raised] = column[raised]
             block = Cn[raised]
