@@ -10,7 +10,7 @@ from __future__ import annotations
 from mmtok.models.spec import FamilySpec
 
 _COMMON = dict(
-    traits=frozenset({"cls", "rope_1d"}),
+    traits=frozenset({"cls", "tower_attention", "rope_1d"}),  # tower_attention: the CLS row itself
     rules="mmtok.models.llava.prompts:RULES",
     tiny="mmtok.models.llava.tiny:build_tiny",
     prompt_formats=("hf", "vicuna_v1"),
