@@ -28,7 +28,8 @@ SPECS = (
         image_preprocess=("crop",),
         pixel_bounds=True,
         tokens_follow_image=True,
-        # MMTok's release on Qwen2.5-VL: tau_t 0.01 (alpha 0.5, tau_v 0.2 as on LLaVA)
-        method_defaults={"mmtok": {"tau_t": 0.01}},
+        # MMTok's release on Qwen2.5-VL: tau_t 0.01 (alpha 0.5, tau_v 0.2 as on LLaVA); the in-LLM
+        # re-selection (mmtok_llm) keeps MMTok's value
+        method_defaults={"mmtok": {"tau_t": 0.01}, "mmtok_llm": {"tau_t": 0.01}},
     ),
 )

@@ -228,7 +228,9 @@ class QwenAdapter(FamilyAdapter):
     Kept tokens keep their original M-RoPE positions (`keep_image_tokens`); the request goes to
     `generate` as embeddings + the 3 position rows, so decoding continues at the unpruned
     sequence's next position. Methods see `proj` = the merger outputs and `pre` = the ViT's last
-    block averaged per 2x2 merge unit (raster order, no CLS).
+    block averaged per 2x2 merge unit (raster order, no CLS). No CLS row: `encode_with_attention`
+    offers the VisionZip authors' substitute (`tower.py`), and merged tokens are placed in the rows
+    their selection names (`CropSelection.features` with `indices`).
     """
 
     family = "qwen2_5_vl"
