@@ -280,3 +280,30 @@ def test_table14_file_and_cell():
         compose(["model=llavanext_13b", "pruner=mmtok_then_mmtok_l24", "benchmark=pope_local"]), "mmtok@64"
     )
     assert lent.pruner.get("then") is None and lent.budget == 64
+
+
+def test_a_composed_job_is_enumerated_with_its_stage(tmp_path):
+    """`make status` / sweep narrowing hash a job without cells as the job itself, stage included."""
+    from mmtok.run.sweep import experiment_cells
+
+    overrides = ["model=tiny_llava", "pruner=mmtok_then_mmtok_l24", "benchmark=pope_local", f"results_dir={tmp_path}"]
+    (cell,) = experiment_cells(None, overrides)
+    cfg = compose(overrides)
+    assert cell.config_hash == config_hash(identity(OmegaConf.to_container(cfg, resolve=True), build_pruner_from(cfg)))
+    plain = compose([o for o in overrides if not o.startswith("pruner=")] + ["budget=160"])
+    assert cell.config_hash != config_hash(
+        identity(OmegaConf.to_container(plain, resolve=True), build_pruner_from(plain))
+    )
+
+
+def test_the_stage_budget_is_relative_to_what_the_selection_lets_through(tiny_llava_path):
+    from mmtok.models.loading import load_config
+
+    config = load_config(str(tiny_llava_path))  # 36 tokens per image, 16 layers
+    by_budget = Composed(build_pruner("mmtok", budget=8), build_pruner("fastv", budget=4))
+    by_ratio = Composed(build_pruner("mmtok", retain_ratio=0.5), build_pruner("fastv", budget=9))
+    assert by_budget.input_capacity(config) == 8 and by_ratio.input_capacity(config) == 18
+    # FastV's equivalent label 4 of 8 received tokens: R = round((4 * 16 - 2 * 8) / 14) = 3
+    assert by_budget.layer_schedule(8, config) == [8, 8] + [3] * 14
+    assert by_ratio.layer_schedule(18, config) == [18, 18] + [round((9 * 16 - 2 * 18) / 14)] * 14
+    assert Composed(build_pruner("mmtok"), build_pruner("fastv")).input_capacity(config) is None

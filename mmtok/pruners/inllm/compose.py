@@ -117,11 +117,14 @@ class Composed:
     # -- the budgets ----------------------------------------------------------------------------------
     def input_capacity(self, config) -> int | None:
         """The most image tokens the first pruner lets reach the LLM per image (None: not fixed by
-        the config, e.g. a ratio, or keep-all)."""
-        per_crop = self.first._per_crop(config) if self.first.retain_ratio is None else None
+        the config: keep-all, or a ratio of images whose size decides their token count)."""
+        full = tokens_per_crop(config)
+        if self.first.retain_ratio is not None:
+            per_crop = None if full is None else int(self.first.retain_ratio * full)
+        else:
+            per_crop = self.first._per_crop(config)
         if per_crop is None:
             return None
-        full = tokens_per_crop(config)
         if full is None:  # one image = one crop whose size follows the image: at most the budget
             return per_crop
         return min(per_crop, full) * max_crops(config)
