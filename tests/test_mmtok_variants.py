@@ -639,6 +639,27 @@ def test_variant_file_composes_builds_and_selects(file, tiny_models):
     assert config_hash(identity(resolved, pruner)) != config_hash(base)
 
 
+def test_a_variant_file_builds_in_one_line():
+    from mmtok.run.pruner import pruner_from_file
+
+    plus = pruner_from_file("mmtok_plus_plus", 8, model_type="llava")
+    assert plus == build_pruner("mmtok", budget=8, exclude_padding=True).for_family("llava")
+    assert pruner_from_file("mmtok_pool_max_post", 16).params()["word_pooling"] == "max"
+    assert pruner_from_file("mmtok", None, model_type="qwen2_5_vl").tau_t == 0.01
+
+
+def test_families_without_the_rule_refuse_in_one_line():
+    from types import SimpleNamespace
+
+    qwen = SimpleNamespace(model_type="qwen2_5_vl")
+    with pytest.raises(ValueError, match=r"^mmtok exclude_padding=true \(MMTok\+\+\) needs a rule .* Qwen2.5-VL"):
+        build_pruner("mmtok", budget=8, exclude_padding=True).check_config(qwen)
+    with pytest.raises(ValueError, match=r"^mmtok word_pooling pools the cleaned question's words; Qwen2.5-VL"):
+        build_pruner("mmtok", budget=8, word_pooling="mean").check_config(qwen)
+    for params in ({"terms": "vv"}, {"adaptive_tau_v": True}, {"similarity": "raw"}):
+        build_pruner("mmtok", budget=8, **params).check_config(qwen)  # the others apply everywhere
+
+
 def test_the_variant_parameters_stay_out_of_the_main_texts_identity():
     pruner = build_pruner_from(compose(["pruner=mmtok", "budget=64"]), model_type="llava")
     added = {path[-1]: value for path, value in ADDED_KEYS if path[:2] == ("pruner", "params")}
