@@ -307,3 +307,23 @@ def test_the_stage_budget_is_relative_to_what_the_selection_lets_through(tiny_ll
     assert by_budget.layer_schedule(8, config) == [8, 8] + [3] * 14
     assert by_ratio.layer_schedule(18, config) == [18, 18] + [round((9 * 16 - 2 * 18) / 14)] * 14
     assert Composed(build_pruner("mmtok"), build_pruner("fastv")).input_capacity(config) is None
+
+
+def test_a_composed_run_writes_its_row_through_the_evaluation(mmtok_cache, tiny_llava_path, tmp_path):
+    """The whole runner path (lmms-eval wrapper included): a completed row whose samples follow the
+    composed schedule, the stage in `pruner_params`, the stage in the run id; resumed as the same run."""
+    from mmtok.run.execute import run
+
+    overrides = [
+        f"cache_dir={mmtok_cache}", "model=tiny_llava", "benchmark=pope_local", "progress=false", "max_new_tokens=4",
+        f"results_dir={tmp_path}", "wandb.mode=disabled", "limit=4", "budget=8",
+        "+pruner.then.name=mmtok_llm", "+pruner.then.budget=4", "+pruner.then.params.layer=5",
+    ]  # fmt: skip
+    out = run(compose(overrides))
+    assert out.status == "completed" and "_mmtok+mmtok_llm4-8_" in out.run_id
+    assert out.row.pruner == "mmtok" and out.row.pruner_params["then"]["name"] == "mmtok_llm"
+    assert out.row.pruner_params["then"]["budget"] == 4 and out.row.pruner_params["then"]["layer"] == 5
+    for s in out.samples:
+        assert s["layer_vision_tokens"] == [8] * 5 + [4] * 11 and s["vision_tokens"] == 4
+        assert s["vision_tokens_full"] == 36 and s["equivalent_tokens"] == pytest.approx((5 * 8 + 11 * 4) / 16)
+    assert run(compose(overrides)).status == "skipped"

@@ -56,7 +56,7 @@ class Composed:
                 f"the stage would keep every token the LLM receives"
             )
         self.first, self.stage = first, stage
-        self.tokenizer, self.questions = None, None
+        self.tokenizer, self.questions, self.sources = None, None, None
 
     def __repr__(self) -> str:
         return f"Composed({self.first!r}, then={self.stage!r})"
@@ -146,8 +146,9 @@ class Composed:
         return self.stage.layer_schedule(n, config)
 
     # -- applying it ------------------------------------------------------------------------------------
-    def __call__(self, model: nn.Module, *, tokenizer=None, questions: list[str] | None = None):
-        return applied(self, model, tokenizer=tokenizer, questions=questions)
+    def __call__(self, model: nn.Module, *, tokenizer=None, questions: list[str] | None = None, sources=None):
+        """As `Pruner.__call__` (`sources`: one `ImageSource` per sample, for the first pruner's rules)."""
+        return applied(self, model, tokenizer=tokenizer, questions=questions, sources=sources)
 
     def encode(self, adapter: FamilyAdapter, pixel_values, **image_inputs) -> list[ImageCrops]:
         return self.first.encode(adapter, pixel_values, **image_inputs)
