@@ -54,15 +54,6 @@ class ModelConfig:
 
 
 @dataclass
-class StageConfig:
-    """An in-LLM stage run after the pre-LLM selection (`pruner.then`)."""
-
-    name: str = MISSING  # an in-LLM key of mmtok.pruners.PRUNERS
-    budget: int | None = None  # the stage's own budget (its method's convention); null keeps all
-    params: dict[str, Any] = field(default_factory=dict)  # the stage's fields (not budget)
-
-
-@dataclass
 class PrunerConfig:
     name: str = MISSING  # a key of mmtok.pruners.PRUNERS
     params: dict[str, Any] = field(default_factory=dict)  # the pruner dataclass's fields (not budget)
@@ -70,7 +61,9 @@ class PrunerConfig:
     # keeps int(ratio x its tokens), instead of `budget` (set budget=null). The same as
     # pruner.params.retain_ratio; the pruner checks it.
     retain_ratio: float | None = None
-    # Composition: an in-LLM stage after this (pre-LLM) selection, in the same run; null = none.
+    # Composition: an in-LLM stage after this (pre-LLM) selection, in the same run: {name, budget,
+    # params} or null. Untyped because OmegaConf cannot set keys inside a null structured node
+    # (`+pruner.then.name=fastv` must work); `mmtok.run.validate.check_then` checks its keys.
     then: Any = None
 
 
