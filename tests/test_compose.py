@@ -327,3 +327,17 @@ def test_a_composed_run_writes_its_row_through_the_evaluation(mmtok_cache, tiny_
         assert s["layer_vision_tokens"] == [8] * 5 + [4] * 11 and s["vision_tokens"] == 4
         assert s["vision_tokens_full"] == 36 and s["equivalent_tokens"] == pytest.approx((5 * 8 + 11 * 4) / 16)
     assert run(compose(overrides)).status == "skipped"
+
+
+def test_cells_naming_files_are_checked_by_the_methods_they_run(monkeypatch):
+    """A cell names a pruner file: the family check reads its method (and its stage), so a variant or
+    composition file on a family without every trait is checked, not refused as an unknown name."""
+    from mmtok.run import validate as V
+
+    validate(compose(["model=tiny_qwen25vl", "benchmark=pope_local", "cells=[mmtok_then_mmtok_l24@8,mmtok@8]"]))
+    assert V._file_methods("mmtok_then_mmtok_l24") == ["mmtok", "mmtok_llm"] and V._file_methods("none") == ["none"]
+    monkeypatch.setattr(V, "_file_methods", lambda file: ["mmtok", "pdrop"])  # a stage Qwen cannot run
+    with pytest.raises(
+        ConfigError, match=r"^pruner 'pdrop' does not apply to Qwen2.5-VL .*\(cell mmtok_then_mmtok_l24@8\)$"
+    ):
+        validate(compose(["model=tiny_qwen25vl", "benchmark=pope_local", "cells=[mmtok_then_mmtok_l24@8]"]))

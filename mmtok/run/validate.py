@@ -19,7 +19,7 @@ from mmtok.models.registry import FAMILIES, TRAITS, family_names, pixel_bounds_f
 from mmtok.models.source import ModelSourceError, check_model_source, model_type_on_disk
 from mmtok.run.cells import parse_cell
 from mmtok.run.compose import choices, group_options
-from mmtok.run.schema import ATTN_IMPLEMENTATIONS, DTYPES, WANDB_MODES, ConfigError
+from mmtok.run.schema import ATTN_IMPLEMENTATIONS, CONFIG_DIR, DTYPES, WANDB_MODES, ConfigError
 
 TINY_FAMILIES = family_names()  # = their model_type
 TESTBEDS = ("pope", "gqa", "mme", "scenes_pope", "scenes_gqa")
@@ -162,10 +162,13 @@ def check_family(cfg: DictConfig, model_type: str | None = None) -> None:
             f"model.min_pixels / model.max_pixels size {pixel_bounds_families()} images; "
             f"model={cfg.model.name} is {model_type}: set them to null"
         )
-    # A job with cells runs the cells' pruners, not its own `pruner` (nor its stage, `pruner.then`).
-    runs = [(parse_cell(c)[0], f" (cell {c})") for c in cfg.cells] or [(str(cfg.pruner.name), "")]
-    if not cfg.cells and cfg.pruner.get("then") is not None:
-        runs.append((str(cfg.pruner.then.name), " (pruner.then)"))
+    # A job with cells runs the cells' pruners (a cell names a file: its method, and its stage if it
+    # has one), not its own `pruner` (nor its stage, `pruner.then`).
+    runs = [(name, f" (cell {c})") for c in cfg.cells for name in _file_methods(parse_cell(c)[0])]
+    if not cfg.cells:
+        runs.append((str(cfg.pruner.name), ""))
+        if cfg.pruner.get("then") is not None:
+            runs.append((str(cfg.pruner.then.name), " (pruner.then)"))
     # Every pruner's `requires` names traits of TRAITS, so a family that has them all runs every
     # pruner: skip importing the pruners (and torch) for it, keeping the preflight fast.
     if set(TRAITS) <= FAMILIES[model_type].traits:
@@ -177,3 +180,12 @@ def check_family(cfg: DictConfig, model_type: str | None = None) -> None:
             check_applies(name, model_type)
         except ValueError as exc:
             raise ConfigError(f"{exc}{where}") from None
+
+
+def _file_methods(file: str) -> list[str]:
+    """The registered methods a `configs/pruner/<file>.yaml` runs: its `name`, and its stage's
+    (`then.name`) for a composition (a variant file's stem is not a method name)."""
+    node = OmegaConf.load(CONFIG_DIR / "pruner" / f"{file}.yaml")
+    node = node.pruner if "pruner" in node else node  # a _global_ file (none.yaml)
+    then = node.get("then")
+    return [str(node.name)] + ([] if then is None else [str(then.name)])
