@@ -17,7 +17,7 @@ from mmtok.eval.protocol import (
 )
 from mmtok.models.registry import FAMILIES, TRAITS, family_names, pixel_bounds_families
 from mmtok.models.source import ModelSourceError, check_model_source, model_type_on_disk
-from mmtok.run.cells import parse_cell
+from mmtok.run.cells import parse_cell, pruner_file
 from mmtok.run.compose import choices, group_options
 from mmtok.run.schema import ATTN_IMPLEMENTATIONS, DTYPES, WANDB_MODES, ConfigError
 
@@ -35,7 +35,11 @@ def validate(cfg: DictConfig, *, check_model: bool = True) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"{key} must be {what}; got {value!r}")
 
-    positive("budget", cfg.budget, "a positive integer (vision tokens kept) or null to keep all", True)
+    budget = cfg.budget
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 0):
+        raise ConfigError(
+            f"budget must be an integer >= 0 (vision tokens kept; 0 = text only) or null to keep all; got {budget!r}"
+        )
     positive("limit", cfg.limit, "an integer >= 1 (samples per task) or null for the whole benchmark", True)
     positive("threads", cfg.threads, "an integer >= 1 (torch CPU threads) or null for torch's default", True)
     positive("batch_size", cfg.batch_size, "an integer >= 1", False)
@@ -72,6 +76,12 @@ def validate(cfg: DictConfig, *, check_model: bool = True) -> None:
         parse_cell(cell)
     if not str(cfg.pruner.name).strip():
         raise ConfigError(f"pruner.name is empty; valid: {choices(group_options('pruner'))}")
+    scale = cfg.pruner.get("image_scale", 1.0)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0.0 < scale <= 1.0:
+        raise ConfigError(
+            f"pruner.image_scale must be a number in (0, 1] (the image's sides are scaled by it before the "
+            f"processor; 1 = as given); got {scale!r}"
+        )
     positive("model.min_pixels", cfg.model.min_pixels, "an integer >= 1 (pixels) or null for the checkpoint's", True)
     positive("model.max_pixels", cfg.model.max_pixels, "an integer >= 1 (pixels) or null for the checkpoint's", True)
     if cfg.model.min_pixels is not None and cfg.model.max_pixels is not None:
@@ -133,7 +143,8 @@ def check_family(cfg: DictConfig, model_type: str | None = None) -> None:
             f"model={cfg.model.name} is {model_type}: set them to null"
         )
     # A job with cells runs the cells' pruners, not its own `pruner`.
-    runs = [(parse_cell(c)[0], f" (cell {c})") for c in cfg.cells] or [(str(cfg.pruner.name), "")]
+    runs = [(str(pruner_file(parse_cell(c)[0]).name), f" (cell {c})") for c in cfg.cells]
+    runs = runs or [(str(cfg.pruner.name), "")]
     # Every pruner's `requires` names traits of TRAITS, so a family that has them all runs every
     # pruner: skip importing the pruners (and torch) for it, keeping the preflight fast.
     if set(TRAITS) <= FAMILIES[model_type].traits:
