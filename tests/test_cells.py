@@ -73,6 +73,10 @@ def test_a_ratio_cell_is_its_command_line():
     params = compose([*TINY_QWEN, "pruner=mmtok", "budget=null", "+pruner.params.retain_ratio=0.2"])
     assert _key(cell) == _key(line) == _key(params) == "17876bdaf817c826"  # as before this change
     assert "_tiny_qwen25vl_mmtok-r0.2_pope_local_17876bda" in new_run_id(cell, _key(cell))
+    # a job whose pruner file is a resize one: its `none` cell is the unresized image
+    resized_job = compose([*TINY_QWEN, "pruner=resize_0.5"])
+    assert cell_config(resized_job, "none").pruner.image_scale == 1.0
+    assert cell_config(resized_job, "resize_0.5").pruner.image_scale == 0.5
     # another pruner file's ratio cell carries that file's parameters
     other = cell_config(compose([*TINY_QWEN, "pruner=random"]), "mmtok_resize_0.25@r0.55")
     assert (other.pruner.name, other.pruner.retain_ratio, other.pruner.image_scale) == ("mmtok", 0.55, 0.25)

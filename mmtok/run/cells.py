@@ -76,12 +76,14 @@ def parse_cell(cell: str) -> tuple[str, int | None]:
 
 def cell_config(cfg: DictConfig, cell: str) -> DictConfig:
     """The config of one cell of a job: the job's config with the cell's pruner (its YAML in
-    configs/pruner/, or the job's own pruner node, overrides included, when the names match) and
-    budget, or retain ratio with budget null (the same run as `budget=null pruner.retain_ratio=r`)."""
+    configs/pruner/, or the job's own pruner node, overrides included, when the names match and
+    the image is scaled alike) and budget, or retain ratio with budget null (the same run as
+    `budget=null pruner.retain_ratio=r`)."""
     c = read_cell(cell)
     out = cfg.copy()
-    if c.pruner != cfg.pruner.name:
-        out.pruner = OmegaConf.merge(OmegaConf.structured(PrunerConfig), pruner_file(c.pruner))
+    node = OmegaConf.merge(OmegaConf.structured(PrunerConfig), pruner_file(c.pruner))
+    if c.pruner != cfg.pruner.name or node.image_scale != cfg.pruner.get("image_scale", 1.0):
+        out.pruner = node  # (a job of pruner=resize_0.5 is no `none` cell, although its name is none)
     out.budget = c.budget
     if c.ratio is not None:
         out.pruner.retain_ratio = c.ratio
