@@ -9,6 +9,7 @@ from dataclasses import fields
 from omegaconf import DictConfig, OmegaConf
 
 from mmtok.pruners import PRUNERS, build_pruner
+from mmtok.run.compose import compose
 from mmtok.run.schema import ConfigError, PrunerConfig
 from mmtok.run.validate import model_family
 
@@ -61,3 +62,11 @@ def canonical(cfg: DictConfig) -> DictConfig:
     out = cfg.copy()
     out.pruner = OmegaConf.merge(OmegaConf.structured(PrunerConfig), {"name": "none"})
     return out
+
+
+def pruner_from_file(file: str, budget: int | None = None, *, model_type: str | None = None):
+    """The pruner `configs/pruner/<file>.yaml` describes, with `budget`: a method's own file or a
+    variant file (e.g. `mmtok_plus_plus`: the `mmtok` method with its parameters), as `pruner=<file>`
+    would build it (the run seed 0; `model_type` resolves the family's defaults). For tables built in
+    code, one line per row."""
+    return build_pruner_from(compose([f"pruner={file}", f"budget={'null' if budget is None else budget}"]), model_type)
