@@ -45,6 +45,7 @@ class RunProtocol:
     limit: int | None = None  # samples per task; None = the whole benchmark
     summary: str | None = None  # pope | gqa | mme for every task, or None to infer each task's
     progress: bool = True
+    image_scale: float = 1.0  # the resize baseline: each image's sides scaled by this before the processor
 
 
 def mme_limit_problem(limit: int | None) -> str | None:

@@ -105,6 +105,16 @@ class LLMInputs:
     position_ids: torch.Tensor | None = None  # None: the model's own (1-D, from the mask); M-RoPE: [3, B, L]
 
 
+@dataclass
+class TextPrompt:
+    """A batch's prompt without its image tokens (the text-only run, budget 0), left-padded again."""
+
+    input_ids: torch.Tensor  # [B, L']
+    attention_mask: torch.Tensor  # [B, L']
+    spans: list[ImageSpan]  # per sample, an empty span where its image tokens were
+    removed: list[int]  # image tokens removed per sample: what the unmodified model would have fed
+
+
 class FamilyAdapter:
     """Base of the family adapters (see the module docstring for the protocol)."""
 
@@ -180,6 +190,33 @@ class FamilyAdapter:
     ) -> LLMInputs:
         """The LLM inputs for a padded batch whose sample b keeps image tokens `kept[b]`."""
         raise NotImplementedError
+
+    def text_prompt(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TextPrompt:
+        """The text-only prompt of a padded batch: every sample's prompt without the image
+        placeholder's tokens (`config.image_token_id`, as the processor expanded it), everything
+        else unchanged (start / end markers around the image stay), left-padded again. The model's
+        own `generate` runs on it as on any text prompt."""
+        image_id = self.config.image_token_id
+        rows, firsts, removed = [], [], []
+        for ids, mask in zip(input_ids, attention_mask):
+            ids = ids[mask.bool()]
+            is_image = ids == image_id
+            where = is_image.nonzero().view(-1)
+            firsts.append(int(where[0]) if where.numel() else int(ids.numel()))
+            removed.append(int(where.numel()))
+            rows.append(ids[~is_image])
+        width = max(r.numel() for r in rows)
+        pad = self.model.generation_config.pad_token_id
+        pad = 0 if pad is None else int(pad)
+        out = input_ids.new_full((len(rows), width), pad)
+        mask = attention_mask.new_zeros(len(rows), width)
+        spans = []
+        for b, row in enumerate(rows):
+            start = width - row.numel()  # left padding, as the processor pads
+            out[b, start:] = row
+            mask[b, start:] = 1
+            spans.append(ImageSpan(start=start + firsts[b], length=0))
+        return TextPrompt(input_ids=out, attention_mask=mask, spans=spans, removed=removed)
 
     def generate_inputs(self, inputs: LLMInputs) -> dict:
         """The keyword arguments of the model's own `generate` for `inputs`."""

@@ -1,5 +1,6 @@
 """The configured pruner: `pruner.name` and `pruner.params` (+ the run seed, a ratio budget and the
-model family's defaults) turned into a pruner object, with one-line errors for bad parameters."""
+model family's defaults) turned into a pruner object, with one-line errors for bad parameters; and
+the canonical form of a text-only (budget 0) config."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mmtok.pruners import PRUNERS, Composed, build_pruner
 from mmtok.run.compose import compose
-from mmtok.run.schema import ConfigError
+from mmtok.run.schema import ConfigError, PrunerConfig
 from mmtok.run.validate import model_family
 
 
@@ -72,6 +73,22 @@ def _composed(first, then: dict, seed: int) -> Composed:
         return Composed(first, stage)
     except ValueError as exc:
         raise ConfigError(_line(exc)) from None
+
+
+def canonical(cfg: DictConfig) -> DictConfig:
+    """The config a run executes and is identified by (`cfg` itself, except at budget 0).
+
+    Budget 0 is text only: the image is never encoded, so neither the method, its parameters nor
+    the image scale can act. Every pre-LLM pruner at 0 is therefore one run, executed, hashed and
+    recorded as `pruner=none budget=0` (`mmtok@0`, `divprune@0` and `none@0` share its folder and
+    row). The requested pruner is built first, so its own errors still surface (an in-LLM pruner
+    refuses budget 0, a ratio with budget 0, unknown parameters)."""
+    if cfg.budget != 0:
+        return cfg
+    build_pruner_from(cfg)
+    out = cfg.copy()
+    out.pruner = OmegaConf.merge(OmegaConf.structured(PrunerConfig), {"name": "none"})
+    return out
 
 
 def pruner_from_file(file: str, budget: int | None = None, *, model_type: str | None = None):

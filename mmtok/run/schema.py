@@ -65,6 +65,9 @@ class PrunerConfig:
     # params} or null. Untyped because OmegaConf cannot set keys inside a null structured node
     # (`+pruner.then.name=fastv` must work); `mmtok.run.validate.check_then` checks its keys.
     then: Any = None
+    # The resize baseline (the paper's Table 7): every image is downscaled by this factor on both
+    # sides (LANCZOS) before the processor, then runs unpruned or through the pruner. 1.0 = as given.
+    image_scale: float = 1.0
 
 
 @dataclass
@@ -95,7 +98,7 @@ class RunConfig:
     model: ModelConfig = MISSING
     pruner: PrunerConfig = MISSING
     benchmark: BenchmarkConfig = MISSING
-    budget: int | None = None  # vision tokens kept before the LLM; null keeps all
+    budget: int | None = None  # vision tokens kept before the LLM; null keeps all; 0 = text only
     limit: int | None = None  # samples per lmms-eval task; null = the whole benchmark
     device: str = "cpu"
     threads: int | None = None  # torch CPU threads (torch.set_num_threads); null = torch's default
@@ -105,7 +108,8 @@ class RunConfig:
     prompt_format: str = "hf"  # hf (the checkpoint's chat template) | vicuna_v1 (the original conversation template)
     image_preprocess: str = "crop"  # crop (HF centre crop) | pad (the original pad-to-square)
     multi_image: str = "error"  # documents with several images: error | first | middle (one image reaches the LLM)
-    # Cells one job runs in turn on one loaded model: "none" (keep all) or "<pruner>@<budget>"; empty
+    # Cells one job runs in turn on one loaded model: "none" (keep all), "<pruner>@<budget>" or
+    # "<pruner>@r<ratio>" (mmtok.run.cells); empty
     # = the single run of pruner/budget. Each cell writes its own run folder and resumes on its own.
     cells: list[str] = field(default_factory=list)
     force: bool = False  # rerun even if runs.csv has a completed row for this config

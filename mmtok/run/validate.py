@@ -35,7 +35,11 @@ def validate(cfg: DictConfig, *, check_model: bool = True) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"{key} must be {what}; got {value!r}")
 
-    positive("budget", cfg.budget, "a positive integer (vision tokens kept) or null to keep all", True)
+    budget = cfg.budget
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 0):
+        raise ConfigError(
+            f"budget must be an integer >= 0 (vision tokens kept; 0 = text only) or null to keep all; got {budget!r}"
+        )
     positive("limit", cfg.limit, "an integer >= 1 (samples per task) or null for the whole benchmark", True)
     positive("threads", cfg.threads, "an integer >= 1 (torch CPU threads) or null for torch's default", True)
     positive("batch_size", cfg.batch_size, "an integer >= 1", False)
@@ -73,6 +77,12 @@ def validate(cfg: DictConfig, *, check_model: bool = True) -> None:
     if not str(cfg.pruner.name).strip():
         raise ConfigError(f"pruner.name is empty; valid: {choices(group_options('pruner'))}")
     check_then(cfg)
+    scale = cfg.pruner.get("image_scale", 1.0)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0.0 < scale <= 1.0:
+        raise ConfigError(
+            f"pruner.image_scale must be a number in (0, 1] (the image's sides are scaled by it before the "
+            f"processor; 1 = as given); got {scale!r}"
+        )
     positive("model.min_pixels", cfg.model.min_pixels, "an integer >= 1 (pixels) or null for the checkpoint's", True)
     positive("model.max_pixels", cfg.model.max_pixels, "an integer >= 1 (pixels) or null for the checkpoint's", True)
     if cfg.model.min_pixels is not None and cfg.model.max_pixels is not None:
