@@ -118,8 +118,14 @@ def _budget_value(label: str) -> int | str:
 
 
 @functools.lru_cache(maxsize=1)
+def _paper_sources() -> tuple[tuple[averages.PaperCell, ...], ...]:
+    """The paper's cells of each csv: the main tables', then the appendix tables' (and rows added to
+    the main tables: the fine-tuned VisionZip, Table 17's SEED-all)."""
+    return tuple(tuple(averages.load_paper([path])) for path in (PAPER_CSV, PAPER_MORE_CSV))
+
+
 def _paper_cells() -> tuple[averages.PaperCell, ...]:
-    return tuple(averages.load_paper([PAPER_CSV, PAPER_MORE_CSV]))
+    return tuple(c for cells in _paper_sources() for c in cells)
 
 
 def section_rules(table: str, model: str) -> tuple[averages.Rule, ...]:
@@ -133,11 +139,13 @@ def section_rules(table: str, model: str) -> tuple[averages.Rule, ...]:
     return tuple(rules)
 
 
-def _row_order(keys: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
-    """Rows in first-seen order, a row first seen after its budget's group placed at the end of that
-    group (the paper's appendix rows beside the main tables' rows; our extra rows such as random)."""
-    order: list[tuple[str, str]] = []
-    for key in dict.fromkeys(keys):
+def _row_order(base: Iterable[tuple[str, str]], extra: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """`base` rows as printed; each `extra` row not among them placed at the end of its budget's group
+    (the appendix's rows beside a main table's, our rows such as random), else at the end."""
+    order = list(dict.fromkeys(base))
+    for key in dict.fromkeys(extra):
+        if key in order:
+            continue
         same = [i for i, k in enumerate(order) if k[1] == key[1]]
         order.insert(same[-1] + 1 if same else len(order), key)
     return order
@@ -206,7 +214,10 @@ def build_grid(spec: TableSpec, overrides: list[str]) -> TableOut:
 def _grid_block(
     spec: TableSpec, model: str, by: dict[tuple[str, str, str], SweepCell]
 ) -> tuple[str, list[dict[str, Any]], list[str]]:
-    paper = [c for c in _paper_cells() if (c.table, c.model) == (spec.paper, model)]
+    sources = [[c for c in cells if (c.table, c.model) == (spec.paper, model)] for cells in _paper_sources()]
+    paper = [c for cells in sources for c in cells]
+    base, *rest = [s for s in sources if s] or [[]]
+    more = [c for cells in rest for c in cells]
     rules = section_rules(spec.paper, model)
     row_rules = [r for r in rules if r.kind in ROW_KINDS]
     line_rules = [r for r in rules if r.kind in LINE_KINDS]
@@ -217,7 +228,7 @@ def _grid_block(
     ours_rows = list(dict.fromkeys((m, b) for m, b, _ in by))  # the experiments' cell order
     order = [
         k
-        for k in _row_order([*((c.method, c.budget) for c in paper), *ours_rows])
+        for k in _row_order(((c.method, c.budget) for c in base), [*((c.method, c.budget) for c in more), *ours_rows])
         if k in ours_rows or k[0] in lines or k[0] in spec.paper_only
     ]
 
@@ -250,6 +261,7 @@ def _grid_block(
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     records: list[dict[str, Any]] = []
     ic = {r.column for r in line_rules if r.kind == "relative_change"}
+    counts = {r.column for r in row_rules if r.kind == "count_at_least"}
     for method, budget in order:
         texts = []
         for col in [*columns, *derived]:
@@ -258,8 +270,9 @@ def _grid_block(
             p = printed.get((method, budget, col))
             ours = mine.get((method, budget, col))
             ret = shown_ret.get((method, budget, col)) if (method, budget) != ref and method not in lines else None
-            if method in spec.paper_only:
-                texts.append(f"{NOT_RUN} / {NOT_IN_PAPER if p is None else _fmt(float(p.score), digits)}")
+            if method in spec.paper_only or (method in lines and col in counts):  # not a run; no count on a line
+                mark = NOT_RUN if method in spec.paper_only else NOT_IN_PAPER
+                texts.append(f"{mark} / {NOT_IN_PAPER if p is None else _fmt(float(p.score), digits)}")
             else:
                 texts.append(_cell_text(ours, p.score if p else None, digits, ret))
             c = cell(method, budget, col) if is_col else None
@@ -429,7 +442,7 @@ def build_mme_efficiency(spec: TableSpec, overrides: list[str]) -> TableOut:
     ]
     lines = ["| budget | method | " + " | ".join(t for _, t, _ in cols) + " |", "|" + "---|" * (len(cols) + 2)]
     records = []
-    for method, budget in _row_order([*((c.method, c.budget) for c in paper), *by]):
+    for method, budget in _row_order(((c.method, c.budget) for c in paper), by):
         c = by.get((method, budget))
         row = c.row if c else None
         peak = row.get("peak_memory_bytes") if row else None
