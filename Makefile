@@ -18,8 +18,7 @@ STAMP_VLLM := $(VENV_VLLM)/.mmtok-installed
 # vLLM on a shared 2-core CPU machine: 1 GiB of KV cache, no thread pinning.
 VLLM_ENV   := VLLM_CPU_KVCACHE_SPACE=1 VLLM_CPU_OMP_THREADS_BIND=nobind OMP_NUM_THREADS=2
 
-TABLES := table1 table17 table18 table19 table5 table8 \
-          table3 table4 table6 table7 table9 table10 table11 table12 table14 table15 table20 table21 table22
+TABLES := table1 table17 table18 table19 table5 table8 table3 table4 table6 table7 table9 table10 table11 table12 table14 table15 table20 table21 table22
 # The experiments that fill each table where it is not the table's own (table5 and table4 have a
 # LLaVA-1.5 and a LLaVA-NeXT half; table20 a dynamic- and a fixed-resolution unpruned row; table3 is
 # the main text's view of table20's runs).
