@@ -422,7 +422,7 @@ def build_efficiency(spec: TableSpec, overrides: list[str]) -> TableOut:
     return TableOut(spec.name, md, records, cells)
 
 
-# -- table 12: efficiency on Qwen2.5-VL, one task at a ratio budget -------------------------------
+# -- table 12: efficiency at a ratio budget, one task ----------------------------------------------
 def build_mme_efficiency(spec: TableSpec, overrides: list[str]) -> TableOut:
     """The paper's rows (method, budget); per row our whole-task wall time, peak memory, MME score and
     T̄ beside the paper's time, GPU utilisation, runtime memory and T̄ (from its notes)."""
