@@ -35,6 +35,7 @@ from mmtok.eval.prompts import (
 )
 from mmtok.eval.protocol import DEFAULT_PROTOCOL, RunProtocol
 from mmtok.eval.records import SampleRecord
+from mmtok.models.adapters import ImageSource
 from mmtok.timing import FirstTokenTimer, now
 
 
@@ -137,11 +138,12 @@ class PrunedLM(lmms):
         contexts = [b[0] for b in batch]
         gen_kwargs = dict(batch[0][1] or {})
         docs = [self.task_dict[task][split][doc_id] for (_, _, _, doc_id, task, split, _) in batch]
-        images, n_images = [], []
+        images, n_images, sources = [], [], []
         for (_, _, doc_to_visual, doc_id, task, _, _), doc in zip(batch, docs):
             visuals = list(doc_to_visual(doc) or [])
             image = pick_image(visuals, self.multi_image, where=f"{task} doc {doc_id}")
             n_images.append(len(visuals))
+            sources.append(ImageSource(*image.size, self.image_preprocess))  # what the family's rule receives
             images.append(preprocess_image(image, self.processor, self.image_preprocess, self.model_type))
         prompts = [build_prompt(self.processor, c, self.prompt_format, self.model_type) for c in contexts]
         inputs = self.processor(images=images, text=prompts, return_tensors="pt", padding=True, padding_side="left")
@@ -155,7 +157,8 @@ class PrunedLM(lmms):
         max_new = min(int(gen_kwargs.get("max_new_tokens", self.max_new_tokens)), self.max_new_tokens)
         until = stop_strings(gen_kwargs.get("until"), self.model_type)
         timer = FirstTokenTimer(device)
-        with self.pruner(self.model, tokenizer=self.tokenizer, questions=contexts), torch.inference_mode():
+        applied = self.pruner(self.model, tokenizer=self.tokenizer, questions=contexts, sources=sources)
+        with applied, torch.inference_mode():
             t_gen = now(device)
             out = self.model.generate(
                 **inputs,

@@ -51,6 +51,17 @@ class ImageCrops:
         return self.pre[:, 1:] if self.has_cls else self.pre
 
 
+@dataclass(frozen=True)
+class ImageSource:
+    """One sample's image as the evaluation handed it to the family's preprocessing: its size then,
+    and the `image_preprocess` mode it went through (what a geometry rule such as `padding_patches`
+    needs: the processor only ever sees the preprocessed image)."""
+
+    width: int
+    height: int
+    preprocess: str  # the `image_preprocess` mode ("crop", "pad", ...)
+
+
 @dataclass
 class CropSelection:
     """A pruner's answer for one image: kept indices per crop, or new features per crop."""
@@ -117,6 +128,12 @@ class FamilyAdapter:
     def question_embeddings(self, embed_tokens: nn.Module, tokenizer, question: str) -> torch.Tensor | None:
         """The question's text rows as this family's release of a text-guided method (MMTok) prepares
         them, or None where the family uses the method's own (cleaned-question) rule."""
+        return None
+
+    def padding_patches(self, image: ImageCrops, source: ImageSource) -> torch.Tensor | None:
+        """`[c, n]` boolean mask of the tokens lying entirely in padding that the family's preprocessing
+        (`source.preprocess`) added to the image (all False where it adds none), or None where the family
+        has no such rule (`FamilySpec.padding_rule` False). MMTok++ excludes these tokens."""
         return None
 
     # -- assembly -----------------------------------------------------------------------------

@@ -16,12 +16,13 @@ from mmtok.models.adapters import (
     CropSelection,
     FamilyAdapter,
     ImageCrops,
+    ImageSource,
     ImageSpan,
     image_capacity,
     max_crops,
     tokens_per_crop,
 )
-from mmtok.models.registry import missing_traits, refusal
+from mmtok.models.registry import family_of, missing_traits, refusal
 from mmtok.models.source import cached_hub_snapshot, is_hub_id
 from mmtok.pruners.core.contract import Pruner
 from mmtok.pruners.core.records import LayerTrace, PruneStats, Request, SampleContext, SampleStats
@@ -69,6 +70,7 @@ __all__ = [
     "register",
     "CropSelection",
     "ImageCrops",
+    "ImageSource",
     "SampleContext",
     "FamilyAdapter",
     "ImageSpan",
@@ -80,6 +82,7 @@ __all__ = [
     "encode_with_cls_signals",
     "attention_rows",
     "rotary_keys",
+    "family_of",
     "image_capacity",
     "max_crops",
     "tokens_per_crop",

@@ -30,6 +30,13 @@ ADDED_KEYS: tuple[tuple[tuple[str, ...], Any], ...] = (
     (("multi_image",), "error"),  # single-image documents only, as before the option
     (("model", "min_pixels"), None),  # image sizing of families that size by pixels: the checkpoint's
     (("model", "max_pixels"), None),
+    # MMTok's variants (docs/mmtok.md, "Variants"): at these values, the main text's MMTok
+    (("pruner", "params", "terms"), "both"),
+    (("pruner", "params", "similarity"), "softmax"),
+    (("pruner", "params", "adaptive_tau_v"), False),
+    (("pruner", "params", "word_pooling"), "none"),
+    (("pruner", "params", "pooling_stage"), "pre"),
+    (("pruner", "params", "exclude_padding"), False),
 )
 # Keys that only supply another key's default (or are read off the checkpoint): never an identity.
 DERIVED_KEYS: tuple[tuple[str, ...], ...] = (

@@ -8,6 +8,7 @@ from dataclasses import fields
 from omegaconf import DictConfig, OmegaConf
 
 from mmtok.pruners import PRUNERS, build_pruner
+from mmtok.run.compose import compose
 from mmtok.run.schema import ConfigError
 from mmtok.run.validate import model_family
 
@@ -44,3 +45,11 @@ def build_pruner_from(cfg: DictConfig, model_type: str | None = None):
     if model_type is None and not OmegaConf.is_missing(cfg.model, "path"):
         model_type = model_family(cfg.model)
     return pruner.for_family(model_type) if model_type else pruner
+
+
+def pruner_from_file(file: str, budget: int | None = None, *, model_type: str | None = None):
+    """The pruner `configs/pruner/<file>.yaml` describes, with `budget`: a method's own file or a
+    variant file (e.g. `mmtok_plus_plus`: the `mmtok` method with its parameters), as `pruner=<file>`
+    would build it (the run seed 0; `model_type` resolves the family's defaults). For tables built in
+    code, one line per row."""
+    return build_pruner_from(compose([f"pruner={file}", f"budget={'null' if budget is None else budget}"]), model_type)

@@ -26,6 +26,9 @@ SPECS = (
         hf_class="LlavaForConditionalGeneration",
         label="LLaVA-1.5",
         adapter="mmtok.models.llava.adapter:LlavaAdapter",
+        # pad-to-square puts whole rows or columns of padding patches on one 336px crop
+        # (`prompts.padding_patches`); NeXT's anyres tiles pad differently and have no rule here
+        padding_rule=True,
         **_COMMON,
     ),
     FamilySpec(

@@ -27,6 +27,7 @@ from mmtok.models.adapters import (
     CropSelection,
     FamilyAdapter,
     ImageCrops,
+    ImageSource,
     KeptImage,
     max_crops,
     tokens_per_crop,
@@ -141,9 +142,18 @@ class Pruner:
         self._per_crop(config)
 
     # -- applying it ----------------------------------------------------------------------------
-    def __call__(self, model: nn.Module, *, tokenizer=None, questions: list[str] | None = None):
-        """`with pruner(model, tokenizer=..., questions=...):` prunes every `model.generate` call."""
-        return applied(self, model, tokenizer=tokenizer, questions=questions)
+    def __call__(
+        self,
+        model: nn.Module,
+        *,
+        tokenizer=None,
+        questions: list[str] | None = None,
+        sources: list[ImageSource] | None = None,
+    ):
+        """`with pruner(model, tokenizer=..., questions=...):` prunes every `model.generate` call.
+        `sources` (one `ImageSource` per sample: the image's size before the family's preprocessing
+        and the mode) reach each sample's `SampleContext.source`."""
+        return applied(self, model, tokenizer=tokenizer, questions=questions, sources=sources)
 
     # -- the per-image reduction (shared by every method) ---------------------------------------
     def reduce_image(self, adapter: FamilyAdapter, image: ImageCrops, ctx: SampleContext) -> KeptImage:

@@ -24,15 +24,19 @@ from mmtok.timing import now
 
 
 @contextlib.contextmanager
-def applied(pruner, model: nn.Module, *, tokenizer=None, questions: list[str] | None = None):
-    """`pruner` applied to `model` for the `with` block (see the module docstring); yields the pruner."""
+def applied(
+    pruner, model: nn.Module, *, tokenizer=None, questions: list[str] | None = None, sources: list | None = None
+):
+    """`pruner` applied to `model` for the `with` block (see the module docstring); yields the pruner.
+    `sources`: one `ImageSource` per sample of every request (what the image was before the
+    family's preprocessing), for methods with a geometry rule; None when the caller does not know."""
     adapter = adapter_for(model)  # raises for unsupported classes before touching the model
     reason = refusal(pruner.name, pruner.requires, adapter.family)
     if reason:
         raise ValueError(reason)
     if "generate" in vars(model):
         raise RuntimeError("a pruner is already applied to this model (nested `with pruner(model)`)")
-    pruner.tokenizer, pruner.questions = tokenizer, questions
+    pruner.tokenizer, pruner.questions, pruner.sources = tokenizer, questions, sources
     pruner.request = None  # the latest request; kept after exit for inspection
     handles = pruner.llm_hooks(model, adapter)
     model.generate = RequestEngine(pruner, model, adapter, model.generate)
@@ -66,6 +70,9 @@ class RequestEngine:
         questions = pruner.questions
         if questions is not None and len(questions) != batch:
             raise ValueError(f"got {len(questions)} questions for a batch of {batch}")
+        sources = pruner.sources
+        if sources is not None and len(sources) != batch:
+            raise ValueError(f"got {len(sources)} image sources for a batch of {batch}")
         device = input_ids.device
         embed = model.get_input_embeddings()
 
@@ -86,6 +93,7 @@ class RequestEngine:
                     embed_tokens=embed,
                     seed=pruner.seed,
                     adapter=adapter,
+                    source=None if sources is None else sources[b],
                 )
                 contexts.append(ctx)
                 kept.append(pruner.reduce_image(adapter, images[b], ctx))
