@@ -137,7 +137,7 @@ def test_table21_rendered_counts_lines_and_a_missing_cell(monkeypatch):
     vz2 = rows[("2", "visionzip")]
     assert vz2[0] == "**35.9** / 35.9 (+0.0) [58.1%]"  # 35.94 / 61.9
     # by hand from its eight cells: Avg@8 58.397, Avg@5 43.014, SQA (91.1 %) and MMMU (93.1 %) reach 90 %
-    assert vz2[8:] == ["**58.4** / 58.4 (-0.0)", "**43.0** / 43.0 (+0.0)", "**2** / 2 (+0)", "**2** / 2 (+0)"]
+    assert vz2[8:] == ["**58.4** / 58.4 (+0.0)", "**43.0** / 43.0 (+0.0)", "**2** / 2 (+0)", "**2** / 2 (+0)"]
     mm2 = rows[("2", "mmtok")]
     assert mm2[5] == "missing / 42.4"  # its TextVQA run left out
     assert mm2[8] == "missing / 70.9" and mm2[9] == "**62.1** / 62.1 (+0.0)"  # Avg@8 needs TextVQA, Avg@5 not
@@ -201,3 +201,29 @@ def test_plots_of_the_new_tables(name, monkeypatch, tmp_path):
     paths = plot(name, report.build(name, []), tmp_path)
     assert [p.name for p in paths] == [f"{name}_{'budget' if name == 'table21' else 'bars'}.png"]
     assert paths[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_table12_efficiency_from_the_rows_wall_time_memory_and_tokens(monkeypatch):
+    _, benches, names = experiment_grid("table12")
+    rows = {
+        "none": {"wall_s": 600.0, "peak_memory_bytes": 18 * 2**30, "vision_tokens_mean": 860.3, "mme_total": 2300.0},
+        "mmtok@r0.1": {"wall_s": 400.4, "peak_memory_bytes": 16 * 2**30, "vision_tokens_mean": 85.5},
+    }
+    cells = [
+        SweepCell("table12", "mme", c, c.partition("@")[0], None, f"h-{c}", "qwen25vl_7b", Path("."),
+                  {"run_id": c, "status": "completed", **rows[c]} if c in rows else None, ["benchmark=mme"])
+        for c in names
+    ]  # fmt: skip
+    assert benches == ["mme"] and names == ["none", "visionzip@r0.1", "divprune@r0.1", "mmtok@r0.1"]
+    monkeypatch.setattr(builders, "experiment_cells", lambda experiment, overrides=(): cells)
+    out = report.build("table12", [])
+    got = _lines(out.markdown)
+    assert got[("r1.0", "none")] == [
+        "**600** / 675 (-75)", "not measured / 77.0", "**18.00** / 3.05 (+14.95)", "**2300** / —",
+        "**860.3** / 867.6 (-7.3)",
+    ]  # fmt: skip
+    assert got[("r0.1", "mmtok")][0] == "**400** / 419 (-19)" and got[("r0.1", "mmtok")][4] == "**85.5** / 86.8 (-1.3)"
+    assert got[("r0.1", "divprune")] == [
+        "missing / 423", "not measured / 55.1", "missing / 0.71", "missing / —", "missing / 86.8",
+    ]  # fmt: skip
+    assert [c.cell for c in out.missing] == ["visionzip@r0.1", "divprune@r0.1"]

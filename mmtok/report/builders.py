@@ -61,7 +61,9 @@ def _ours(v: float | None, digits: int = 1) -> str:
 
 
 def _signed(v: float | None, digits: int = 1) -> str:
-    return "" if v is None else f"{v:+.{digits}f}"
+    if v is None:
+        return ""
+    return f"{0.0 if round(v, digits) == 0 else v:+.{digits}f}"  # a difference that rounds to 0 is +0.0
 
 
 # -- grid tables: rows of runs, benchmark columns, the paper's derived columns and lines ----------
