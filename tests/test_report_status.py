@@ -34,8 +34,11 @@ def test_status_counts_cells_jobs_and_generations(tmp_path, capsys):
 
     assert report.main(["status", "--only", "table1", f"results_dir={tmp_path}"]) == 0
     out = capsys.readouterr().out.splitlines()
-    whole = f"{19 * TABLE1_SIZES:,} + seed x 19 cells (size not declared)"
-    assert out[1] == f"  generations: {whole} in all, {whole} to run"
+    whole = f"{19 * TABLE1_SIZES:,}"
+    assert out[1] == (
+        f"  generations: {whole} in all, {whole} to run; not counted: seed (19 cells in all, 19 to run): "
+        "size not declared"
+    )
     assert out[2] == (
         "  missing cells per benchmark: gqa 19, mmbench 19, mme 19, pope 19, sqa 19, vqav2 19, textvqa 19, "
         "mmmu 19, seed 19"

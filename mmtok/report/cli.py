@@ -14,7 +14,7 @@ from pathlib import Path
 from mmtok import store
 from mmtok.report.builders import build, write
 from mmtok.report.specs import TABLES
-from mmtok.report.status import CellCost, cell_cost, generations, summary
+from mmtok.report.status import CellCost, cell_cost, generations, not_counted, summary
 from mmtok.run.compose import compose
 from mmtok.run.schema import ConfigError
 
@@ -71,9 +71,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.what == "status" and len(names) - len(failed) > 1:
             cells = list(distinct.values())  # tables share runs (Table 3 is Table 20's; Table 6 reuses Table 1's)
             todo = [c for c in cells if c.row is None]
+            n, unknown = generations(todo, cost)
             print(
                 f"[mmtok] {len(names) - len(failed)} tables: {len(cells)} distinct cells ({len(todo)} to run), "
-                f"generations to run: {generations(todo, cost)}"
+                f"generations to run: {n}{not_counted(unknown)}"
             )
         if failed:
             print(f"error: {len(failed)} table(s) not built: {', '.join(failed)}", file=sys.stderr)

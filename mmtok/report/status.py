@@ -34,9 +34,9 @@ def cell_cost(questions: int | None, tasks: int, limit: int | None) -> CellCost:
     return CellCost(min(questions, limit * tasks), exact=tasks == 1 or questions <= limit)
 
 
-def generations(cells: Iterable[SweepCell], cost: Callable[[SweepCell], CellCost]) -> str:
-    """The generations `cells` make: a number ("at most N" where a limit bounds a size not known) and
-    the benchmarks whose size is not declared, with their cells (counted, never guessed)."""
+def generations(cells: Iterable[SweepCell], cost: Callable[[SweepCell], CellCost]) -> tuple[str, Counter]:
+    """The generations `cells` make ("at most N" where a limit bounds a size not declared), and per
+    benchmark whose size is not declared its cells (counted apart, never guessed)."""
     total, bounded, unknown = 0, False, Counter()
     for c in cells:
         k = cost(c)
@@ -45,10 +45,17 @@ def generations(cells: Iterable[SweepCell], cost: Callable[[SweepCell], CellCost
             continue
         total += k.n
         bounded |= not k.exact
-    text = f"{'at most ' if bounded else ''}{total:,}"
-    if unknown:
-        text += " + " + ", ".join(f"{b} x {n} cells" for b, n in unknown.items()) + " (size not declared)"
-    return text
+    return f"{'at most ' if bounded else ''}{total:,}", unknown
+
+
+def not_counted(unknown: Counter, todo: Counter | None = None) -> str:
+    """ "; not counted: seed (19 cells in all, 19 to run; size not declared)" (empty when all are counted)."""
+    if not unknown:
+        return ""
+    parts = [
+        f"{b} ({n} cells" + (f" in all, {todo[b]} to run" if todo is not None else "") + ")" for b, n in unknown.items()
+    ]
+    return "; not counted: " + ", ".join(parts) + ": size not declared"
 
 
 def summary(name: str, cells: list[SweepCell], cost: Callable[[SweepCell], CellCost]) -> list[str]:
@@ -57,10 +64,11 @@ def summary(name: str, cells: list[SweepCell], cost: Callable[[SweepCell], CellC
     missing = [c for c in cells if c.row is None]
     jobs = list(dict.fromkeys(tuple(c.job) for c in cells))
     pending = list(dict.fromkeys(tuple(c.job) for c in missing))
+    (total, unknown), (todo, unknown_todo) = generations(cells, cost), generations(missing, cost)
     lines = [
         f"[mmtok] {name}: {done}/{len(cells)} cells completed; {len(cells)} cells in {len(jobs)} jobs, "
         f"{len(missing)} cells in {len(pending)} jobs to run",
-        f"  generations: {generations(cells, cost)} in all, {generations(missing, cost)} to run",
+        f"  generations: {total} in all, {todo} to run{not_counted(unknown, unknown_todo)}",
     ]
     if missing:
         per_bench = Counter(c.benchmark for c in missing)
