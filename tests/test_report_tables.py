@@ -227,3 +227,31 @@ def test_table12_efficiency_from_the_rows_wall_time_memory_and_tokens(monkeypatc
         "missing / 423", "not measured / 55.1", "missing / 0.71", "missing / —", "missing / 86.8",
     ]  # fmt: skip
     assert [c.cell for c in out.missing] == ["visionzip@r0.1", "divprune@r0.1"]
+
+
+def test_a_tiny_mmstar_sweep_through_table11s_experiment_fills_its_layout(run_cli, tmp_path, monkeypatch, mmtok_cache):
+    """experiment=table11 on the tiny LLaVA and the local MMStar (two of its cells): the rows land,
+    and Table 11's layout (its columns read from the local benchmark) shows them with their Average
+    = the mean of the six categories; the cells not run read missing."""
+    from mmtok.report.specs import MMSTAR_COLUMNS, TableSpec
+
+    args = [
+        "model=tiny_llava", "benchmark=mmstar_local", "limit=6", "cells=[none,mmtok@8]", "max_new_tokens=2",
+        "wandb.mode=disabled", "progress=false", "results_dir=res",
+    ]  # fmt: skip
+    res = run_cli(["experiment=table11", *args], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    spec = TableSpec(
+        "tiny11", "table11", "grid", ("table11",), ("llava15_7b",), bench=dict.fromkeys(MMSTAR_COLUMNS, "mmstar_local")
+    )
+    monkeypatch.setitem(TABLES, "tiny11", spec)
+    monkeypatch.chdir(tmp_path)
+    out = report.build("tiny11", [f"cache_dir={mmtok_cache}", *args])
+    assert len(out.cells) == 2 and not out.missing
+    rows = _lines(out.markdown)
+    assert list(rows) == [("576", "none"), ("8", "mmtok")]
+    for key in rows:
+        recs = {r["column"]: r["ours"] for r in out.records if (str(r["budget"]), r["method"]) == key}
+        assert all(recs[c] is not None for c in MMSTAR_COLUMNS)
+        assert recs["mmstar"] == pytest.approx(sum(recs[c] for c in MMSTAR_COLUMNS) / 6)
+        assert rows[key][6].startswith(f"**{recs['mmstar']:.1f}** / ")
