@@ -72,7 +72,7 @@ def plot_budget(name: str, records: list[dict], folder: Path, *, panel_key: str,
             ours = [(x, r["ours"]) for x, r in pts if r["ours"] is not None]
             paper = [(x, r["paper"]) for x, r in pts if r["paper"] is not None]
             if ours:
-                ax.plot(*zip(*ours), "-o", color=colour[m], label=m, markersize=4)
+                ax.plot(*zip(*ours), "-o", color=colour[m], markersize=4)
             if paper:
                 ax.plot(*zip(*paper), "s", color=colour[m], markerfacecolor="none", markersize=7, alpha=0.8)
         for m in lines:
@@ -92,13 +92,17 @@ def plot_budget(name: str, records: list[dict], folder: Path, *, panel_key: str,
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    if handles:
-        from matplotlib.lines import Line2D
+    from matplotlib.lines import Line2D
 
-        handles.append(Line2D([], [], marker="s", ls="none", color="gray", markerfacecolor="none"))
-        labels.append("paper (hollow squares)")
-        fig.legend(handles, labels, loc="lower center", ncol=min(5, len(labels)), fontsize=8, frameon=False)
+    # one entry per pruner (whether or not it has runs yet), the horizontal lines, the paper's marker
+    handles = [Line2D([], [], color=colour[m], marker="o", markersize=4) for m in methods]
+    labels = list(methods)
+    seen = dict(zip(*reversed(axes.flat[0].get_legend_handles_labels())))
+    handles += list(seen.values())
+    labels += list(seen)
+    handles.append(Line2D([], [], marker="s", ls="none", color="gray", markerfacecolor="none"))
+    labels.append("paper (hollow squares)")
+    fig.legend(handles, labels, loc="lower center", ncol=min(5, len(labels)), fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=11)
     fig.tight_layout(rect=(0, 0.06 + 0.03 * (len(labels) // 5), 1, 0.95))
     folder.mkdir(parents=True, exist_ok=True)

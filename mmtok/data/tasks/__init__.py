@@ -33,7 +33,7 @@ TEMPLATES = Path(__file__).resolve().parent
 
 @dataclass(frozen=True)
 class Benchmark:
-    name: str  # summary kind: pope / gqa / mme
+    name: str  # summary kind: pope / gqa / mme / mmstar / ocrbench
     task: str  # default lmms-eval task name (unique)
     template: str  # template file in this folder
     data_file: str  # default parquet name of the task's test split
