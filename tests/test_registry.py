@@ -29,6 +29,7 @@ def test_every_method_module_is_discovered_and_has_a_config():
         node = OmegaConf.load(path)
         node = node.pruner if "pruner" in node else node  # none.yaml is a _global_ file
         assert node.name in PRUNERS and (path.stem == node.name or path.stem not in PRUNERS), path.name
+        assert node.get("then") is None or node.then.name in PRUNERS, path.name  # a composition
 
 
 def test_register_rejects_nameless_and_taken_names(pruner_registry):

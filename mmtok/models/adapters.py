@@ -35,7 +35,9 @@ class ImageCrops:
     has_cls: bool = True  # CLIP towers put a CLS token at index 0 of `pre`; towers without one set False
     # signals a method captures inside the tower (VisionZip, VisPruner), None until one does:
     cls_attention: torch.Tensor | None = None  # [c, H, n+1] the CLS row's attention per head
-    keys: torch.Tensor | None = None  # [c, n+1, head_dim] the keys averaged over heads
+    keys: torch.Tensor | None = None  # [c, n(+1), head_dim] the keys averaged over heads
+    # towers without a CLS row: the family's substitute score per token (`encode_with_attention`)
+    attention: torch.Tensor | None = None  # [c, n], aligned with `proj`
 
     @property
     def num_crops(self) -> int:
@@ -67,7 +69,9 @@ class CropSelection:
     """A pruner's answer for one image: kept indices per crop, or new features per crop."""
 
     indices: list[torch.Tensor] | None = None  # per crop, sorted LongTensor into that crop's tokens
-    features: list[torch.Tensor] | None = None  # per crop, [k_c, D_llm] (merging methods)
+    # per crop, [k_c, D_llm] (merging methods); with `indices` too, the tokens standing in those rows
+    # (in the indices' order), for families whose kept tokens keep their original positions
+    features: list[torch.Tensor] | None = None
     packed_indices: torch.Tensor | None = None  # indices into the family's full (HF) packed sequence
 
 
@@ -124,6 +128,17 @@ class FamilyAdapter:
     def encode(self, pixel_values: torch.Tensor, **image_inputs) -> list[ImageCrops]:
         """Run the vision tower once; `image_inputs` are the family's `image_keys` from the call."""
         raise NotImplementedError
+
+    @property
+    def traits(self) -> frozenset[str]:
+        """What the family offers a method (`mmtok.models.registry.TRAITS`)."""
+        return FAMILIES[self.family].traits
+
+    def encode_with_attention(self, pixel_values: torch.Tensor, **image_inputs) -> list[ImageCrops]:
+        """`encode`, with every image's `attention` (one score per token) and `keys` set from the same
+        tower pass: the substitute for CLS attention of a family with the "tower_attention" trait and
+        no CLS token (a family with a CLS row offers that row instead)."""
+        raise NotImplementedError(f"{self.family} declares no substitute for CLS attention")
 
     def question_embeddings(self, embed_tokens: nn.Module, tokenizer, question: str) -> torch.Tensor | None:
         """The question's text rows as this family's release of a text-guided method (MMTok) prepares

@@ -29,6 +29,7 @@ from mmtok.pruners.core.records import LayerTrace, PruneStats, Request, SampleCo
 from mmtok.pruners.core.registry import PRUNERS, method_modules, register
 from mmtok.pruners.core.tower import cls_attention_and_keys, encode_with_cls_signals
 from mmtok.pruners.inllm.api import InLLMPruner
+from mmtok.pruners.inllm.compose import Composed
 from mmtok.pruners.inllm.scoring import attention_rows, rotary_keys
 from mmtok.pruners.inllm.views import Cut, LayerView, Stage, keep_vision
 
@@ -67,6 +68,7 @@ __all__ = [
     # writing a method
     "Pruner",
     "InLLMPruner",
+    "Composed",
     "register",
     "CropSelection",
     "ImageCrops",

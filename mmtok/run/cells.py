@@ -36,7 +36,9 @@ def cell_config(cfg: DictConfig, cell: str) -> DictConfig:
     configs/pruner/, or the job's own pruner node, overrides included, when the names match) and budget."""
     name, budget = parse_cell(cell)
     out = cfg.copy()
-    if name != cfg.pruner.name:
+    # the job's own node only for a plain pruner of that name: a job composed with an in-LLM stage
+    # (`pruner.then`) must not lend its stage to a plain cell
+    if name != cfg.pruner.name or cfg.pruner.get("then") is not None:
         node = OmegaConf.load(CONFIG_DIR / "pruner" / f"{name}.yaml")
         node = node.pruner if "pruner" in node else node  # none.yaml is a _global_ file
         out.pruner = OmegaConf.merge(OmegaConf.structured(PrunerConfig), node)

@@ -37,6 +37,9 @@ ADDED_KEYS: tuple[tuple[tuple[str, ...], Any], ...] = (
     (("pruner", "params", "word_pooling"), "none"),
     (("pruner", "params", "pooling_stage"), "pre"),
     (("pruner", "params", "exclude_padding"), False),
+    # an in-LLM stage after the pre-LLM selection (`pruner.then`, `mmtok.pruners.Composed`): the
+    # composed pruner's params() carry it under "then"; a single pruner's have no such key
+    (("pruner", "params", "then"), None),
 )
 # Keys that only supply another key's default (or are read off the checkpoint): never an identity.
 DERIVED_KEYS: tuple[tuple[str, ...], ...] = (
@@ -94,7 +97,17 @@ def budget_label(cfg: DictConfig) -> str:
     return "all" if ratio is None else f"r{float(ratio):g}"
 
 
+def pruner_label(cfg: DictConfig) -> str:
+    """The pruner part of a run id: its name, `<name>+<stage><stage budget>` with an in-LLM stage."""
+    then = cfg.pruner.get("then")
+    if then is None:
+        return str(cfg.pruner.name)
+    stage_budget = "all" if then.get("budget") is None else then.budget
+    return f"{cfg.pruner.name}+{then.name}{stage_budget}"
+
+
 def new_run_id(cfg: DictConfig, key: str) -> str:
     budget = budget_label(cfg)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return f"{stamp}_{cfg.model.name}_{cfg.pruner.name}-{budget}_{cfg.benchmark.name}_{key[:8]}{secrets.token_hex(2)}"
+    label = pruner_label(cfg)
+    return f"{stamp}_{cfg.model.name}_{label}-{budget}_{cfg.benchmark.name}_{key[:8]}{secrets.token_hex(2)}"

@@ -7,7 +7,7 @@ from dataclasses import fields
 
 from omegaconf import DictConfig, OmegaConf
 
-from mmtok.pruners import PRUNERS, build_pruner
+from mmtok.pruners import PRUNERS, Composed, build_pruner
 from mmtok.run.compose import compose
 from mmtok.run.schema import ConfigError
 from mmtok.run.validate import model_family
@@ -41,10 +41,37 @@ def build_pruner_from(cfg: DictConfig, model_type: str | None = None):
     try:
         pruner = build_pruner(name, cfg.budget, **params)
     except (ValueError, TypeError) as exc:
-        raise ConfigError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+        raise ConfigError(_line(exc)) from None
+    then = cfg.pruner.get("then")
+    if then is not None:
+        pruner = _composed(pruner, OmegaConf.to_container(then, resolve=True), int(cfg.seed))
     if model_type is None and not OmegaConf.is_missing(cfg.model, "path"):
         model_type = model_family(cfg.model)
     return pruner.for_family(model_type) if model_type else pruner
+
+
+def _line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def _composed(first, then: dict, seed: int) -> Composed:
+    """`first` followed by the in-LLM stage `then` ({name, budget, params}, validated by `check_then`)."""
+    name = then["name"]
+    params = {k: tuple(v) if isinstance(v, list) else v for k, v in (then.get("params") or {}).items()}
+    cls = PRUNERS.get(name)
+    if cls is None:
+        valid = ", ".join(n for n, c in PRUNERS.items() if c.in_llm)
+        raise ConfigError(f"unknown pruner.then.name {name!r}; valid (in-LLM pruners): {valid}")
+    if "seed" not in params and any(f.name == "seed" for f in fields(cls)):
+        params["seed"] = seed
+    try:
+        stage = build_pruner(name, then.get("budget"), **params)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"pruner.then: {_line(exc)}") from None
+    try:
+        return Composed(first, stage)
+    except ValueError as exc:
+        raise ConfigError(_line(exc)) from None
 
 
 def pruner_from_file(file: str, budget: int | None = None, *, model_type: str | None = None):

@@ -61,6 +61,10 @@ class PrunerConfig:
     # keeps int(ratio x its tokens), instead of `budget` (set budget=null). The same as
     # pruner.params.retain_ratio; the pruner checks it.
     retain_ratio: float | None = None
+    # Composition: an in-LLM stage after this (pre-LLM) selection, in the same run: {name, budget,
+    # params} or null. Untyped because OmegaConf cannot set keys inside a null structured node
+    # (`+pruner.then.name=fastv` must work); `mmtok.run.validate.check_then` checks its keys.
+    then: Any = None
 
 
 @dataclass

@@ -58,7 +58,7 @@ def experiment_cells(experiment: str | None, overrides: Iterable[str] = ()) -> l
                     index[str(row.get("config_hash"))] = row  # later rows win (all_rows is oldest first)
             completed[str(rdir)] = index
         for cell in cfg.cells or [f"{cfg.pruner.name}@{cfg.budget}" if cfg.budget else "none"]:
-            c = cell_config(cfg, cell)
+            c = cell_config(cfg, cell) if cfg.cells else cfg  # no cells: the job's own run, `then` included
             key = config_hash(identity(OmegaConf.to_container(c, resolve=True), build_pruner_from(c)))
             name, budget = parse_cell(cell)
             row = completed[str(rdir)].get(key)
