@@ -143,6 +143,28 @@ def test_multi_image_error_keeps_the_old_run_identity():
     assert key("benchmark=seed", "multi_image=first")[1] == key("benchmark=seed", "benchmark.multi_image=first")[1]
 
 
+def test_a_benchmarks_declared_size_is_not_an_identity():
+    """benchmark.questions only lets `make status` count generations: declaring or changing it
+    leaves every run's config hash as it was."""
+    from omegaconf import OmegaConf
+
+    from mmtok.run.identity import identity
+    from mmtok.run.pruner import build_pruner_from
+
+    def key(*overrides):
+        cfg = compose(list(overrides))
+        ident = identity(OmegaConf.to_container(cfg, resolve=True), build_pruner_from(cfg))
+        return ident, config_hash(ident)
+
+    ident, declared = key("benchmark=pope")
+    assert compose(["benchmark=pope"]).benchmark.questions == 9000 and "questions" not in ident["benchmark"]
+    assert (
+        key("benchmark=pope", "benchmark.questions=null")[1]
+        == declared
+        == key("benchmark=pope", "benchmark.questions=7")[1]
+    )
+
+
 def test_table1_experiment_sweeps_the_papers_grid():
     """experiment=table1 covers exactly the Table-1 cells of results/paper, plus our random rows."""
     from hydra import compose as hydra_compose

@@ -50,6 +50,7 @@ ADDED_KEYS: tuple[tuple[tuple[str, ...], Any], ...] = (
 DERIVED_KEYS: tuple[tuple[str, ...], ...] = (
     ("benchmark", "multi_image"),  # the default of the top-level multi_image
     ("benchmark", "task_max_new_tokens"),  # feeds max_new_tokens
+    ("benchmark", "questions"),  # the split's size, read by `make status` only
     ("model", "family"),  # read off config.json when on disk
 )
 

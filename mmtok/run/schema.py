@@ -74,15 +74,18 @@ class PrunerConfig:
 class BenchmarkConfig:
     name: str = MISSING  # the label in result rows (pope, gqa, ...)
     tasks: list[str] = field(default_factory=list)  # lmms-eval task names (empty for a testbed)
-    summary: str | None = None  # pope | gqa | mme: the paper's aggregate metrics
+    summary: str | None = None  # pope | gqa | mme | mmstar | ocrbench: the paper's aggregate metrics
     score: str | None = None  # the headline metric key (the paper's number), copied to `score`
-    testbed: str | None = None  # pope | gqa | mme: build a small local dataset of this format
+    testbed: str | None = None  # pope | gqa | mme | mmstar | ocrbench: build a small local dataset of this format
     testbed_n: int = 24  # testbed size (per POPE split)
     include_path: str | None = None  # a folder of extra lmms-eval task YAMLs
     multi_image: str = "error"  # the default for the top-level `multi_image` (seed: middle, mmmu: first)
     # The generation cap of the task's own lmms-eval 0.7.3 YAML (1024, lmms-eval's HF wrapper default, where the
     # YAML sets none): the paper protocol's `max_new_tokens` (experiment files interpolate it).
     task_max_new_tokens: int = 1024
+    # The questions of the task's whole evaluation split (its hub dataset card), so `make status` can
+    # count the generations a table needs offline; null where not declared. Never part of a run's identity.
+    questions: int | None = None
 
 
 @dataclass

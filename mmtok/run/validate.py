@@ -22,7 +22,7 @@ from mmtok.run.compose import choices, group_options
 from mmtok.run.schema import ATTN_IMPLEMENTATIONS, CONFIG_DIR, DTYPES, WANDB_MODES, ConfigError
 
 TINY_FAMILIES = family_names()  # = their model_type
-TESTBEDS = ("pope", "gqa", "mme", "scenes_pope", "scenes_gqa")
+TESTBEDS = ("pope", "gqa", "mme", "mmstar", "ocrbench", "scenes_pope", "scenes_gqa")
 _DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
 
 
