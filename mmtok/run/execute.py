@@ -247,6 +247,9 @@ def run(cfg: DictConfig) -> RunOutcome:
         number, record = found
         row = RunRow.from_record(record)
         where = f"{csv_path} row {number}" if number else f"{row.run_dir}/row.json"
+        if not number:  # a run killed between its row.json and its runs.csv line: complete the index
+            number = store.append_row(csv_path, row)
+            where += f" (runs.csv lacked it: added as row {number})"
         log(
             f"skipped: this config (hash {key}) already has a completed row: {where} "
             f"(run {row.run_id}, folder {row.run_dir}); pass force=true to run it again"
