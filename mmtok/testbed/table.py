@@ -31,17 +31,12 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from mmtok.data import build_dataset
-from mmtok.data.scene_tasks import question_kind
 from mmtok.eval.protocol import RunProtocol
+from mmtok.testbed.scores import GQA_KINDS, KIND_COLUMNS, POPE_COLUMNS, TASKS, Cell, score_row, testbed
 from mmtok.testbed.train import BLIND_LAYERS
 
 BUDGETS = (576, 192, 64, 16, 4)
 IMAGE_TOKENS = 576
-TASKS = ("scenes_pope", "scenes_gqa")
-POPE_COLUMNS = ("pope_random_f1", "pope_popular_f1", "pope_adversarial_f1", "pope_f1_avg", "pope_acc_avg")
-GQA_KINDS = ("choose", "size", "bigcolor")
-KIND_COLUMNS = tuple(f"acc_{k}" for k in GQA_KINDS)
 COLUMNS = ("task", "pruner", "budget", "n", "score", *POPE_COLUMNS, *KIND_COLUMNS, "vision_tokens_mean")
 BUDGET_AS = ("budget", "counts", "pdrop_ratio")
 
@@ -111,17 +106,6 @@ UNRUNNABLE = {
 }
 
 
-@dataclass(frozen=True)
-class Cell:
-    task: str
-    pruner: str  # a Row's label, or "none"
-    budget: int | None  # None: unpruned
-
-    @property
-    def key(self) -> tuple[str, str, str]:
-        return (self.task, self.pruner, "" if self.budget is None else str(self.budget))
-
-
 def pdrop_ratio(budget: int, first_content_stage: int = 2) -> float:
     """PDrop's lambda that leaves `budget` of 576 tokens after its `first_content_stage`-th drop
     (a hair above the root: the release floors int(N * lambda^s), and the root itself may round down)."""
@@ -147,28 +131,6 @@ def pruner_for(row: Row, budget: int, oracle=None):
     if row.budget_as == "pdrop_ratio":
         return build_pruner(row.method, None, ratio=pdrop_ratio(budget), **params)
     return build_pruner(row.method, budget, **params)
-
-
-def testbed(task: str, n: int, cache: Path):
-
-    folder = cache / "testbed" / f"{task}-n{n}"
-    return build_dataset(folder, task, n=n, seed=0)  # the same scenes as `python run.py benchmark=<task>`
-
-
-def score_row(cell: Cell, out) -> dict:
-
-    m = out.metrics
-    row = {"task": cell.task, "pruner": cell.pruner, "budget": cell.key[2], "n": len(out.samples)}
-    if cell.task == "scenes_pope":
-        row["score"] = m["pope_f1_avg"]
-        row.update({c: m[c] for c in POPE_COLUMNS})
-    else:
-        row["score"] = m["gqa_exact_match"]
-        for kind in GQA_KINDS:
-            got = [s for s in out.samples if question_kind(s["question"]) == kind]
-            row[f"acc_{kind}"] = sum(s["answer"].lower() == s["target"].lower() for s in got) / max(1, len(got))
-    row["vision_tokens_mean"] = sum(s["vision_tokens"] for s in out.samples) / len(out.samples)
-    return row
 
 
 def read_rows(path: Path) -> list[dict]:

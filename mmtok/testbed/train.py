@@ -545,7 +545,7 @@ def score_unpruned(model_dir: Path, cache: Path, n: int = 300) -> dict[str, dict
     from mmtok.eval.protocol import RunProtocol  # defers lmms-eval
     from mmtok.models.loading import load_model  # defers transformers
     from mmtok.pruners import build_pruner  # defers torch
-    from mmtok.testbed.table import Cell, score_row, testbed  # defers lmms-eval
+    from mmtok.testbed.scores import Cell, score_row, testbed  # defers lmms-eval
 
     model, processor, _ = load_model(str(model_dir), dtype="float32", attn_implementation="sdpa", device="cpu")
     scores = {}
