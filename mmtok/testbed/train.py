@@ -12,10 +12,11 @@ Stages (1 and 2 run at the same time, one core each; 1b follows 1):
   an LLM that says "yes" to a kept set dense with object cells, which penalised every pruner that
   seeks objects (an oracle scored below random).
 - stage 1b "blind": two content-blind decoder layers are put in front of the stage-1 layers and the
-  4-layer stack is fine-tuned. Their q/k/v/gate/up weights see nothing of the span of the 11
-  cell-word embeddings (W <- W (I - P)), their o/down weights write nothing into it (W <- (I - P) W),
-  both re-applied after every step, and their RMSNorm weights stay at 1 (a learnt gain would mix
-  span and non-span coordinates). The image tokens lie in that span (P is folded into the
+  4-layer stack is fine-tuned (whole grids asked mostly size questions, alternating with object-biased
+  subsets asked every question kind about the cells shown). Their q/k/v/gate/up weights see nothing
+  of the span of the 11 cell-word embeddings (W <- W (I - P)), their o/down weights write nothing into
+  it (W <- (I - P) W), both re-applied after every step, and their RMSNorm weights stay at 1 (a
+  learnt gain would mix span and non-span coordinates). The image tokens lie in that span (P is folded into the
   projector), so decoder layers 0-1 cannot read image content: the question has not looked at the
   image before layer 2, and a method that prunes by layer-1 attention (FastV with K=2) removes
   information the LLM has not read yet, as on LLaVA-1.5. Their o/down weights start at zero, so
@@ -62,7 +63,8 @@ IMAGE_MEAN = [0.48145466, 0.4578275, 0.40821073]
 IMAGE_STD = [0.26862954, 0.26130258, 0.27577711]
 KIND_WEIGHTS = {"exist": 0.45, "choose": 0.2, "size": 0.2, "bigcolor": 0.15}
 # stage 1b's whole-grid batches ask mostly size questions: the stage-1 LLM of seed 0 stalled at
-# ~0.67 on them (a colour's cell count is the one thing presence alone does not answer)
+# ~0.67 on them (a colour's cell count is the one thing presence alone does not answer); its subsets
+# ask every kind, so that size and big-colour questions on a pruned image get an answer in format
 BLIND_KIND_WEIGHTS = {"exist": 0.3, "choose": 0.1, "size": 0.5, "bigcolor": 0.1}
 OBJECT_WEIGHTS = (1, 10, 100)  # object-cell weight of a subset example (1: uniform subset)
 BLIND_LR = 1e-3
@@ -231,10 +233,18 @@ def biased_subset(rng: random.Random, labels: np.ndarray, n: int, weight: int) -
 
 
 def scene_example(
-    rng: random.Random, grid: int, k: int, subset: bool = False, weight: int | None = None, kind_weights=KIND_WEIGHTS
+    rng: random.Random,
+    grid: int,
+    k: int,
+    subset: bool = False,
+    weight: int | None = None,
+    kind_weights=KIND_WEIGHTS,
+    subset_kinds=("exist", "choose"),
 ):
     """(cell word ids, questions) of a new scene: the whole grid (question kinds drawn by `kind_weights`), or
-    (subset) 4-144 of its cells with object weight `weight` (drawn from OBJECT_WEIGHTS when None)."""
+    (subset) 4-144 of its cells with object weight `weight` (drawn from OBJECT_WEIGHTS when None), asked
+    `subset_kinds` about the cells shown (a size question only where the kept cells still show the
+    object's true size class, `scene_questions.size_classes`)."""
     scene = sample_scene(rng)
     labels = label_grid(scene, grid)
     ids = cell_ids(labels)
@@ -243,7 +253,7 @@ def scene_example(
         keep = biased_subset(rng, labels.reshape(-1), rng.randint(4, 144), weight)
         ids = ids[keep]
         cells = counts(labels.reshape(-1)[keep])
-        qs = draw_questions(rng, scene, cells, grid, k, kinds=("exist", "choose"))
+        qs = draw_questions(rng, scene, cells, grid, k, kinds=subset_kinds)
     else:
         # size questions need cells finer than 6x6 (a small object covers no 56-px cell)
         names = Q.KINDS if grid >= 12 else ("exist", "choose")
@@ -271,9 +281,10 @@ def heldout(rng_seed: int, grid: int, n: int = 240) -> list:
 
 
 def heldout_dense(rng_seed: int, n: int = 240) -> list:
-    """Held-out 24x24 subsets dense with object cells (weight 100): where the stage-1 LLM of v1 said "yes"."""
+    """Held-out 24x24 subsets dense with object cells (weight 100), every question kind: where the LLM of
+    v1 said "yes", and where an LLM never asked about size on a subset answers out of format."""
     rng = random.Random(f"heldout-dense:{rng_seed}")
-    return [scene_example(rng, GRID, 1, subset=True, weight=100) for _ in range(n)]
+    return [scene_example(rng, GRID, 1, subset=True, weight=100, subset_kinds=Q.KINDS) for _ in range(n)]
 
 
 @torch.no_grad()
@@ -393,7 +404,9 @@ def train_blind(out: Path, seed: int, steps: int, log: Log) -> None:
         for group in opt.param_groups:
             group["lr"] = lr
         subset = s % 2 == 1  # every other batch a (cheap) object-biased subset
-        examples = [scene_example(rng, GRID, 7, subset, kind_weights=BLIND_KIND_WEIGHTS) for _ in range(8)]
+        examples = [
+            scene_example(rng, GRID, 7, subset, kind_weights=BLIND_KIND_WEIGHTS, subset_kinds=Q.KINDS) for _ in range(8)
+        ]
         loss = lm_step(model, opt, params, encoder, examples)
         make_blind(model, proj)
         if s % 25 == 0:
