@@ -182,9 +182,10 @@ def markdown(rows: list[dict], n: dict[str, int], table_rows=ROWS) -> str:
         f"Budget: image tokens the LLM receives (pre-LLM rows), or image tokens decoder layer {BLIND_LAYERS} (the",
         f"first that reads image content; layers 0-{BLIND_LAYERS - 1} are content-blind) receives (in-LLM rows).",
         "The oracle is a reference (it knows each patch's ground-truth label), not a method.",
-        "Read with the setup in mind (docs/testbed.md): the in-LLM rows rank tokens in a layer that cannot",
-        "see image content, by construction, so their ranking is positional; a method that scored after a",
-        "content layer would not be challenged here, because every question is a one-hop lookup.",
+        "Read with the setup in mind (docs/testbed.md): the in-LLM rows rank tokens by attention in a layer",
+        "that cannot see image content, by construction, so that ranking is positional (what they carry past",
+        "it, DART's hidden-state similarities and SparseVLM's recycled clusters, still holds content); a",
+        "method that scored after a content layer would not be challenged here: every question is one hop.",
         "",
         "## Settings",
         "",
@@ -302,6 +303,7 @@ def main(argv=None) -> None:
     order = {key: i for i, key in enumerate(c.key for c in cells())}
     rows.sort(key=lambda r: order.get((r["task"], r["pruner"], r["budget"]), len(order)))
     write_rows(csv_path, rows)
+    rows = read_rows(csv_path)  # the markdown and plot from the CSV's rounding, fresh run or resumed
     (out_dir / "table.md").write_text(markdown(rows, {t: args.n for t in TASKS}))
     plot(rows, out_dir / "table.png")
     print(f"wrote {csv_path}, {out_dir / 'table.md'}, {out_dir / 'table.png'}")
