@@ -149,7 +149,8 @@ DEVICE ?= cuda
 gpu-check:
 	DEVICE=$(DEVICE) PY=$(abspath $(PY)) bash scripts/gpu_check.sh
 
-# Both stages run at once, one thread each (python -m mmtok.testbed.train --help for the step counts).
+# Stages 1 (LLM) and 2 (tower) at once, one thread each, then 1b (blind layers), assembly and the unpruned
+# scores, about 25 min on 2 cores (python -m mmtok.testbed.train --help for the step counts).
 testbed: venv
 	$(PY) -m mmtok.testbed.train --out results/testbed/model $(ARGS)
 

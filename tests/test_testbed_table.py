@@ -1,32 +1,71 @@
-"""The testbed table's grid, pruner parameters for the 2-layer LLM, and its markdown (mmtok/testbed/table.py)."""
+"""The testbed table (mmtok/testbed/table.py): its grid, its rows' pruner parameters for the 4-layer
+LLM, its markdown, and the oracle reference row's selection (mmtok/testbed/oracle.py)."""
 
 from __future__ import annotations
 
-from mmtok.testbed.table import BUDGETS, PRUNERS, Cell, cells, markdown, pruner_for, read_rows, write_rows
+import pytest
+
+from mmtok.testbed.table import (
+    BUDGETS,
+    ROWS,
+    UNRUNNABLE,
+    Cell,
+    Row,
+    cells,
+    markdown,
+    pdrop_ratio,
+    pruner_for,
+    read_rows,
+    row_by_label,
+    write_rows,
+)
 
 
-def test_grid_is_none_plus_every_pruner_at_every_budget():
+def test_grid_is_none_plus_every_row_at_every_budget():
     grid = cells()
     for task in ("scenes_pope", "scenes_gqa"):
         mine = [c for c in grid if c.task == task]
         assert mine[0] == Cell(task, "none", None)
-        assert len(mine) == 1 + len(PRUNERS) * len(BUDGETS) == 36
+        assert len(mine) == 1 + len(ROWS) * len(BUDGETS) == 56
     assert len({c.key for c in grid}) == len(grid)
 
 
-def test_in_llm_pruners_get_parameters_a_two_layer_llm_has():
+def test_every_method_but_cdpruner_has_a_row_and_the_oracle_is_a_reference():
+    from mmtok.pruners import PRUNERS
+
+    methods = {r.method for r in ROWS}
+    assert methods | set(UNRUNNABLE) | {"none"} == set(PRUNERS) | {"oracle"}
+    assert set(UNRUNNABLE) == {"cdpruner"}
+    assert [r.label for r in ROWS if r.stage == "reference"] == ["oracle"]
+    with pytest.raises(ValueError, match="unknown table row 'fastv3'; valid: oracle, random, mmtok"):
+        row_by_label("fastv3")
+    with pytest.raises(ValueError, match="row x: unknown budget_as 'kept'; valid: budget, counts, pdrop_ratio"):
+        Row("x", "fastv", "in-LLM", budget_as="kept")
+
+
+def test_in_llm_rows_prune_first_in_the_content_blind_layers():
     from transformers import LlavaConfig
 
-    from mmtok.testbed.train import configs
+    from mmtok.testbed.train import BLIND_LAYERS, configs
 
     config: LlavaConfig = configs()[2]
-    assert config.text_config.num_hidden_layers == 2
-    fastv = pruner_for("fastv", 4)
-    assert fastv.prune_layers(2) == (0,) and fastv.kept_tokens(576, 2) == 4
+    layers = config.text_config.num_hidden_layers
+    assert (layers, BLIND_LAYERS) == (4, 2)
+    fastv = pruner_for(row_by_label("fastv"), 16)
+    assert fastv.prune_layers(layers) == (1,) and fastv.kept_tokens(576, layers) == 16
+    assert fastv.layer_schedule(576, config) == [576, 576, 16, 16]
     fastv.check_config(config)
-    sparse = pruner_for("sparsevlm", 16)
-    assert sparse.prune_layers(2) == (0,) and sparse.layer_counts(576) == (16,)
-    assert pruner_for("random", 4).seed == 0
+    sparse = pruner_for(row_by_label("sparsevlm"), 16)
+    assert sparse.prune_layers(layers) == (1,) and sparse.layer_counts(576) == (16,)
+    for budget in BUDGETS:  # layer 2, the first that reads content, receives `budget` image tokens
+        pdrop = pruner_for(row_by_label("pdrop"), budget)
+        assert pdrop.prune_layers(layers) == (0, 1, 2)
+        assert pdrop.layer_schedule(576, config)[2] == budget
+    assert pruner_for(row_by_label("pdrop"), 64).layer_schedule(576, config) == [576, 192, 64, 21]
+    assert pdrop_ratio(576) == 1.0
+    dart = pruner_for(row_by_label("dart"), 16)
+    assert dart.prune_layers(layers) == (1,) and dart.layer_schedule(576, config) == [576, 576, 20, 20]
+    assert pruner_for(row_by_label("random"), 4).seed == 0
 
 
 def test_rows_round_trip_and_fill_the_markdown(tmp_path):
@@ -58,5 +97,36 @@ def test_rows_round_trip_and_fill_the_markdown(tmp_path):
     assert [(r["pruner"], r["budget"], r["score"]) for r in back] == [("none", "", "0.9000"), ("mmtok", "4", "0.7500")]
     text = markdown(back, {"scenes_pope": 6})
     assert "Unpruned (576 tokens): **0.900**" in text
-    assert "| mmtok |  |  |  |  | 0.750 |" in text
-    assert "| mmtok | 4 | 0.750 | 0.750 | 0.750 |" in text
+    assert "| mmtok | pre-LLM |  |  |  |  | 0.750 |" in text
+    assert "| mmtok | 4 | 0.750 | 0.750 | 0.750 |  |" in text
+
+
+def test_oracle_keeps_every_visible_colour_in_turn_then_background():
+    import torch
+
+    from mmtok.testbed.oracle import oracle_order
+
+    labels = torch.tensor([0, 2, 2, 0, 5, 2, 0, 0])
+    order = oracle_order(labels, torch.Generator().manual_seed(0))
+    # colour 2's cells {1, 2, 5} and colour 5's {4} alternate, then the background in random order
+    assert order.tolist() == [1, 4, 5, 2, 0, 3, 7, 6]
+    assert oracle_order(torch.zeros(4, dtype=torch.long), torch.Generator().manual_seed(0)).tolist() == [0, 1, 3, 2]
+
+
+def test_oracle_refuses_an_image_it_was_not_built_for():
+    import torch
+
+    from mmtok.testbed.oracle import OraclePruner, pixel_key
+
+    class OneCrop:
+        def encode(self, pixel_values):
+            from mmtok.pruners import ImageCrops
+
+            return [ImageCrops(proj=torch.zeros(1, 4, 2), pre=torch.zeros(1, 5, 2)) for _ in pixel_values]
+
+    known = torch.zeros(1, 3, 2, 2)
+    oracle = OraclePruner(budget=2, labels={pixel_key(known[0]): torch.tensor([0, 3, 0, 1])})
+    (image,) = oracle.encode(OneCrop(), known)
+    assert image.labels.tolist() == [0, 3, 0, 1]
+    with pytest.raises(ValueError, match="oracle: an image that is not one of the scenes it was built for"):
+        oracle.encode(OneCrop(), known + 1)

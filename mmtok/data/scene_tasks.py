@@ -25,7 +25,7 @@ from pathlib import Path
 
 from mmtok.data import scene_questions as Q
 from mmtok.data.local import GQA_COLUMNS, POPE_SPLITS, write_gqa, write_parquet
-from mmtok.data.scenes import COLOR_NAMES, counts, label_grid, render, sample_scene
+from mmtok.data.scenes import COLOR_NAMES, Scene, counts, label_grid, render, sample_scene
 from mmtok.data.tasks import benchmark
 
 GQA_TYPES = {
@@ -44,15 +44,14 @@ def _visible(rng: random.Random, k: int):
     return [(s, c) for s, c in out if c]
 
 
-def build_scenes_pope(out_dir: Path, n: int, rng: random.Random) -> list[Path]:
-    import datasets
-
+def _pope_plan(n: int, rng: random.Random) -> list[tuple[Scene, str, tuple[Q.Question, Q.Question]]]:
+    """(scene, POPE split, (yes question, no question)) per image, in row order."""
     scenes = []
     while len(scenes) < math.ceil(n / 2):
         scenes += _visible(rng, math.ceil(n / 2) - len(scenes))
     frequency = {c: sum(c in cells for _, cells in scenes) for c in COLOR_NAMES}
     cooccur = {(a, b): sum(a in cells and b in cells for _, cells in scenes) for a in COLOR_NAMES for b in COLOR_NAMES}
-    rows = {k: [] for k in ("id", "question_id", "question", "answer", "image_source", "image", "category")}
+    plan = []
     for i, (scene, cells) in enumerate(scenes):
         split = POPE_SPLITS[i % 3]
         present = sorted(cells, key=COLOR_NAMES.index)
@@ -63,8 +62,17 @@ def build_scenes_pope(out_dir: Path, n: int, rng: random.Random) -> list[Path]:
             negative = max(absent, key=lambda c: (frequency[c], -COLOR_NAMES.index(c)))
         else:
             negative = max(absent, key=lambda c: (sum(cooccur[c, p] for p in present), -COLOR_NAMES.index(c)))
+        plan.append((scene, split, (Q.exist(rng.choice(present), True), Q.exist(negative, False))))
+    return plan
+
+
+def build_scenes_pope(out_dir: Path, n: int, rng: random.Random) -> list[Path]:
+    import datasets
+
+    rows = {k: [] for k in ("id", "question_id", "question", "answer", "image_source", "image", "category")}
+    for i, (scene, split, questions) in enumerate(_pope_plan(n, rng)):
         image = render(scene)
-        for q in (Q.exist(rng.choice(present), True), Q.exist(negative, False)):
+        for q in questions:
             row = len(rows["id"])
             rows["id"].append(str(row))
             rows["question_id"].append(str(row + 1))
@@ -81,18 +89,25 @@ def build_scenes_pope(out_dir: Path, n: int, rng: random.Random) -> list[Path]:
     return [path]
 
 
-def build_scenes_gqa(out_dir: Path, n: int, rng: random.Random) -> list[Path]:
-    images = {"id": [], "image": []}
-    rows = {k: [] for k in GQA_COLUMNS}
-    i = 0
-    while len(rows["id"]) < n:
+def _gqa_plan(n: int, rng: random.Random) -> list[tuple[str, Scene, list[Q.Question]]]:
+    """(image id, scene, its questions) per image with at least one question, until n questions."""
+    plan, asked_total, i = [], 0, 0
+    while asked_total < n:
         scene = sample_scene(rng)
         cells = counts(label_grid(scene))
         asked = [q for kind in GQA_TYPES if (q := Q.ask(rng, scene, cells, kind)) is not None]
         i += 1
         if not asked:
             continue
-        image_id = f"s{100_000 + i}"
+        plan.append((f"s{100_000 + i}", scene, asked))
+        asked_total += len(asked)
+    return plan
+
+
+def build_scenes_gqa(out_dir: Path, n: int, rng: random.Random) -> list[Path]:
+    images = {"id": [], "image": []}
+    rows = {k: [] for k in GQA_COLUMNS}
+    for image_id, scene, asked in _gqa_plan(n, rng):
         images["id"].append(image_id)
         images["image"].append(render(scene))
         for q in asked:
@@ -114,6 +129,22 @@ def build_scenes_gqa(out_dir: Path, n: int, rng: random.Random) -> list[Path]:
     keep = [j for j, image_id in enumerate(images["id"]) if image_id in used]
     images = {k: [v[j] for j in keep] for k, v in images.items()}
     return write_gqa(rows, images, out_dir, "scenes_gqa")
+
+
+def benchmark_scenes(name: str, n: int, seed: int = 0) -> list[Scene]:
+    """The scenes behind `build_dataset(..., name, n=n, seed=seed)` (each image once, first use
+    first), without rendering: what a ground-truth reference (the testbed's oracle) reads."""
+    rng = random.Random(f"{name}:{seed}")
+    if name == "scenes_pope":
+        return [scene for scene, _, _ in _pope_plan(n, rng)][: math.ceil(n / 2)]
+    if name == "scenes_gqa":
+        plan, rows = [], 0
+        for _, scene, asked in _gqa_plan(n, rng):
+            if rows < n:
+                plan.append(scene)
+            rows += len(asked)
+        return plan
+    raise ValueError(f"no scenes behind benchmark {name!r}; valid: scenes_pope, scenes_gqa")
 
 
 def question_kind(question: str) -> str:

@@ -1,19 +1,25 @@
-"""The testbed table: every pruner x budget on every testbed task, scored by the real lmms-eval path.
+"""The testbed table: every method that runs on the testbed x budget on every testbed task, scored by
+the real lmms-eval path.
 
     python -m mmtok.testbed.table            # make testbed-table: results/testbed/table.{csv,md,png}
 
-One process loads the committed testbed LLaVA once and runs `mmtok.eval.evaluate` for none and for
-random / mmtok / fastv / sparsevlm / visionzip / divprune / vispruner at budgets 576, 192, 64, 16, 4 on
-scenes_pope (POPE F1 per split + their mean) and scenes_gqa (exact match, also per question kind).
-Rows are appended to the CSV atomically after each evaluation and a rerun skips the rows it already
-has (delete the CSV to start over), so an interrupted table resumes.
+One process loads the committed testbed LLaVA once and runs `mmtok.eval.evaluate` unpruned and for
+every row of `ROWS` (a method with fixed parameters; the ground-truth oracle as a reference row) at
+budgets 576, 192, 64, 16, 4 on scenes_pope (POPE F1 per split + their mean) and scenes_gqa (exact
+match, also per question kind). Rows are appended to the CSV atomically after each evaluation and a
+rerun skips the rows it already has (delete the CSV to start over), so an interrupted table resumes.
+A new row is one more `Row` in `ROWS`.
 
-The LLM has 2 decoder layers, so the in-LLM methods run with parameters scaled to it (the paper's
-layers do not exist): FastV prunes from layer K=1 on (scores from layer 0) and counts its budget as
-the tokens kept (budget_mode=kept: the "equivalent" budget (K*N + (L-K)*R)/L cannot go below 288
-here); SparseVLM prunes once, at the output of layer 0, to `budget` tokens. Both therefore let
-layer 0 see all 576 tokens, an advantage the pre-LLM methods do not have. PruMerge+ is absent: it
-reads the CLIP layer after the one LLaVA uses, and this model uses the last one (it says so and stops).
+The LLM has 4 decoder layers, of which layers 0-1 cannot read image content (`mmtok.testbed.train`,
+stage 1b), so the in-LLM methods score image tokens in a content-free layer and drop them before
+the first layer that reads them, as FastV's K=2 does on LLaVA-1.5; their first pruning layer is
+mapped into the blind layers (`Row.params`), and their budget is the image tokens the first
+content layer (2) receives (layer-averaged "equivalent" budgets cannot go below 288 here):
+FastV K=2 with `budget_mode=kept`; SparseVLM one pruning layer (the output of layer 1) at `budget`
+tokens plus its recycled clusters; PDrop its rank layers L/4, L/2, 3L/4 = 1, 2, 3 with lambda =
+sqrt(budget / 576), so layer 2 receives `budget` tokens and layer 3 fewer; DART K=2 (the release's)
+with its own kept-token label. CDPruner cannot run: it needs the CLIP text tower and projections
+its vision tower was trained with, and the testbed's tower has none (`UNRUNNABLE`).
 """
 
 from __future__ import annotations
@@ -22,66 +28,109 @@ import argparse
 import csv
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from mmtok.data import build_dataset
-from mmtok.data.scene_tasks import question_kind
 from mmtok.eval.protocol import RunProtocol
+from mmtok.testbed.scores import GQA_KINDS, KIND_COLUMNS, POPE_COLUMNS, TASKS, Cell, score_row, testbed
+from mmtok.testbed.train import BLIND_LAYERS
 
-PRUNERS = ("random", "mmtok", "fastv", "sparsevlm", "visionzip", "divprune", "vispruner")
 BUDGETS = (576, 192, 64, 16, 4)
-TASKS = ("scenes_pope", "scenes_gqa")
-POPE_COLUMNS = ("pope_random_f1", "pope_popular_f1", "pope_adversarial_f1", "pope_f1_avg", "pope_acc_avg")
-GQA_KINDS = ("choose", "size", "bigcolor")
-KIND_COLUMNS = tuple(f"acc_{k}" for k in GQA_KINDS)
+IMAGE_TOKENS = 576
 COLUMNS = ("task", "pruner", "budget", "n", "score", *POPE_COLUMNS, *KIND_COLUMNS, "vision_tokens_mean")
+BUDGET_AS = ("budget", "counts", "pdrop_ratio")
 
 
 @dataclass(frozen=True)
-class Cell:
-    task: str
-    pruner: str
-    budget: int | None  # None: unpruned
+class Row:
+    """One table row: `method` with fixed `params`; `budget_as` says what a column's budget becomes
+    ("budget": the method's budget; "counts": SparseVLM's kept count at its one pruning layer;
+    "pdrop_ratio": PDrop's lambda, so that the first content layer receives `budget` tokens)."""
 
-    @property
-    def key(self) -> tuple[str, str, str]:
-        return (self.task, self.pruner, "" if self.budget is None else str(self.budget))
+    label: str  # unique: the CSV's "pruner" column
+    method: str  # a registered pruner, or "oracle" (mmtok.testbed.oracle)
+    stage: str  # pre-LLM | in-LLM | reference
+    params: tuple[tuple[str, object], ...] = ()
+    budget_as: str = "budget"
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        if self.budget_as not in BUDGET_AS:
+            raise ValueError(f"row {self.label}: unknown budget_as {self.budget_as!r}; valid: {', '.join(BUDGET_AS)}")
 
 
-def pruner_for(name: str, budget: int | None, seed: int = 0):
-    """The pruner with this 2-layer LLM's in-LLM parameters (module docstring)."""
+ROWS = (
+    Row("oracle", "oracle", "reference", note="ground truth: object patches first (colours in turn), then background"),
+    Row("random", "random", "pre-LLM", (("seed", 0),)),
+    Row("mmtok", "mmtok", "pre-LLM"),
+    Row("divprune", "divprune", "pre-LLM"),
+    Row("visionzip", "visionzip", "pre-LLM", note="CLS attention at the layer the projector reads"),
+    Row("vispruner", "vispruner", "pre-LLM", note="CLS attention at the layer the projector reads"),
+    Row("prumerge_plus", "prumerge_plus", "pre-LLM", note="CLS attention of the tower's last layer"),
+    Row(
+        "fastv",
+        "fastv",
+        "in-LLM",
+        (("layer", BLIND_LAYERS), ("budget_mode", "kept")),
+        note=f"K={BLIND_LAYERS}: layer-{BLIND_LAYERS - 1} attention ranks, layers >= {BLIND_LAYERS} keep `budget`",
+    ),
+    Row(
+        "sparsevlm",
+        "sparsevlm",
+        "in-LLM",
+        (("layers", (BLIND_LAYERS - 1,)),),
+        budget_as="counts",
+        note=f"prunes the output of layer {BLIND_LAYERS - 1} to `budget` (+ recycled clusters)",
+    ),
+    Row(
+        "pdrop",
+        "pdrop",
+        "in-LLM",
+        (("layers", (1, 2, 3)),),
+        budget_as="pdrop_ratio",
+        note="rank layers L/4, L/2, 3L/4; lambda = sqrt(budget/576): layer 2 gets `budget`, layer 3 fewer",
+    ),
+    Row(
+        "dart",
+        "dart",
+        "in-LLM",
+        (("layer", BLIND_LAYERS),),
+        note=f"K={BLIND_LAYERS}; keeps 4 + 8 * (budget // 8) (its release's label)",
+    ),
+)
+UNRUNNABLE = {
+    "cdpruner": (
+        "its relevance term needs the CLIP text tower and projections its vision tower was trained with; "
+        "the testbed's tower was trained alone and has none"
+    ),
+}
+
+
+def pdrop_ratio(budget: int, first_content_stage: int = 2) -> float:
+    """PDrop's lambda that leaves `budget` of 576 tokens after its `first_content_stage`-th drop
+    (a hair above the root: the release floors int(N * lambda^s), and the root itself may round down)."""
+    return min(1.0, (budget / IMAGE_TOKENS) ** (1 / first_content_stage) * (1 + 1e-12))
+
+
+def row_by_label(label: str) -> Row:
+    rows = {r.label: r for r in ROWS}
+    if label not in rows:
+        raise ValueError(f"unknown table row {label!r}; valid: {', '.join(rows)}")
+    return rows[label]
+
+
+def pruner_for(row: Row, budget: int, oracle=None):
+    """The pruner of `row` at column `budget` (`oracle`: the task's OraclePruner, for the oracle row)."""
     from mmtok.pruners import build_pruner  # defers torch
 
-    if name == "fastv":
-        return build_pruner(name, budget, layer=1, budget_mode="kept")
-    if name == "sparsevlm":
-        return build_pruner(name, None, layers=(0,), counts=(budget,))  # counts replace the budget rule
-    if name == "random":
-        return build_pruner(name, budget, seed=seed)
-    return build_pruner(name, budget)
-
-
-def testbed(task: str, n: int, cache: Path):
-
-    folder = cache / "testbed" / f"{task}-n{n}"
-    return build_dataset(folder, task, n=n, seed=0)  # the same scenes as `python run.py benchmark=<task>`
-
-
-def score_row(cell: Cell, out) -> dict:
-
-    m = out.metrics
-    row = {"task": cell.task, "pruner": cell.pruner, "budget": cell.key[2], "n": len(out.samples)}
-    if cell.task == "scenes_pope":
-        row["score"] = m["pope_f1_avg"]
-        row.update({c: m[c] for c in POPE_COLUMNS})
-    else:
-        row["score"] = m["gqa_exact_match"]
-        for kind in GQA_KINDS:
-            got = [s for s in out.samples if question_kind(s["question"]) == kind]
-            row[f"acc_{kind}"] = sum(s["answer"].lower() == s["target"].lower() for s in got) / max(1, len(got))
-    row["vision_tokens_mean"] = sum(s["vision_tokens"] for s in out.samples) / len(out.samples)
-    return row
+    params = dict(row.params)
+    if row.method == "oracle":
+        return replace(oracle, budget=budget, **params)
+    if row.budget_as == "counts":
+        return build_pruner(row.method, None, counts=(budget,), **params)
+    if row.budget_as == "pdrop_ratio":
+        return build_pruner(row.method, None, ratio=pdrop_ratio(budget), **params)
+    return build_pruner(row.method, budget, **params)
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -101,27 +150,46 @@ def write_rows(path: Path, rows: list[dict]) -> None:
     os.replace(tmp, path)
 
 
-def cells(tasks=TASKS, pruners=PRUNERS, budgets=BUDGETS) -> list[Cell]:
+def cells(tasks=TASKS, rows=ROWS, budgets=BUDGETS) -> list[Cell]:
     out = []
     for task in tasks:
         out.append(Cell(task, "none", None))
-        out += [Cell(task, p, b) for p in pruners for b in budgets]
+        out += [Cell(task, r.label, b) for r in rows for b in budgets]
     return out
 
 
-def markdown(rows: list[dict], n: dict[str, int]) -> str:
+def settings_lines(rows=ROWS) -> list[str]:
+    lines = ["| row | stage | parameters | budget is | note |", "|---|---|---|---|---|"]
+    for r in rows:
+        params = ", ".join(f"{k}={v}" for k, v in r.params) or "defaults"
+        meaning = {
+            "budget": "its budget",
+            "counts": "counts=(budget,)",
+            "pdrop_ratio": "ratio=sqrt(budget/576)",
+        }[r.budget_as]
+        lines.append(f"| {r.label} | {r.stage} | {params} | {meaning} | {r.note} |")
+    lines += ["", "Not run: " + "; ".join(f"{k}: {v}" for k, v in UNRUNNABLE.items()) + ".", ""]
+    return lines
+
+
+def markdown(rows: list[dict], n: dict[str, int], table_rows=ROWS) -> str:
     by = {(r["task"], r["pruner"], r["budget"]): r for r in rows}
     lines = [
         "# Testbed: pruners x budgets on the trained synthetic-scene LLaVA",
         "",
         "Generated by `make testbed-table` (mmtok/testbed/table.py) with the committed model",
         "results/testbed/model; every number comes from lmms-eval through `mmtok.eval.evaluate`.",
-        "FastV: K=1, budget = tokens kept; SparseVLM: one pruning layer (0) at `budget` tokens (2-layer LLM).",
-        "Read with the setup in mind: the in-LLM methods (FastV, SparseVLM) let decoder layer 0 of 2 see all",
-        "576 tokens, so the question tokens have read the image before any pruning; the vision tower was",
-        "trained only to map each patch to its cell word, so its CLS attention (VisionZip's signal) carries",
-        "no trained meaning; MMTok / DivPrune / random select among the projected tokens, as on LLaVA.",
+        f"Budget: image tokens the LLM receives (pre-LLM rows), or image tokens decoder layer {BLIND_LAYERS} (the",
+        f"first that reads image content; layers 0-{BLIND_LAYERS - 1} are content-blind) receives (in-LLM rows).",
+        "The oracle is a reference (it knows each patch's ground-truth label), not a method.",
+        "Read with the setup in mind (docs/testbed.md): the in-LLM rows rank tokens by attention in a layer",
+        "that cannot see image content, by construction, so that ranking is positional (what they carry past",
+        "it, DART's hidden-state similarities and SparseVLM's recycled clusters, still holds content); a",
+        "method that scored after a content layer would not be challenged here: every question is one hop.",
         "",
+        "## Settings",
+        "",
+        *settings_lines(table_rows),
     ]
     for task in TASKS:
         metric = "POPE F1 (mean of the three splits)" if task == "scenes_pope" else "exact match"
@@ -129,35 +197,42 @@ def markdown(rows: list[dict], n: dict[str, int]) -> str:
         lines += [f"## {task}: {metric}, {n.get(task, '?')} questions", ""]
         if none:
             lines += [f"Unpruned (576 tokens): **{float(none['score']):.3f}**", ""]
-        lines += ["| pruner | " + " | ".join(str(b) for b in BUDGETS) + " |", "|---" * (len(BUDGETS) + 1) + "|"]
-        for p in PRUNERS:
-            vals = [by.get((task, p, str(b))) for b in BUDGETS]
-            lines.append(f"| {p} | " + " | ".join(f"{float(v['score']):.3f}" if v else "" for v in vals) + " |")
+        header = "| pruner | stage | " + " | ".join(str(b) for b in BUDGETS) + " |"
+        lines += [header, "|---" * (len(BUDGETS) + 2) + "|"]
+        for r in table_rows:
+            vals = [by.get((task, r.label, str(b))) for b in BUDGETS]
+            cells_ = " | ".join(f"{float(v['score']):.3f}" if v else "" for v in vals)
+            lines.append(f"| {r.label} | {r.stage} | {cells_} |")
         lines.append("")
         detail = POPE_COLUMNS[:3] if task == "scenes_pope" else tuple(f"acc_{k}" for k in GQA_KINDS)
-        lines += [f"### {task}: per split / kind", ""]
-        lines += ["| pruner | budget | " + " | ".join(detail) + " |", "|---" * (len(detail) + 2) + "|"]
+        lines += [f"### {task}: per split / kind, image tokens the last layer received", ""]
+        lines += ["| pruner | budget | " + " | ".join(detail) + " | tokens |", "|---" * (len(detail) + 3) + "|"]
         for r in rows:
             if r["task"] == task:
                 values = " | ".join(f"{float(r[c]):.3f}" for c in detail)
-                lines.append(f"| {r['pruner']} | {r['budget'] or 'all'} | {values} |")
+                tokens = f"{float(r['vision_tokens_mean']):.1f}" if r.get("vision_tokens_mean") else ""
+                lines.append(f"| {r['pruner']} | {r['budget'] or 'all'} | {values} | {tokens} |")
         lines.append("")
     return "\n".join(lines)
 
 
-def plot(rows: list[dict], path: Path) -> None:
+def plot(rows: list[dict], path: Path, table_rows=ROWS) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(TASKS), figsize=(6 * len(TASKS), 4.2))
+    fig, axes = plt.subplots(1, len(TASKS), figsize=(6.5 * len(TASKS), 4.6))
     for ax, task in zip(axes, TASKS):
-        for p in PRUNERS:
-            pts = sorted((int(r["budget"]), float(r["score"])) for r in rows if r["task"] == task and r["pruner"] == p)
-            if pts:
-                ax.plot(*zip(*pts), marker="o", label=p)
-        none = [float(r["score"]) for r in rows if r["task"] == task and r["pruner"] == "none"]
+        for r in table_rows:
+            pts = sorted(
+                (int(x["budget"]), float(x["score"])) for x in rows if x["task"] == task and x["pruner"] == r.label
+            )
+            if not pts:
+                continue
+            style = {"reference": ("k", ":"), "in-LLM": (None, "--")}.get(r.stage, (None, "-"))
+            ax.plot(*zip(*pts), marker="o", color=style[0], linestyle=style[1], label=f"{r.label} ({r.stage})")
+        none = [float(x["score"]) for x in rows if x["task"] == task and x["pruner"] == "none"]
         if none:
             ax.axhline(none[0], color="gray", linestyle="--", label="none (576)")
         ax.set_xscale("log", base=2)
@@ -166,7 +241,7 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.set_ylabel("POPE F1 (mean of splits)" if task == "scenes_pope" else "exact match")
         ax.set_title(task)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    axes[0].legend(fontsize=7)
     fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=110)
@@ -180,32 +255,40 @@ def main(argv=None) -> None:
     parser.add_argument("--n", type=int, default=300, help="questions per task (the benchmark configs' testbed_n)")
     parser.add_argument("--cache", default=os.environ.get("MMTOK_CACHE", ".cache"))
     parser.add_argument("--tasks", default=",".join(TASKS))
+    parser.add_argument("--rows", default=",".join(r.label for r in ROWS), help="row labels to run")
     args = parser.parse_args(argv)
     import torch
 
     torch.set_num_threads(1)
     from mmtok.eval.evaluate import evaluate  # defers lmms-eval
     from mmtok.models.loading import load_model  # defers transformers
+    from mmtok.testbed.oracle import OraclePruner  # defers torch
 
+    tasks = [t for t in args.tasks.split(",") if t]
+    unknown = sorted(set(tasks) - set(TASKS))
+    if unknown:
+        raise SystemExit(f"unknown task(s) {', '.join(unknown)}; valid: {', '.join(TASKS)}")
+    chosen = [row_by_label(label) for label in args.rows.split(",") if label]
     model, processor, _ = load_model(args.model, dtype="float32", attn_implementation="sdpa", device="cpu")
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path = out_dir / "table.csv"
     rows = read_rows(csv_path)
     done = {(r["task"], r["pruner"], r["budget"]) for r in rows}
-    tasks = [t for t in args.tasks.split(",") if t]
-    unknown = sorted(set(tasks) - set(TASKS))
-    if unknown:
-        raise SystemExit(f"unknown task(s) {', '.join(unknown)}; valid: {', '.join(TASKS)}")
     beds = {t: testbed(t, args.n, Path(args.cache)) for t in tasks}
-    todo = [c for c in cells(tasks) if c.key not in done]
+    oracles = {t: OraclePruner.for_benchmark(None, t, args.n, processor) for t in tasks}
+    todo = [c for c in cells(tasks, chosen) if c.key not in done]
     for i, cell in enumerate(todo):
         t = time.perf_counter()
         bed = beds[cell.task]
+        if cell.budget is None:
+            pruner = build_none()
+        else:
+            pruner = pruner_for(row_by_label(cell.pruner), cell.budget, oracles[cell.task])
         out = evaluate(
             model,
             processor,
-            pruner_for(cell.pruner, cell.budget),
+            pruner,
             tasks=[bed.task],
             include_path=str(bed.include_path),
             protocol=RunProtocol(progress=False),
@@ -217,9 +300,19 @@ def main(argv=None) -> None:
             f"{rows[-1]['score']:.3f} ({time.perf_counter() - t:.0f} s)",
             flush=True,
         )
-    (out_dir / "table.md").write_text(markdown(rows, {t: args.n for t in tasks}))
+    order = {key: i for i, key in enumerate(c.key for c in cells())}
+    rows.sort(key=lambda r: order.get((r["task"], r["pruner"], r["budget"]), len(order)))
+    write_rows(csv_path, rows)
+    rows = read_rows(csv_path)  # the markdown and plot from the CSV's rounding, fresh run or resumed
+    (out_dir / "table.md").write_text(markdown(rows, {t: args.n for t in TASKS}))
     plot(rows, out_dir / "table.png")
     print(f"wrote {csv_path}, {out_dir / 'table.md'}, {out_dir / 'table.png'}")
+
+
+def build_none():
+    from mmtok.pruners import build_pruner  # defers torch
+
+    return build_pruner("none")
 
 
 if __name__ == "__main__":
