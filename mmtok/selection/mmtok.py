@@ -8,10 +8,12 @@ terms are facility-location functions, hence monotone submodular, so the greedy 
 Shapes: a single crop uses 2-D inputs; a batch of crops uses 3-D vision inputs with either one
 shared question `[m, D]` or one per crop `[B, m, D]` (a tiling family selects on up to five crops per
 request). The similarity matmuls and softmaxes run in torch with the authors' release's arithmetic.
-The greedy has three variants with identical picks: the reference dense greedy (docs/mmtok.md) in torch (batched over
+The greedy has four variants with identical picks: the reference dense greedy (docs/mmtok.md) in torch (batched over
 crops; the default off the CPU), and on CPUs, one crop at a time, an incremental one that rewrites
-only the rows a pick changes and sums them with the dense greedy's own reduction (the default),
-and an exact lazy greedy in numpy (opt-in). docs/speed.md has the measurements behind the choice.
+only the rows a pick changes and sums them with the dense greedy's own reduction, the same in C
+(coverage_greedy.c, built at first use by `native.py`; the default where a C compiler is, the
+incremental one elsewhere), and an exact lazy greedy in numpy (opt-in). docs/speed.md has the
+measurements behind the choice.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import operator
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from mmtok.selection import native
 
 __all__ = ["build_coverage_matrix", "coverage", "greedy_max_coverage", "mmtok_select"]
 
@@ -150,9 +154,9 @@ def _exclude_mask(exclude: torch.Tensor | None, batch: int, n: int, device: torc
 LAZY_BLOCK = 16
 # The greedy variants (`greedy_max_coverage`); "auto" chooses by device (`_variant`). The measured
 # reasons are in docs/speed.md ("Path choice").
-METHODS = ("auto", "dense", "incremental", "lazy")
-# The variants that run in numpy on the CPU, and the dtypes they take as they are.
-_CPU_ONLY = ("incremental", "lazy")
+METHODS = ("auto", "dense", "incremental", "lazy", "compiled")
+# The variants that run in numpy or C on the CPU, and the dtypes they take as they are.
+_CPU_ONLY = ("incremental", "lazy", "compiled")
 _NUMPY_DTYPES = (torch.float32, torch.float64)
 
 
@@ -398,26 +402,72 @@ def _incremental_greedy(C: torch.Tensor, k: int, forbidden: torch.Tensor) -> tor
     return torch.from_numpy(picks)
 
 
+def _compiled_greedy(C: torch.Tensor, k: int, forbidden: torch.Tensor, lib) -> torch.Tensor:
+    """The dense greedy's picks for one crop (`C` `[R, n]`, CPU, float32, contiguous), by the
+    compiled kernel `coverage_greedy.c` (`lib`, from `native.load()`).
+
+    The incremental greedy's bookkeeping (a term matrix rewritten only in the rows a pick
+    changes), plus exact integer column sums on a fixed grid, also updated only there. A step
+    whose winner is certain in any float32 order of the additions (`_tie_ratio`) is decided in C
+    without summing anything; any other step returns here and is decided as the incremental
+    greedy decides it: the term matrix summed with the dense greedy's own torch reduction, first
+    maximum. So the picks are the dense greedy's (and the authors') bit for bit, near-ties
+    included. A matrix holding NaN or infinity goes to `_incremental_greedy`.
+    """
+    rows, n = C.shape
+    Cn = C.numpy()
+    terms_t = torch.empty_like(C)
+    gain_t = torch.empty(n, dtype=C.dtype)
+    sums = np.empty(n, dtype=np.float64)
+    scale = lib.mmtok_init(Cn.ctypes.data, terms_t.data_ptr(), sums.ctypes.data, rows, n)
+    if scale == 0:
+        return _incremental_greedy(C, k, forbidden)
+    dead = forbidden.numpy().astype(np.uint8)
+    picks = np.empty(k, dtype=np.int64)
+    best = np.zeros(rows, dtype=np.float32)
+    fixed = (Cn.ctypes.data, terms_t.data_ptr(), best.ctypes.data, sums.ctypes.data, dead.ctypes.data)
+    fixed += (picks.ctypes.data, gain_t.data_ptr(), rows, n)
+    rho = _tie_ratio(rows)
+    step = lib.mmtok_run(*fixed, 0, k, scale, rho, 0)
+    while step < k:  # a step that rounding could decide: the dense greedy's own sums decide it
+        torch.sum(terms_t, 0, out=gain_t)
+        step = lib.mmtok_run(*fixed, step, k, scale, rho, 1)
+    return torch.from_numpy(picks)
+
+
 def _check_method(method: str, device: torch.device) -> None:
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     if method in _CPU_ONLY and device.type != "cpu":
         raise ValueError(f"method {method!r} runs on CPU tensors; on {device.type} use 'auto' or 'dense'")
+    if method == "compiled" and native.load() is None:
+        raise ValueError(f"method 'compiled' is not available here ({native.unavailable()}); use 'auto'")
 
 
-def _variant(method: str, C: torch.Tensor) -> str:
-    """The greedy to run for a checked method on `C`.
+def _variant(method: str, device: torch.device, dtype: torch.dtype) -> str:
+    """The greedy to run for a checked method on a C of this device and dtype.
 
-    "auto" on a CPU is the incremental greedy, one crop at a time (the dense greedy's picks bit for
-    bit at a fraction of its passes over memory; on 5 x 576 crops, batching them into one [5, R, n]
-    dense greedy is slower than crop by crop); for dtypes numpy lacks (half, bfloat16) it is the
-    dense greedy, whose picks the incremental one could only match after widening to float32. On
-    any other device it is the dense greedy batched over crops (few large kernels per step and no
-    host synchronisation: a step costs about its kernel launches).
+    "auto" on a CPU is the compiled greedy (`_compiled_greedy`) for float32 where the kernel could
+    be built (`native.load()`), else the incremental greedy (float64 too), one crop at a time:
+    the dense greedy's picks bit for bit at a fraction of its passes over memory (on 5 x 576
+    crops, batching them into one [5, R, n] dense greedy is slower than crop by crop); for dtypes
+    numpy lacks (half, bfloat16) it is the dense greedy, whose picks the others could only match
+    after widening to float32. On any other device it is the dense greedy batched over crops (few
+    large kernels per step and no host synchronisation: a step costs about its kernel launches).
+    docs/speed.md ("Path choice") has the measurements.
     """
     if method != "auto":
         return method
-    return "incremental" if C.device.type == "cpu" and C.dtype in _NUMPY_DTYPES else "dense"
+    if device.type != "cpu" or dtype not in _NUMPY_DTYPES:
+        return "dense"
+    return "compiled" if dtype == torch.float32 and native.load() is not None else "incremental"
+
+
+def _greedy_crop(C: torch.Tensor, k: int, forbidden: torch.Tensor, variant: str) -> torch.Tensor:
+    """One crop (`C` `[R, n]`, CPU, float32 / float64, contiguous) by the compiled or the incremental
+    greedy; the compiled kernel is float32 only, so float64 takes the incremental one."""
+    lib = native.load() if variant == "compiled" and C.dtype == torch.float32 else None
+    return _incremental_greedy(C, k, forbidden) if lib is None else _compiled_greedy(C, k, forbidden, lib)
 
 
 def _prepare(k: object, exclude: torch.Tensor | None, batch: int, n: int, single: bool, device) -> tuple:
@@ -425,14 +475,14 @@ def _prepare(k: object, exclude: torch.Tensor | None, batch: int, n: int, single
     if exclude is not None and single and exclude.dim() != 1:
         raise ValueError(f"exclude must have shape [{n}] for a single crop, got {tuple(exclude.shape)}")
     forbidden = _exclude_mask(exclude, batch, n, device)
-    return _check_budget(k, forbidden, n), forbidden
+    return _check_budget(k, None if exclude is None else forbidden, n), forbidden
 
 
-def _check_budget(k: object, forbidden: torch.Tensor, n: int) -> int:
+def _check_budget(k: object, forbidden: torch.Tensor | None, n: int) -> int:
     k = _as_budget(k)
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    selectable = n - int(forbidden.sum(dim=-1).max().item())
+    selectable = n if forbidden is None else n - int(forbidden.sum(dim=-1).max().item())
     if k > selectable:
         raise ValueError(f"k={k} exceeds the number of selectable tokens ({selectable} of n={n})")
     return k
@@ -458,7 +508,12 @@ def greedy_max_coverage(
       numpy, and returns exactly `"dense"`'s picks in the same order: where its own float sums
       leave a near-tie that rounding could decide, it asks the dense greedy's arithmetic.
       `text_rows` (MMTok's m; `mmtok_select` passes it) only helps its bounds.
-    - `"auto"` (default): incremental on CPU, dense elsewhere (`_variant`).
+    - `"compiled"` (CPU only, where a C compiler is: `native.py`): the incremental greedy's
+      bookkeeping in C, deciding in C every step whose winner no float32 order of additions could
+      change and asking the dense greedy's own torch reduction for the others (`_compiled_greedy`):
+      the same picks, per crop. Its kernel is float32; a float64 C runs the incremental greedy.
+    - `"auto"` (default): compiled on CPU float32 where it can be built, else incremental; dense
+      elsewhere (`_variant`).
     The CPU-only variants take float32 / float64 as they are and widen other dtypes to float32.
     """
     if C.dim() not in (2, 3):
@@ -469,7 +524,7 @@ def greedy_max_coverage(
     C3 = C.unsqueeze(0) if single else C
     _check_method(method, C3.device)
     k, forbidden = _prepare(k, exclude, C3.shape[0], C3.shape[2], single, C3.device)
-    variant = _variant(method, C3)
+    variant = _variant(method, C3.device, C3.dtype)
     if variant == "dense":
         picks = _dense_greedy(C3, k, forbidden)
     else:
@@ -479,7 +534,7 @@ def greedy_max_coverage(
             picks = _lazy_greedy(C3, k, forbidden, text_rows)
         else:
             C3 = C3.detach().contiguous()
-            picks = torch.stack([_incremental_greedy(C3[b], k, forbidden[b]) for b in range(C3.shape[0])])
+            picks = torch.stack([_greedy_crop(C3[b], k, forbidden[b], variant) for b in range(C3.shape[0])])
     return picks[0] if single else picks
 
 
@@ -515,11 +570,15 @@ def mmtok_select(
         _check_shapes(text_emb, vision_proj, vision_pre)
         batch, n = vision_proj.shape[:2]
         k, forbidden = _prepare(k, exclude, batch, n, False, vision_proj.device)
+        variant = _variant(method, vision_proj.device, torch.float32)  # C is built in float32
         picks = []
         for b in range(batch):
             text = text_emb if text_emb.dim() == 2 else text_emb[b]
             C = build_coverage_matrix(text, vision_proj[b], vision_pre[b], alpha, tau_t, tau_v)
-            picks.append(greedy_max_coverage(C, k, exclude=forbidden[b], method=method, text_rows=m))
+            if variant == "lazy":
+                picks.append(greedy_max_coverage(C, k, exclude=forbidden[b], method=method, text_rows=m))
+            else:
+                picks.append(_greedy_crop(C, k, forbidden[b], variant))
         return torch.stack(picks).sort(dim=-1).values
     C = build_coverage_matrix(text_emb, vision_proj, vision_pre, alpha, tau_t, tau_v)
     return greedy_max_coverage(C, k, exclude=exclude, method=method, text_rows=m).sort(dim=-1).values
