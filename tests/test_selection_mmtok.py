@@ -593,6 +593,17 @@ def test_compiled_greedy_decides_certain_steps_itself_and_asks_torch_otherwise(c
         assert 0 < len(calls) < k // 4
 
 
+@COMPILED.marks[0]
+@pytest.mark.parametrize("power", [-44, -30, -10, 0, 10, 30])
+def test_compiled_greedy_at_any_magnitude(power):
+    """The grid's scale follows the matrix: from subnormal float32 entries to 1e30, the compiled
+    greedy picks what the dense greedy picks."""
+    gen = torch.Generator().manual_seed(13)
+    C = ((torch.rand(70, 50, generator=gen) ** 3).double() * 10.0**power).float()
+    for k in (1, 5, 25, 50):
+        _cpu_greedy_equals_dense(C, k, "compiled")
+
+
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_compiled_greedy_leaves_nan_and_inf_to_the_incremental_greedy(bad):
     """A matrix holding NaN or infinity (never built by mmtok_select) is not certified on a grid:

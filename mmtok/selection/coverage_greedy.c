@@ -28,9 +28,11 @@
 
 static inline double grid(float x, double scale) { return ((double)x * scale + GRID_ROUND) - GRID_ROUND; }
 
-/* terms = relu(C) (best = 0 before the first pick) and the column sums on the grid. Returns the
- * scale (a power of two chosen so that every sum stays below 2^52), or 0 if C holds a NaN or an
- * infinity (the caller then uses the torch greedy). `sums` is scratch for the float sums first. */
+/* terms = relu(C) (best = 0 before the first pick) and, in `sums`, each column's sum of terms in
+ * double precision (within a factor 1 +- R 2^-53 of the exact sum: the first step is decided on
+ * these, see mmtok_run). Returns the grid's scale (a power of two such that every term and every
+ * grid sum stays below 2^51, where GRID_ROUND rounds exactly), or 0 if C holds a NaN or an infinity (the caller then uses the torch
+ * greedy). */
 double mmtok_init(const float *restrict C, float *restrict terms, double *restrict sums, int64_t R, int64_t n) {
     int finite = 1;
     for (int64_t c = 0; c < n; ++c) sums[c] = 0.0;
@@ -48,16 +50,32 @@ double mmtok_init(const float *restrict C, float *restrict terms, double *restri
     if (!finite) return 0.0;
     double top = 0.0;
     for (int64_t c = 0; c < n; ++c) top = sums[c] > top ? sums[c] : top;
-    /* The float sums above are within R * 2^-53 of exact, far inside the factor 2 of slack. */
     int e = 0;
-    frexp(top > 0.0 ? 2.0 * top : 1.0, &e); /* 2 * top < 2^e */
-    double scale = ldexp(1.0, 51 - e);       /* every grid sum < 2^51 + R / 2 */
+    frexp(top > 0.0 ? 2.0 * top : 1.0, &e); /* every term and exact column sum < 2^(e - 1) */
+    return ldexp(1.0, 51 - e);              /* on the grid: terms < 2^50, sums < 2^50 + R / 2 */
+}
+
+/* The first pick, j: the rows it raises get their terms rewritten, and every column's sum is
+ * recomputed on the grid from all the terms (the sums held the double-precision ones until now). */
+static void first_pick(const float *restrict C, float *restrict terms, float *restrict best, double *restrict sums,
+                       int64_t R, int64_t n, double scale, int64_t j) {
     for (int64_t c = 0; c < n; ++c) sums[c] = 0.0;
     for (int64_t r = 0; r < R; ++r) {
-        const float *restrict Tr = terms + r * n;
-        for (int64_t c = 0; c < n; ++c) sums[c] += grid(Tr[c], scale);
+        const float *restrict Cr = C + r * n;
+        float *restrict Tr = terms + r * n;
+        float b = Cr[j];
+        if (b > best[r]) {
+            best[r] = b;
+            for (int64_t c = 0; c < n; ++c) {
+                float x = Cr[c] - b;
+                x = x > 0.0f ? x : 0.0f;
+                Tr[c] = x;
+                sums[c] += grid(x, scale);
+            }
+        } else {
+            for (int64_t c = 0; c < n; ++c) sums[c] += grid(Tr[c], scale);
+        }
     }
-    return scale;
 }
 
 /* Column j is picked: best = max(best, C[:, j]); the rows that rise get their terms rewritten and
@@ -89,6 +107,9 @@ int64_t mmtok_run(const float *restrict C, float *restrict terms, float *restric
                   int64_t step, int64_t k, double scale, double rho, int64_t torch_gains) {
     const double slack = 0.5 * (double)R; /* grid units between a grid sum and the exact sum */
     for (;;) {
+        /* Step 0 compares the double-precision sums of mmtok_init: their relative error (below
+         * R 2^-53) is far inside the 1e-6 of slack in rho, so no slack term is needed there. */
+        const double margin = step == 0 ? 0.0 : slack;
         int64_t j = -1;
         if (torch_gains) {
             torch_gains = 0;
@@ -109,11 +130,14 @@ int64_t mmtok_run(const float *restrict C, float *restrict terms, float *restric
             }
             /* Certain: the smallest float32 gain column j can have exceeds the largest any other
              * live column can have, in any order of additions (a single live column is certain). */
-            if (second >= 0.0 && !((first - slack) * rho > second + slack)) return step;
+            if (second >= 0.0 && !((first - margin) * rho > second + margin)) return step;
         }
         picks[step++] = j;
         dead[j] = 1;
         if (step == k) return step;
-        pick(C, terms, best, sums, R, n, scale, j);
+        if (step == 1)
+            first_pick(C, terms, best, sums, R, n, scale, j);
+        else
+            pick(C, terms, best, sums, R, n, scale, j);
     }
 }
