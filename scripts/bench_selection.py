@@ -404,6 +404,8 @@ def main(argv=None):
                 flush=True,
             )
 
+    if hasattr(benchlib.os, "getloadavg"):  # a busy machine slows torch's threads more than one-thread code
+        info["load average at end (1/5/15 min)"] = " / ".join(f"{x:.2f}" for x in benchlib.os.getloadavg())
     out = benchlib.Path(args.out)
     tag = f"{args.tag}_{device.type}" if args.tag else device.type
     benchlib.write_csv(out / f"selection_{tag}.csv", rows)
