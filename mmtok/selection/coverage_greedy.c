@@ -16,11 +16,12 @@
  * first maximum, and passes that pick back in. Either way the pick is the dense greedy's.
  *
  * Layout: C and terms are row-major [R, n] float32 (terms = relu(C - best) for the current best);
- * sums is [n]; dead [n] marks excluded and chosen columns; picks [k].
+ * sums is [n]; dead [n] marks excluded and chosen columns; picks [k]. `scale` is a power of two
+ * chosen by the caller so that every term and every column's grid sum stays below 2^51, where
+ * GRID_ROUND rounds exactly (C must be finite).
  * Compiled without -ffast-math and with -ffp-contract=off (native.py): every operation here is
  * plain IEEE arithmetic in the order written.
  */
-#include <math.h>
 #include <stdint.h>
 
 /* 2^52: adding and subtracting it rounds a double in [0, 2^51] to the nearest integer. */
@@ -28,35 +29,8 @@
 
 static inline double grid(float x, double scale) { return ((double)x * scale + GRID_ROUND) - GRID_ROUND; }
 
-/* terms = relu(C) (best = 0 before the first pick) and, in `sums`, each column's sum of terms in
- * double precision (within a factor 1 +- R 2^-53 of the exact sum: the first step is decided on
- * these, see mmtok_run). Returns the grid's scale (a power of two such that every term and every
- * grid sum stays below 2^51, where GRID_ROUND rounds exactly), or 0 if C holds a NaN or an infinity (the caller then uses the torch
- * greedy). */
-double mmtok_init(const float *restrict C, float *restrict terms, double *restrict sums, int64_t R, int64_t n) {
-    int finite = 1;
-    for (int64_t c = 0; c < n; ++c) sums[c] = 0.0;
-    for (int64_t r = 0; r < R; ++r) {
-        const float *restrict Cr = C + r * n;
-        float *restrict Tr = terms + r * n;
-        for (int64_t c = 0; c < n; ++c) {
-            float v = Cr[c];
-            finite &= (v - v) == 0.0f; /* false for NaN and +-inf */
-            float x = v > 0.0f ? v : 0.0f;
-            Tr[c] = x;
-            sums[c] += (double)x;
-        }
-    }
-    if (!finite) return 0.0;
-    double top = 0.0;
-    for (int64_t c = 0; c < n; ++c) top = sums[c] > top ? sums[c] : top;
-    int e = 0;
-    frexp(top > 0.0 ? 2.0 * top : 1.0, &e); /* every term and exact column sum < 2^(e - 1) */
-    return ldexp(1.0, 51 - e);              /* on the grid: terms < 2^50, sums < 2^50 + R / 2 */
-}
-
-/* The first pick, j: the rows it raises get their terms rewritten, and every column's sum is
- * recomputed on the grid from all the terms (the sums held the double-precision ones until now). */
+/* The first pick, j (terms = relu(C) until now, from the caller): the rows it raises get their
+ * terms rewritten, and every column's grid sum is computed from all the terms. */
 static void first_pick(const float *restrict C, float *restrict terms, float *restrict best, double *restrict sums,
                        int64_t R, int64_t n, double scale, int64_t j) {
     for (int64_t c = 0; c < n; ++c) sums[c] = 0.0;
@@ -100,16 +74,14 @@ static void pick(const float *restrict C, float *restrict terms, float *restrict
 /* Decides steps from `step` on, up to k, while they are certain. With `torch_gains` set, the
  * first step is decided by `gains` instead ([n] float32: the dense greedy's own sums of the current
  * terms, from the caller): its first maximum over the live columns, as torch.argmax takes it.
- * Returns the number of steps done: k, or the step the caller must sum in torch (the terms are
- * current for it). */
+ * Step 0 is always decided so (the grid sums do not exist before the first pick). Returns the
+ * number of steps done: k, or the step the caller must sum in torch (the terms are current for
+ * it). */
 int64_t mmtok_run(const float *restrict C, float *restrict terms, float *restrict best, double *restrict sums,
                   uint8_t *restrict dead, int64_t *restrict picks, const float *restrict gains, int64_t R, int64_t n,
                   int64_t step, int64_t k, double scale, double rho, int64_t torch_gains) {
     const double slack = 0.5 * (double)R; /* grid units between a grid sum and the exact sum */
     for (;;) {
-        /* Step 0 compares the double-precision sums of mmtok_init: their relative error (below
-         * R 2^-53) is far inside the 1e-6 of slack in rho, so no slack term is needed there. */
-        const double margin = step == 0 ? 0.0 : slack;
         int64_t j = -1;
         if (torch_gains) {
             torch_gains = 0;
@@ -130,7 +102,7 @@ int64_t mmtok_run(const float *restrict C, float *restrict terms, float *restric
             }
             /* Certain: the smallest float32 gain column j can have exceeds the largest any other
              * live column can have, in any order of additions (a single live column is certain). */
-            if (second >= 0.0 && !((first - margin) * rho > second + margin)) return step;
+            if (second >= 0.0 && !((first - slack) * rho > second + slack)) return step;
         }
         picks[step++] = j;
         dead[j] = 1;

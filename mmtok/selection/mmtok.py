@@ -18,6 +18,7 @@ measurements behind the choice.
 
 from __future__ import annotations
 
+import math
 import operator
 
 import numpy as np
@@ -412,23 +413,27 @@ def _compiled_greedy(C: torch.Tensor, k: int, forbidden: torch.Tensor, lib) -> t
     without summing anything; any other step returns here and is decided as the incremental
     greedy decides it: the term matrix summed with the dense greedy's own torch reduction, first
     maximum. So the picks are the dense greedy's (and the authors') bit for bit, near-ties
-    included. A matrix holding NaN or infinity goes to `_incremental_greedy`.
+    included. The first step is the incremental greedy's (torch's clamp and sum, on all threads:
+    the grid sums are built during the first pick). A matrix holding NaN or infinity goes to
+    `_incremental_greedy`.
     """
     rows, n = C.shape
     Cn = C.numpy()
-    terms_t = torch.empty_like(C)
-    gain_t = torch.empty(n, dtype=C.dtype)
-    sums = np.empty(n, dtype=np.float64)
-    scale = lib.mmtok_init(Cn.ctypes.data, terms_t.data_ptr(), sums.ctypes.data, rows, n)
-    if scale == 0:
+    terms_t = torch.clamp_min(C, 0)  # step 1: best = 0, and relu(x - 0) = relu(x); torch, all threads
+    gain_t = torch.sum(terms_t, 0)  # step 1's gains: the dense greedy's own, so step 1 is its pick
+    gain = gain_t.numpy()
+    if not np.isfinite(gain).all():  # NaN or +inf in C, or sums past float32: not for the grid
         return _incremental_greedy(C, k, forbidden)
+    # The grid: every exact column sum is below 2 * max(gain) (float32 sums are within 1e-4 of
+    # exact), so with 2^e > 2 * max(gain) every term and grid sum stays below 2^50 + R / 2.
+    scale = math.ldexp(1.0, 51 - math.frexp(2.0 * float(gain.max()) or 1.0)[1])
     dead = forbidden.numpy().astype(np.uint8)
     picks = np.empty(k, dtype=np.int64)
-    best = np.zeros(rows, dtype=np.float32)
+    best, sums = np.zeros(rows, dtype=np.float32), np.empty(n, dtype=np.float64)  # sums: the grid sums
     fixed = (Cn.ctypes.data, terms_t.data_ptr(), best.ctypes.data, sums.ctypes.data, dead.ctypes.data)
     fixed += (picks.ctypes.data, gain_t.data_ptr(), rows, n)
     rho = _tie_ratio(rows)
-    step = lib.mmtok_run(*fixed, 0, k, scale, rho, 0)
+    step = lib.mmtok_run(*fixed, 0, k, scale, rho, 1)
     while step < k:  # a step that rounding could decide: the dense greedy's own sums decide it
         torch.sum(terms_t, 0, out=gain_t)
         step = lib.mmtok_run(*fixed, step, k, scale, rho, 1)

@@ -72,7 +72,7 @@ def _build() -> ctypes.CDLL:
         fd, tmp = tempfile.mkstemp(prefix=target.stem + ".", suffix=".so.tmp", dir=folder)
         os.close(fd)
         try:
-            command = [cc, *flags, "-o", tmp, str(SOURCE), "-lm"]
+            command = [cc, *flags, "-o", tmp, str(SOURCE)]
             done = subprocess.run(command, capture_output=True, text=True, timeout=120)
             if done.returncode != 0:
                 raise RuntimeError(f"{cc} failed: {(done.stderr or done.stdout).strip().splitlines()[-1:]}")
@@ -82,8 +82,6 @@ def _build() -> ctypes.CDLL:
                 os.unlink(tmp)
     lib = ctypes.CDLL(str(target))
     ptr, i64, f64 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
-    lib.mmtok_init.argtypes = [ptr, ptr, ptr, i64, i64]
-    lib.mmtok_init.restype = f64
     lib.mmtok_run.argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, f64, f64, i64]
     lib.mmtok_run.restype = i64
     return lib
