@@ -18,9 +18,14 @@ STAMP_VLLM := $(VENV_VLLM)/.mmtok-installed
 # vLLM on a shared 2-core CPU machine: 1 GiB of KV cache, no thread pinning.
 VLLM_ENV   := VLLM_CPU_KVCACHE_SPACE=1 VLLM_CPU_OMP_THREADS_BIND=nobind OMP_NUM_THREADS=2
 
-TABLES := table1 table17 table18 table19 table5 table8
-# The experiments that fill each table (table5 has a LLaVA-1.5 and a LLaVA-NeXT half).
+TABLES := table1 table17 table18 table19 table5 table8 table3 table4 table6 table7 table9 table10 table11 table12 table14 table15 table20 table21 table22
+# The experiments that fill each table where it is not the table's own (table5 and table4 have a
+# LLaVA-1.5 and a LLaVA-NeXT half; table20 a dynamic- and a fixed-resolution unpruned row; table3 is
+# the main text's view of table20's runs).
 EXPERIMENTS_table5 := table5 table5_next
+EXPERIMENTS_table4 := table4 table4_next
+EXPERIMENTS_table20 := table20 table20_fixed
+EXPERIMENTS_table3 := table20 table20_fixed
 
 .PHONY: help venv venv-vllm test-vllm bench-vllm lock lock-check lint format test test-slurm run bench gpu-check testbed testbed-table clean distclean tables index plots status $(TABLES) tiny
 
@@ -30,10 +35,12 @@ help:
 	@echo "make lock    recompile requirements/lock.txt and lock-cuda.txt from pyproject.toml (needs the registry)"
 	@echo "make lint    ruff check + ruff format --check + lint-imports (the layer contracts in pyproject.toml)"
 	@echo "make table1  run the Table-1 sweep (resumes; GPU + pre-downloaded weights), then write results/tables/table1.md/.csv"
-	@echo "             likewise table17 table18 table19 table5 table8; ARGS='hydra/launcher=slurm hydra.launcher.partition=...'"
+	@echo "             likewise table17 table18 table19 table5 table8 and the appendix's table3 (= table20's runs) table4"
+	@echo "             table6 table7 table9 table10 table11 table12 table14 table15 table20 table21 table22;"
+	@echo "             ARGS='hydra/launcher=slurm hydra.launcher.partition=...'"
 	@echo "make tiny    the tiny stand-in sweep on CPU (about a minute), then results/tables/tiny.md"
 	@echo "make tables  write every table from the runs that exist (starts nothing); make plots: PNGs beside them"
-	@echo "make index   rebuild results/runs.csv from the run folders; make status: which cells are missing"
+	@echo "make index   rebuild results/runs.csv from the run folders; make status: each table's cells and generations, what is missing"
 	@echo "make test-slurm  install Debian's slurm + munge (root), start a one-node cluster, submit a tiny sweep"
 	@echo "make testbed        train the testbed LLaVA on synthetic scenes from scratch on CPU (-> results/testbed/model)"
 	@echo "make testbed-table  every pruner x budget on scenes_pope / scenes_gqa (-> results/testbed/table.{md,csv,png})"

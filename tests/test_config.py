@@ -143,6 +143,28 @@ def test_multi_image_error_keeps_the_old_run_identity():
     assert key("benchmark=seed", "multi_image=first")[1] == key("benchmark=seed", "benchmark.multi_image=first")[1]
 
 
+def test_a_benchmarks_declared_size_is_not_an_identity():
+    """benchmark.questions only lets `make status` count generations: declaring or changing it
+    leaves every run's config hash as it was."""
+    from omegaconf import OmegaConf
+
+    from mmtok.run.identity import identity
+    from mmtok.run.pruner import build_pruner_from
+
+    def key(*overrides):
+        cfg = compose(list(overrides))
+        ident = identity(OmegaConf.to_container(cfg, resolve=True), build_pruner_from(cfg))
+        return ident, config_hash(ident)
+
+    ident, declared = key("benchmark=pope")
+    assert compose(["benchmark=pope"]).benchmark.questions == 9000 and "questions" not in ident["benchmark"]
+    assert (
+        key("benchmark=pope", "benchmark.questions=null")[1]
+        == declared
+        == key("benchmark=pope", "benchmark.questions=7")[1]
+    )
+
+
 def test_table1_experiment_sweeps_the_papers_grid():
     """experiment=table1 covers exactly the Table-1 cells of results/paper, plus our random rows."""
     from hydra import compose as hydra_compose
@@ -192,8 +214,9 @@ def test_slurm_launcher_config_composes():
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (["budget=0"], "budget must be a positive integer"),
-        (["budget=-4"], "budget must be a positive integer"),
+        (["budget=-1"], "budget must be an integer >= 0 (vision tokens kept; 0 = text only)"),
+        (["budget=-4"], "budget must be an integer >= 0"),
+        (["pruner.image_scale=0"], "pruner.image_scale must be a number in (0, 1]"),
         (["limit=0"], "limit must be an integer >= 1"),
         (["batch_size=0"], "batch_size must be an integer >= 1"),
         (["prompt_format=llava"], "unknown prompt_format 'llava'; valid: hf, vicuna_v1"),
@@ -234,16 +257,16 @@ def test_compose_errors_are_one_line(overrides, message):
 def test_preflight_checks_every_value_of_a_sweep():
     with pytest.raises(ConfigError, match="unknown pruner 'fooo'"):
         preflight(["-m", "pruner=mmtok,fooo", "budget=8"])
-    with pytest.raises(ConfigError, match="budget must be a positive integer"):
-        preflight(["-m", "budget=0,8"])
+    with pytest.raises(ConfigError, match="budget must be an integer >= 0"):
+        preflight(["-m", "budget=-1,8"])
     preflight(["-m", "pruner=mmtok,random", "budget=8,16"])
 
 
 @pytest.mark.parametrize("position", [0, 1, 2, 3])
 def test_a_bad_sweep_value_fails_wherever_it_sits(position):
     budgets = ["8", "16", "32"]
-    budgets.insert(position, "0")
-    with pytest.raises(ConfigError, match=r"budget must be a positive integer .*got 0 \(sweep cell .*budget=0") as info:
+    budgets.insert(position, "-1")
+    with pytest.raises(ConfigError, match=r"budget must be an integer >= 0 .*got -1 \(sweep cell .*budget=-1") as info:
         preflight(["-m", "model=tiny_llava", "pruner=mmtok,random", f"budget={','.join(budgets)}"])
     assert "\n" not in str(info.value)
     benches = ["pope_local", "gqa_local", "mme_local"]
@@ -259,8 +282,8 @@ def test_a_bad_value_in_a_large_grid_is_found_value_by_value():
     budgets = ",".join(str(b) for b in range(1, FULL_GRID_CHECK + 1))
     args = ["model=tiny_llava", "pruner=mmtok,random", f"budget={budgets}"]
     assert len(sweep_cells(args)) == 1 + 1 + (FULL_GRID_CHECK - 1)  # the first cell, then each other value
-    with pytest.raises(ConfigError, match="got 0"):
-        preflight(["-m", *args[:-1], f"budget={budgets},0"])
+    with pytest.raises(ConfigError, match="got -1"):
+        preflight(["-m", *args[:-1], f"budget={budgets},-1"])
 
 
 def test_an_experiments_own_sweep_is_preflighted():
@@ -274,8 +297,8 @@ def test_an_experiments_own_sweep_is_preflighted():
     assert axes == {"benchmark": ["benchmark=pope", "benchmark=gqa"]}
     with pytest.raises(ConfigError, match="unknown benchmark 'gqq'"):
         preflight(["-m", "experiment=tiny", "benchmark=pope_local,gqa_local,gqq"])
-    with pytest.raises(ConfigError, match=r"cell 'mmtok@0' needs a budget >= 1"):
-        preflight(["-m", "experiment=tiny", "cells=[none,mmtok@8,mmtok@0]"])
+    with pytest.raises(ConfigError, match=r"cell 'mmtok' needs a budget: mmtok@<budget>"):
+        preflight(["-m", "experiment=tiny", "cells=[none,mmtok@8,mmtok]"])
     valid = f"valid: {_valid('pruner')}"
     with pytest.raises(ConfigError, match=rf"unknown pruner 'mmtk' in cell 'mmtk@8'; {valid}"):
         preflight(["-m", "experiment=tiny", "cells=[none,mmtk@8]"])
@@ -298,14 +321,13 @@ CLI_CASES = [
     ("unknown-benchmark", ["benchmark=popee"], {}, f"unknown benchmark 'popee'; valid: {_valid('benchmark')}"),
     ("unknown-in-sweep", ["-m", "benchmark=pope_local,gqq"], {}, "unknown benchmark 'gqq'; valid: "),
     # the bad value last: job 0 (budget=8) must not run first
-    ("bad-last-in-sweep", ["-m", "model=tiny_llava", "budget=8,0"], {}, "budget must be a positive integer"),
+    ("bad-last-in-sweep", ["-m", "model=tiny_llava", "budget=8,-1"], {}, "budget must be an integer >= 0"),
     (
-        "budget-zero",
-        ["budget=0"],
+        "budget-negative",
+        ["budget=-1"],
         {},
-        "budget must be a positive integer (vision tokens kept) or null to keep all; got 0",
+        "budget must be an integer >= 0 (vision tokens kept; 0 = text only) or null to keep all; got -1",
     ),
-    ("budget-negative", ["budget=-1"], {}, "budget must be a positive integer"),
     (
         "limit-zero",
         ["limit=0"],

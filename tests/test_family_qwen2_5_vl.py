@@ -22,6 +22,8 @@ FAMILY = "qwen2_5_vl"
 TESTER = QwenTester()
 QWEN = [m for m in METHODS if m.name in pruners_for(FAMILY)]
 PRE_LLM = [m for m in QWEN if not m.in_llm and m.name != "none"]
+# methods that keep original image rows unchanged (merging ones: tests/test_visionzip_qwen.py)
+SELECTING = [m for m in PRE_LLM if not m.merges]
 MAX_NEW = 8
 
 
@@ -47,9 +49,11 @@ def _questions(which):
 def test_the_table_splits_by_traits():
     names = {m.name for m in QWEN}
     assert {"none", "random", "mmtok", "divprune", "fastv"} <= names
-    # Qwen2.5-VL offers no CLS token and 3-row positions: exactly the methods requiring neither run
-    assert family(FAMILY).traits == frozenset()
-    assert names == {name for name, cls in PRUNERS.items() if not cls.requires}
+    # Qwen2.5-VL offers no CLS token and 3-row positions, only its declared substitute for CLS
+    # attention (tests/test_visionzip_qwen.py): exactly the methods requiring nothing else run
+    assert family(FAMILY).traits == frozenset({"tower_attention"})
+    assert names == {name for name, cls in PRUNERS.items() if cls.requires <= {"tower_attention"}}
+    assert "visionzip" in names
 
 
 def test_fastv_retain_ratio_keeps_int_ratio_of_each_image(tiny_qwen):
@@ -61,7 +65,7 @@ def test_fastv_retain_ratio_keeps_int_ratio_of_each_image(tiny_qwen):
     assert [s.vision_tokens for s in pruner.last_stats.samples] == [4, 7, 5]  # int(0.2 * 24 / 35 / 28)
 
 
-@pytest.mark.parametrize("method", ids(PRE_LLM))
+@pytest.mark.parametrize("method", ids(SELECTING))
 def test_pruned_run_equals_no_cache_reference_at_original_positions(tiny_qwen, method):
     """The kept tokens with their original (t, h, w) positions, decoding from the unpruned next position."""
     model, processor = tiny_qwen

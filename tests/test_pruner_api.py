@@ -26,9 +26,9 @@ def test_unknown_pruner_names_the_valid_choices():
     assert all(name in msg for name in PRUNERS)
 
 
-@pytest.mark.parametrize("budget", [0, -3, 2.5])
+@pytest.mark.parametrize("budget", [-1, -3, 2.5, True])
 def test_bad_budget(budget):
-    with pytest.raises(ValueError, match=r"budget must be an integer >= 1"):
+    with pytest.raises(ValueError, match=r"budget must be an integer >= 0 \(0: text only; None keeps all\)"):
         build_pruner("random", budget=budget)
 
 

@@ -334,23 +334,25 @@ def test_qwen_stop_strings_drop_the_double_newline():
 # -- preflight: a pruner the family cannot run -----------------------------------------------------
 def test_a_pruner_needing_a_cls_token_is_refused_on_qwen_before_loading():
     with pytest.raises(ConfigError) as info:
-        validate(compose(["model=tiny_qwen25vl", "pruner=visionzip", "budget=8"]))
+        validate(compose(["model=tiny_qwen25vl", "pruner=vispruner", "budget=8"]))
     msg = str(info.value)
-    assert msg.startswith("pruner 'visionzip' does not apply to Qwen2.5-VL (qwen2_5_vl): it needs a CLS token")
-    assert "valid there: " in msg and "mmtok" in msg and "visionzip" not in msg.split("valid there: ")[1]
+    assert msg.startswith("pruner 'vispruner' does not apply to Qwen2.5-VL (qwen2_5_vl): it needs a CLS token")
+    assert "valid there: " in msg and "mmtok" in msg and "vispruner" not in msg.split("valid there: ")[1]
     assert "\n" not in msg
-    validate(compose(["model=tiny_llava", "pruner=visionzip", "budget=8"]))  # LLaVA has one
-    with pytest.raises(ConfigError, match=r"pruner 'visionzip' does not apply .* \(sweep cell pruner=visionzip\)"):
-        preflight(["-m", "model=tiny_qwen25vl", "pruner=mmtok,visionzip", "budget=8", "benchmark=pope_local"])
+    validate(compose(["model=tiny_llava", "pruner=vispruner", "budget=8"]))  # LLaVA has one
+    with pytest.raises(ConfigError, match=r"pruner 'vispruner' does not apply .* \(sweep cell pruner=vispruner\)"):
+        preflight(["-m", "model=tiny_qwen25vl", "pruner=mmtok,vispruner", "budget=8", "benchmark=pope_local"])
     with pytest.raises(ConfigError, match=r"pruner 'vispruner' does not apply .* \(cell vispruner@8\)"):
         preflight(["model=tiny_qwen25vl", "benchmark=pope_local", "cells=[none,mmtok@8,vispruner@8]"])
-    preflight(["model=tiny_qwen25vl", "pruner=visionzip", "benchmark=pope_local", "cells=[none,mmtok@8]"])
+    preflight(["model=tiny_qwen25vl", "pruner=vispruner", "benchmark=pope_local", "cells=[none,mmtok@8]"])
+    # VisionZip runs there on the family's declared substitute for CLS attention
+    validate(compose(["model=tiny_qwen25vl", "pruner=visionzip", "budget=8"]))
 
 
 def test_the_family_is_read_from_a_local_folder_and_the_hub_cache(tiny_qwen_path, tmp_path, monkeypatch):
     local = ["model=local", f"model.path={tiny_qwen_path}", "model.dtype=float32", "device=cpu"]
-    with pytest.raises(ConfigError, match="pruner 'visionzip' does not apply to Qwen2.5-VL"):
-        validate(compose([*local, "pruner=visionzip"]))
+    with pytest.raises(ConfigError, match="pruner 'vispruner' does not apply to Qwen2.5-VL"):
+        validate(compose([*local, "pruner=vispruner"]))
     with pytest.raises(ConfigError, match="prompt_format=vicuna_v1 .* does not apply to qwen2_5_vl"):
         validate(compose([*local, "pruner=mmtok", "prompt_format=vicuna_v1"]))
     validate(compose([*local, "pruner=mmtok", "model.min_pixels=1024"]))
@@ -370,16 +372,16 @@ def test_the_family_is_read_from_a_local_folder_and_the_hub_cache(tiny_qwen_path
     shutil.copy(tiny_qwen_path / "config.json", repo / "snapshots" / ("0" * 40) / "config.json")
     monkeypatch.setenv("HF_HUB_CACHE", str(hub))
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(hub))
-    with pytest.raises(ConfigError, match="pruner 'visionzip' does not apply to Qwen2.5-VL"):
-        validate(compose(["model=qwen25vl_7b", "pruner=visionzip", "budget=64"]))
+    with pytest.raises(ConfigError, match="pruner 'vispruner' does not apply to Qwen2.5-VL"):
+        validate(compose(["model=qwen25vl_7b", "pruner=vispruner", "budget=64"]))
     validate(compose(["model=qwen25vl_7b", "pruner=mmtok", "budget=64"]))
 
 
-def test_run_py_refuses_visionzip_on_qwen_in_one_line(run_cli, tmp_path):
-    res = run_cli(["model=tiny_qwen25vl", "pruner=visionzip", "budget=8", "benchmark=pope_local"], cwd=tmp_path)
+def test_run_py_refuses_vispruner_on_qwen_in_one_line(run_cli, tmp_path):
+    res = run_cli(["model=tiny_qwen25vl", "pruner=vispruner", "budget=8", "benchmark=pope_local"], cwd=tmp_path)
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert res.returncode == 2 and len(lines) == 1, res.stderr
-    assert lines[0].startswith("error: pruner 'visionzip' does not apply to Qwen2.5-VL (qwen2_5_vl)"), lines[0]
+    assert lines[0].startswith("error: pruner 'vispruner' does not apply to Qwen2.5-VL (qwen2_5_vl)"), lines[0]
     assert not (tmp_path / "results").exists()  # nothing loaded, nothing written
 
 

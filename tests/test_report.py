@@ -16,6 +16,7 @@ import pytest
 
 from mmtok import report, store
 from mmtok.report import specs
+from mmtok.report.averages import NINE
 from mmtok.run import sweep
 from mmtok.run.compose import compose
 
@@ -61,7 +62,7 @@ def test_paper_average_is_reproduced_from_the_papers_own_cells(tmp_path):
     out = report.build("table1", overrides)
     assert len(out.missing) == 9 * 19 - 18
     recs = {(r["method"], r["budget"], r["column"]): r for r in out.records}
-    for col in specs.METRIC:
+    for col in NINE:
         assert recs[("mmtok", 192, col)]["diff"] == pytest.approx(0, abs=1e-9)
         ret = 100 * paper[("mmtok", "192", col)] / paper[("none", "576", col)]
         assert recs[("mmtok", 192, col)]["retained_pct"] == pytest.approx(ret)
@@ -176,40 +177,54 @@ def test_a_failing_cell_does_not_take_its_neighbours_down(tmp_path, mmtok_cache,
     assert statuses == ["completed", "failed"]
 
 
-def test_every_experiment_pins_the_paper_protocol_and_covers_the_papers_cells():
-    paper = report.paper_rows
-    for name, spec in report.TABLES.items():
-        if name == "tiny":
+PROTOCOL_TABLES = [n for n in report.TABLES if n != "tiny"]
+
+
+@pytest.mark.parametrize("name", PROTOCOL_TABLES)
+def test_every_experiment_composes_pins_the_paper_protocol_and_covers_the_papers_cells(name):
+    """Every cell of every experiment composes (its pruner file exists, its budget parses) and runs
+    the paper's protocol: LLaVA-1.5 vicuna_v1 + pad, LLaVA-NeXT vicuna_v1 + crop, each with the task's
+    own generation cap; Qwen2.5-VL its chat template at dynamic resolution (or Table 20's fixed one),
+    128 new tokens at most. The cells cover every row the paper runs (not its derived lines, not the
+    fine-tuned VisionZip it copies), on every benchmark column it prints."""
+    from mmtok.report.builders import TEXT_ONLY, _paper_cells, paper_key
+
+    spec = report.TABLES[name]
+    derived = {"avg_retained_pct", "high_ic_avg_retained_pct", "n_ge90", "n_ge80", "mmstar"}
+    lines = {"threshold_90", "threshold_80", "image_contribution"}
+    for model in dict.fromkeys(spec.paper_models):
+        grid, benches = set(), set()
+        for experiment in [e for e, m in zip(spec.experiments, spec.paper_models) if m == model]:
+            cells = sweep.experiment_cells(experiment)  # composes every cell of every job
+            assert cells and all(len(c.config_hash) == 16 for c in cells)
+            for job in dict.fromkeys(tuple(c.job) for c in cells):
+                c = compose(list(job))
+                assert c.model.name.startswith(model), (experiment, c.model.name)
+                if model.startswith("qwen25vl"):
+                    assert (c.prompt_format, c.image_preprocess, c.max_new_tokens) == ("hf", "crop", 128)
+                    pixels = (2048 * 28 * 28,) * 2 if experiment == "table20_fixed" else (256 * 28 * 28, 2048 * 28 * 28)
+                    assert (c.model.min_pixels, c.model.max_pixels) == pixels
+                else:
+                    assert c.prompt_format == "vicuna_v1"
+                    assert c.image_preprocess == ("pad" if model.startswith("llava15") else "crop")
+                    assert c.max_new_tokens == c.benchmark.task_max_new_tokens
+            unpruned = spec.unpruned_label(experiment, model)
+            grid |= {paper_key(c.cell, unpruned) for c in cells}
+            benches |= {c.benchmark for c in cells}
+        if spec.kind == "efficiency":  # Table 8's rows are in paper_efficiency.csv
             continue
-        for experiment, model in zip(spec.experiments, spec.paper_models):
-            jobs = sweep.job_overrides(experiment)
-            cfgs = [compose(j) for j in jobs]
-            assert {c.model.name for c in cfgs} == {model}
-            for c in cfgs:
-                assert c.prompt_format == "vicuna_v1"
-                assert c.image_preprocess == ("pad" if model.startswith("llava15") else "crop")
-                assert c.max_new_tokens == c.benchmark.task_max_new_tokens
-                assert "none" in c.cells
-            grid = {(p, b) for c in cfgs for p, b in map(_parse, c.cells)}
-            if spec.kind == "efficiency":
-                continue
-            wanted = {
-                (r["method"], None if r["method"] == "none" else int(r["budget"]))
-                for r in paper(spec.paper)
-                if r["model"] == model
-            }
-            assert wanted - grid == set(), (name, wanted - grid)
-            assert {p for p, _ in grid - wanted} <= {"random", "none"}, (name, grid - wanted)
+        paper = [c for c in _paper_cells() if (c.table, c.model) == (spec.paper, model)]
+        wanted = {(c.method, c.budget) for c in paper if c.method not in lines and c.method not in spec.paper_only}
+        assert wanted - grid == set(), (name, model, wanted - grid)
+        assert {m for m, _ in grid - wanted} <= {"random", "none", TEXT_ONLY}, (name, grid - wanted)
+        columns = {c.benchmark for c in paper} - derived
+        if spec.kind == "grid":
+            assert {spec.our_bench(col) for col in columns} <= benches, (name, model)
     caps = {
-        c: compose([f"benchmark={c}"]).benchmark.task_max_new_tokens for c in ("pope", "gqa", "mme", "mmbench", "seed")
+        c: compose([f"benchmark={c}"]).benchmark.task_max_new_tokens
+        for c in ("pope", "gqa", "mme", "mmbench", "seed", "mmstar", "ocrbench")
     }
-    assert caps == {"pope": 128, "gqa": 16, "mme": 16, "mmbench": 1024, "seed": 1024}
-
-
-def _parse(cell):
-    from mmtok.run.cells import parse_cell
-
-    return parse_cell(cell)
+    assert caps == {"pope": 128, "gqa": 16, "mme": 16, "mmbench": 1024, "seed": 1024, "mmstar": 1024, "ocrbench": 128}
 
 
 def test_a_failed_cell_leaves_the_other_jobs_running_and_the_sweep_reports_it(run_cli, tmp_path, tiny_llavanext_path):

@@ -194,6 +194,25 @@ def test_resume_skips_and_force_reruns(base, tmp_path, capsys):
     assert len(store.read_rows(tmp_path / "runs.csv")) == 3
 
 
+def test_a_run_killed_before_its_index_line_is_completed_into_runs_csv_on_resume(base, tmp_path, capsys):
+    # A kill between writing row.json and appending runs.csv: the folder holds the completed run,
+    # the index does not. The rerun skips it (nothing is recomputed) and adds the missing line.
+    args = ["pruner=random", "budget=6", "limit=2"]
+    first = go(base, tmp_path, *args)
+    with open(tmp_path / "runs.csv", encoding="utf-8") as f:
+        header = f.readline()
+    (tmp_path / "runs.csv").write_text(header, encoding="utf-8")
+    capsys.readouterr()
+    again = go(base, tmp_path, *args)
+    out = capsys.readouterr().out
+    assert again.status == "skipped" and again.run_id == first.run_id and again.row_number == 1
+    assert "runs.csv lacked it: added as row 1" in out
+    rows = store.read_rows(tmp_path / "runs.csv")
+    assert [r["run_id"] for r in rows] == [first.run_id] and rows[0]["status"] == "completed"
+    assert go(base, tmp_path, *args).row_number == 1  # and only once
+    assert len(store.read_rows(tmp_path / "runs.csv")) == 1
+
+
 def test_failed_evaluation_leaves_a_failed_row_and_is_not_resumed(base, tmp_path, monkeypatch):
     import mmtok.eval.evaluate as evaluation
 

@@ -1,8 +1,8 @@
 """The datasets we build: small local benchmarks in the real formats of the hub datasets lmms-eval
-reads (POPE, GQA, MME: `local`), and the synthetic scene benchmarks the trained testbed model is
-scored on (scenes_pope, scenes_gqa: `scenes`, `scene_questions`, `scene_tasks`), each with the
-lmms-eval task YAML written next to its parquet files (`tasks`). A leaf: it imports nothing of
-mmtok outside this package.
+reads (POPE, GQA, MME: `local`; MMStar: `mmstar`; OCRBench: `ocrbench`), and the synthetic scene
+benchmarks the trained testbed model is scored on (scenes_pope, scenes_gqa: `scenes`,
+`scene_questions`, `scene_tasks`), each with the lmms-eval task YAML written next to its parquet
+files (`tasks`). A leaf: it imports nothing of mmtok outside this package.
 
     ds = build_dataset(".cache/testbed/pope-n24", "pope", n=24, seed=0)
     evaluate(..., tasks=[ds.task], include_path=str(ds.include_path))
@@ -14,14 +14,14 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from mmtok.data import local, scene_tasks
+from mmtok.data import local, mmstar, ocrbench, scene_tasks
 from mmtok.data.tasks import benchmark as dataset_format
 from mmtok.data.tasks import write_task_yaml
 
 
 @dataclass(frozen=True)
 class LocalDataset:
-    benchmark: str  # the format's name: pope | gqa | mme | scenes_pope | scenes_gqa
+    benchmark: str  # the format's name: pope | gqa | mme | mmstar | ocrbench | scenes_pope | scenes_gqa
     task: str  # lmms-eval task name
     include_path: Path  # pass to evaluate(include_path=...)
     yaml_path: Path
@@ -33,6 +33,8 @@ BUILDERS = {
     "pope": local.build_pope,
     "gqa": local.build_gqa,
     "mme": local.build_mme,
+    "mmstar": mmstar.build_mmstar,
+    "ocrbench": ocrbench.build_ocrbench,
     "scenes_pope": scene_tasks.build_scenes_pope,
     "scenes_gqa": scene_tasks.build_scenes_gqa,
 }

@@ -64,7 +64,7 @@ class Item:
     cy: int
 
 
-def _scene(rng: random.Random, min_items: int = 1) -> tuple[tuple[int, int], list[Item]]:
+def random_scene(rng: random.Random, min_items: int = 1) -> tuple[tuple[int, int], list[Item]]:
     """1-3 distinct shapes with distinct colours, left to right in separate horizontal slots."""
     size = rng.choice(SIZES)
     k = rng.randint(max(1, min_items), 3)
@@ -79,7 +79,7 @@ def _scene(rng: random.Random, min_items: int = 1) -> tuple[tuple[int, int], lis
     return size, items
 
 
-def _draw(size: tuple[int, int], items: list[Item], rng: random.Random) -> Image.Image:
+def draw_scene(size: tuple[int, int], items: list[Item], rng: random.Random) -> Image.Image:
     background = tuple(rng.randint(200, 245) for _ in range(3))
     image = Image.new("RGB", size, background)
     draw = ImageDraw.Draw(image)
@@ -110,7 +110,7 @@ def write_parquet(rows: dict, features, path: Path) -> None:
 def build_pope(out_dir: Path, n: int, rng: random.Random) -> list[Path]:
     import datasets
 
-    scenes = [_scene(rng) for _ in range(math.ceil(n / 2))]
+    scenes = [random_scene(rng) for _ in range(math.ceil(n / 2))]
     frequency = {s: sum(s in {it.shape for it in items} for _, items in scenes) for s in SHAPES}
     cooccur = {
         (a, b): sum(a in names and b in names for names in ({it.shape for it in items} for _, items in scenes))
@@ -128,7 +128,7 @@ def build_pope(out_dir: Path, n: int, rng: random.Random) -> list[Path]:
             negative = max(absent, key=lambda s: (frequency[s], -SHAPES.index(s)))
         else:
             negative = max(absent, key=lambda s: (sum(cooccur[s, p] for p in present), -SHAPES.index(s)))
-        image = _draw(size, items, rng)
+        image = draw_scene(size, items, rng)
         for shape, answer in ((rng.choice(present), "yes"), (negative, "no")):
             row = len(rows["id"])
             rows["id"].append(str(row))
@@ -148,7 +148,7 @@ def build_pope(out_dir: Path, n: int, rng: random.Random) -> list[Path]:
 
 # -- GQA ---------------------------------------------------------------------------------------
 def build_gqa(out_dir: Path, n: int, rng: random.Random) -> list[Path]:
-    scenes = [_scene(rng) for _ in range(math.ceil(n / 3))]
+    scenes = [random_scene(rng) for _ in range(math.ceil(n / 3))]
     images = {"id": [], "image": []}
     rows = {k: [] for k in GQA_COLUMNS}
 
@@ -169,7 +169,7 @@ def build_gqa(out_dir: Path, n: int, rng: random.Random) -> list[Path]:
     for i, (size, items) in enumerate(scenes):
         image_id = f"n{100_000 + i}"
         images["id"].append(image_id)
-        images["image"].append(_draw(size, items, rng))
+        images["image"].append(draw_scene(size, items, rng))
         target = rng.choice(items)
         if i % 2 == 0:  # verify, yes
             shape, color, answer = target.shape, target.color, "yes"
@@ -279,8 +279,8 @@ def build_mme(out_dir: Path, n: int, rng: random.Random) -> list[Path]:
     for p in range(n // 2):
         category = MME_CATEGORIES[p % len(MME_CATEGORIES)]
         # position and "identical shapes" questions need two shapes to be meaningful
-        size, items = _scene(rng, min_items=2 if category in ("position", "commonsense_reasoning") else 1)
-        image = _draw(size, items, rng)
+        size, items = random_scene(rng, min_items=2 if category in ("position", "commonsense_reasoning") else 1)
+        image = draw_scene(size, items, rng)
         for question, answer in zip(_mme_pair(category, items, rng), ("Yes", "No")):
             rows["question_id"].append(f"{category}/{p:04d}.png")
             rows["image"].append(image)

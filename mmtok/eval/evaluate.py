@@ -76,8 +76,9 @@ def evaluate(
 ) -> EvalOutput:
     """Evaluate `model` + `pruner` on lmms-eval `tasks` under `protocol`; see the module docstring.
 
-    `protocol.summary`: "pope" | "gqa" | "mme" for every task, or None to infer each task's benchmark
-    from its name (a task whose name names none gets lmms-eval's metrics as "<task>_<metric>").
+    `protocol.summary`: one of SUMMARIES (pope, gqa, mme, mmstar, ocrbench) for every task, or None to
+    infer each task's benchmark from its name (a task whose name names none gets lmms-eval's metrics
+    as "<task>_<metric>").
     `protocol.multi_image`: "error" | "first" | "middle", for documents with several images
     (`mmtok.eval.prompts.pick_image`). Generation errors propagate (never an empty answer).
     """

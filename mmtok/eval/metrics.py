@@ -10,6 +10,9 @@
 - GQA: lmms-eval's exact match (case and punctuation ignored).
 - MME: perception and cognition scores from lmms-eval (sum over categories of acc + acc+), and the
   paper's MME = perception + cognition (`mme_total`).
+- MMStar: lmms-eval's six category scores (each the mean of its three sub-category accuracies) and
+  its `average` (the mean over every sub-category), under the paper's column names (`MMSTAR_METRICS`).
+- OCRBench: lmms-eval's `ocrbench_accuracy` = correct answers / 1000 (the hub set's size).
 """
 
 from __future__ import annotations
@@ -18,6 +21,17 @@ from lmms_eval.tasks.pope import utils as pope_utils
 
 from mmtok.data.local import POPE_SPLITS  # the format's splits, where the datasets are built
 from mmtok.eval.protocol import SUMMARIES
+
+# lmms-eval 0.7.3 `mmstar` metric → our flat name (the paper's Table 11 columns; `average` is its Average)
+MMSTAR_METRICS = {
+    "coarse perception": "mmstar_coarse",
+    "fine-grained perception": "mmstar_fine_grained",
+    "instance reasoning": "mmstar_instance",
+    "logical reasoning": "mmstar_logical",
+    "math": "mmstar_math",
+    "science & technology": "mmstar_sci_tech",
+    "average": "mmstar_average",
+}
 
 
 def infer_summary(task: str) -> str | None:
@@ -103,6 +117,15 @@ def summarize(summary: str | None, raw_results: dict, samples: list[dict]) -> di
         if value is None:
             raise ValueError(f"task {task}: no exact_match in lmms-eval's results {sorted(res)}")
         return {"gqa_exact_match": float(value)}
+    if summary == "ocrbench":
+        value = _value(res, "ocrbench_accuracy")
+        if value is None:
+            raise ValueError(f"task {task}: no ocrbench_accuracy in lmms-eval's results {sorted(res)}")
+        return {"ocrbench_accuracy": float(value)}
+    if summary == "mmstar":
+        # a category none of the evaluated questions belongs to (a small `limit`) has no score: left out
+        values = {ours: _value(res, metric) for metric, ours in MMSTAR_METRICS.items()}
+        return {ours: float(v) for ours, v in values.items() if isinstance(v, (int, float))}
     out = {}
     perception, cognition = _value(res, "mme_perception_score"), _value(res, "mme_cognition_score")
     # A category group with no question in the evaluated docs (a small `limit`) has no score: it

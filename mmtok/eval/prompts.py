@@ -21,6 +21,9 @@ multi_image (documents with several images; the LLM here receives exactly one im
                 video; the middle stored frame is the closest lmms-eval offers (an approximation: the
                 stored frames are a sample of the clip, not all of its frames).
     Single-image documents are unaffected by the choice; each sample records `n_images`.
+
+image_scale (the resize baseline): the picked image's sides are scaled by it (`scale_image`) before
+the family's rule and the processor, on every family alike.
 """
 
 from __future__ import annotations
@@ -67,6 +70,19 @@ def pick_image(visuals, multi_image: str = "error", where: str = "document") -> 
     return visuals[0] if multi_image == "first" else visuals[len(visuals) // 2]
 
 
+def scale_image(image: Image.Image, scale: float) -> Image.Image:
+    """The resize baseline (the paper's Table 7): both sides divided by d = 1 / `scale`, as the MMTok
+    release's commented-out experiment does (`(int(W // d), int(H // d))`, LANCZOS), before any
+    family rule or processor; a side never drops below one pixel. `scale` 1 returns `image` itself."""
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0.0 < scale <= 1.0:
+        raise ValueError(f"image_scale must be a number in (0, 1], got {scale!r}")
+    if scale == 1.0:
+        return image
+    d = 1.0 / scale
+    width, height = image.size
+    return image.resize((max(1, int(width // d)), max(1, int(height // d))), Image.LANCZOS)
+
+
 def build_prompt(processor, question: str, prompt_format: str, model_type: str) -> str:
     """The full prompt text for one image + `question` (the image goes first) for family `model_type`."""
     check_options(prompt_format, "crop", model_type)
@@ -94,5 +110,6 @@ __all__ = [
     "image_token",
     "pick_image",
     "preprocess_image",
+    "scale_image",
     "stop_strings",
 ]

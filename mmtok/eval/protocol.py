@@ -29,7 +29,8 @@ def check_family_options(model_type: str, prompt_format: str, image_preprocess: 
             )
 
 
-SUMMARIES = ("pope", "gqa", "mme")  # the benchmarks whose paper metrics `mmtok.eval.metrics` computes
+# the benchmarks whose paper metrics `mmtok.eval.metrics` computes
+SUMMARIES = ("pope", "gqa", "mme", "mmstar", "ocrbench")
 
 
 @dataclass(frozen=True)
@@ -43,8 +44,9 @@ class RunProtocol:
     image_preprocess: str = "crop"  # crop (HF centre crop) | pad (pad-to-square)
     multi_image: str = "error"  # documents with several images: error | first | middle
     limit: int | None = None  # samples per task; None = the whole benchmark
-    summary: str | None = None  # pope | gqa | mme for every task, or None to infer each task's
+    summary: str | None = None  # one of SUMMARIES for every task, or None to infer each task's
     progress: bool = True
+    image_scale: float = 1.0  # the resize baseline: each image's sides scaled by this before the processor
 
 
 def mme_limit_problem(limit: int | None) -> str | None:

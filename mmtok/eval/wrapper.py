@@ -10,7 +10,8 @@ Differences from lmms-eval's built-in HF wrappers, all deliberate:
   the task's `until` strings truncate the decoded answer.
 - Every request is timed and recorded (`records`), one dict per request, for the results table.
 - One image per prompt: a document with several images goes through the `multi_image` policy
-  (`mmtok.eval.prompts.pick_image`: error | first | middle).
+  (`mmtok.eval.prompts.pick_image`: error | first | middle); the resize baseline scales it
+  (`protocol.image_scale`, `mmtok.eval.prompts.scale_image`) before anything else sees it.
 - The family (`model.config.model_type`) picks the prompt, the image preprocessing and the stop
   strings (`mmtok.eval.prompts` asks the family's `InputRules`); everything else is the same for
   every family.
@@ -31,10 +32,12 @@ from mmtok.eval.prompts import (
     check_options,
     pick_image,
     preprocess_image,
+    scale_image,
     stop_strings,
 )
 from mmtok.eval.protocol import DEFAULT_PROTOCOL, RunProtocol
 from mmtok.eval.records import SampleRecord
+from mmtok.models.adapters import ImageSource
 from mmtok.timing import FirstTokenTimer, now
 
 
@@ -52,6 +55,8 @@ class PrunedLM(lmms):
             raise ValueError(f"batch_size must be >= 1, got {protocol.batch_size}")
         if protocol.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {protocol.max_new_tokens}")
+        if not 0.0 < protocol.image_scale <= 1.0:
+            raise ValueError(f"image_scale must be a number in (0, 1], got {protocol.image_scale!r}")
         self.model = model
         self.processor = processor
         self.tokenizer = processor.tokenizer
@@ -137,11 +142,13 @@ class PrunedLM(lmms):
         contexts = [b[0] for b in batch]
         gen_kwargs = dict(batch[0][1] or {})
         docs = [self.task_dict[task][split][doc_id] for (_, _, _, doc_id, task, split, _) in batch]
-        images, n_images = [], []
+        images, n_images, sources = [], [], []
         for (_, _, doc_to_visual, doc_id, task, _, _), doc in zip(batch, docs):
             visuals = list(doc_to_visual(doc) or [])
             image = pick_image(visuals, self.multi_image, where=f"{task} doc {doc_id}")
+            image = scale_image(image, self.protocol.image_scale)
             n_images.append(len(visuals))
+            sources.append(ImageSource(*image.size, self.image_preprocess))  # what the family's rule receives
             images.append(preprocess_image(image, self.processor, self.image_preprocess, self.model_type))
         prompts = [build_prompt(self.processor, c, self.prompt_format, self.model_type) for c in contexts]
         inputs = self.processor(images=images, text=prompts, return_tensors="pt", padding=True, padding_side="left")
@@ -155,7 +162,8 @@ class PrunedLM(lmms):
         max_new = min(int(gen_kwargs.get("max_new_tokens", self.max_new_tokens)), self.max_new_tokens)
         until = stop_strings(gen_kwargs.get("until"), self.model_type)
         timer = FirstTokenTimer(device)
-        with self.pruner(self.model, tokenizer=self.tokenizer, questions=contexts), torch.inference_mode():
+        applied = self.pruner(self.model, tokenizer=self.tokenizer, questions=contexts, sources=sources)
+        with applied, torch.inference_mode():
             t_gen = now(device)
             out = self.model.generate(
                 **inputs,

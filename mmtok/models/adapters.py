@@ -35,7 +35,9 @@ class ImageCrops:
     has_cls: bool = True  # CLIP towers put a CLS token at index 0 of `pre`; towers without one set False
     # signals a method captures inside the tower (VisionZip, VisPruner), None until one does:
     cls_attention: torch.Tensor | None = None  # [c, H, n+1] the CLS row's attention per head
-    keys: torch.Tensor | None = None  # [c, n+1, head_dim] the keys averaged over heads
+    keys: torch.Tensor | None = None  # [c, n(+1), head_dim] the keys averaged over heads
+    # towers without a CLS row: the family's substitute score per token (`encode_with_attention`)
+    attention: torch.Tensor | None = None  # [c, n], aligned with `proj`
 
     @property
     def num_crops(self) -> int:
@@ -51,12 +53,25 @@ class ImageCrops:
         return self.pre[:, 1:] if self.has_cls else self.pre
 
 
+@dataclass(frozen=True)
+class ImageSource:
+    """One sample's image as the evaluation handed it to the family's preprocessing: its size then,
+    and the `image_preprocess` mode it went through (what a geometry rule such as `padding_patches`
+    needs: the processor only ever sees the preprocessed image)."""
+
+    width: int
+    height: int
+    preprocess: str  # the `image_preprocess` mode ("crop", "pad", ...)
+
+
 @dataclass
 class CropSelection:
     """A pruner's answer for one image: kept indices per crop, or new features per crop."""
 
     indices: list[torch.Tensor] | None = None  # per crop, sorted LongTensor into that crop's tokens
-    features: list[torch.Tensor] | None = None  # per crop, [k_c, D_llm] (merging methods)
+    # per crop, [k_c, D_llm] (merging methods); with `indices` too, the tokens standing in those rows
+    # (in the indices' order), for families whose kept tokens keep their original positions
+    features: list[torch.Tensor] | None = None
     packed_indices: torch.Tensor | None = None  # indices into the family's full (HF) packed sequence
 
 
@@ -90,6 +105,16 @@ class LLMInputs:
     position_ids: torch.Tensor | None = None  # None: the model's own (1-D, from the mask); M-RoPE: [3, B, L]
 
 
+@dataclass
+class TextPrompt:
+    """A batch's prompt without its image tokens (the text-only run, budget 0), left-padded again."""
+
+    input_ids: torch.Tensor  # [B, L']
+    attention_mask: torch.Tensor  # [B, L']
+    spans: list[ImageSpan]  # per sample, an empty span where its image tokens were
+    removed: list[int]  # image tokens removed per sample: what the unmodified model would have fed
+
+
 class FamilyAdapter:
     """Base of the family adapters (see the module docstring for the protocol)."""
 
@@ -114,9 +139,26 @@ class FamilyAdapter:
         """Run the vision tower once; `image_inputs` are the family's `image_keys` from the call."""
         raise NotImplementedError
 
+    @property
+    def traits(self) -> frozenset[str]:
+        """What the family offers a method (`mmtok.models.registry.TRAITS`)."""
+        return FAMILIES[self.family].traits
+
+    def encode_with_attention(self, pixel_values: torch.Tensor, **image_inputs) -> list[ImageCrops]:
+        """`encode`, with every image's `attention` (one score per token) and `keys` set from the same
+        tower pass: the substitute for CLS attention of a family with the "tower_attention" trait and
+        no CLS token (a family with a CLS row offers that row instead)."""
+        raise NotImplementedError(f"{self.family} declares no substitute for CLS attention")
+
     def question_embeddings(self, embed_tokens: nn.Module, tokenizer, question: str) -> torch.Tensor | None:
         """The question's text rows as this family's release of a text-guided method (MMTok) prepares
         them, or None where the family uses the method's own (cleaned-question) rule."""
+        return None
+
+    def padding_patches(self, image: ImageCrops, source: ImageSource) -> torch.Tensor | None:
+        """`[c, n]` boolean mask of the tokens lying entirely in padding that the family's preprocessing
+        (`source.preprocess`) added to the image (all False where it adds none), or None where the family
+        has no such rule (`FamilySpec.padding_rule` False). MMTok++ excludes these tokens."""
         return None
 
     # -- assembly -----------------------------------------------------------------------------
@@ -148,6 +190,33 @@ class FamilyAdapter:
     ) -> LLMInputs:
         """The LLM inputs for a padded batch whose sample b keeps image tokens `kept[b]`."""
         raise NotImplementedError
+
+    def text_prompt(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TextPrompt:
+        """The text-only prompt of a padded batch: every sample's prompt without the image
+        placeholder's tokens (`config.image_token_id`, as the processor expanded it), everything
+        else unchanged (start / end markers around the image stay), left-padded again. The model's
+        own `generate` runs on it as on any text prompt."""
+        image_id = self.config.image_token_id
+        rows, firsts, removed = [], [], []
+        for ids, mask in zip(input_ids, attention_mask):
+            ids = ids[mask.bool()]
+            is_image = ids == image_id
+            where = is_image.nonzero().view(-1)
+            firsts.append(int(where[0]) if where.numel() else int(ids.numel()))
+            removed.append(int(where.numel()))
+            rows.append(ids[~is_image])
+        width = max(r.numel() for r in rows)
+        pad = self.model.generation_config.pad_token_id
+        pad = 0 if pad is None else int(pad)
+        out = input_ids.new_full((len(rows), width), pad)
+        mask = attention_mask.new_zeros(len(rows), width)
+        spans = []
+        for b, row in enumerate(rows):
+            start = width - row.numel()  # left padding, as the processor pads
+            out[b, start:] = row
+            mask[b, start:] = 1
+            spans.append(ImageSpan(start=start + firsts[b], length=0))
+        return TextPrompt(input_ids=out, attention_mask=mask, spans=spans, removed=removed)
 
     def generate_inputs(self, inputs: LLMInputs) -> dict:
         """The keyword arguments of the model's own `generate` for `inputs`."""

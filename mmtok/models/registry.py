@@ -7,8 +7,11 @@ folder `mmtok/models/<family>/` whose `__init__.py` (torch-free) defines `SPECS`
 family edits nothing here.
 
 Traits (what a method may `require`):
-  "cls"      the vision tower has a CLS token whose attention ranks patches
-  "rope_1d"  the LLM has 1-D position ids, so a method may renumber positions after pruning
+  "cls"              the vision tower has a CLS token whose attention ranks patches
+  "tower_attention"  an attention score per vision token from the tower: the CLS row where there is
+                     one, else a substitute rule the family declares and implements in its adapter
+                     (`FamilyAdapter.encode_with_attention`)
+  "rope_1d"          the LLM has 1-D position ids, so a method may renumber positions after pruning
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from mmtok.models.spec import FamilySpec
 
 TRAITS = {
     "cls": "a CLS token in the vision tower",
+    "tower_attention": "an attention score per vision token from the vision tower (CLS row or a declared substitute)",
     "rope_1d": "1-D position ids (it renumbers positions inside the LLM)",
 }
 

@@ -40,6 +40,8 @@ class FamilySpec:
     pixel_bounds: bool = False  # its processor takes `model.min_pixels` / `model.max_pixels`
     anyres_tiles: bool = False  # crops = a base image + tiles from `config.image_grid_pinpoints`
     tokens_follow_image: bool = False  # an image's token count follows its size (no fixed per-crop count)
+    # its adapter's `padding_patches` knows which tokens its preprocessing's padding fills (MMTok++)
+    padding_rule: bool = False
     method_defaults: dict[str, dict[str, Any]] = field(default_factory=dict)  # pruner name -> parameter defaults
 
     def adapter_class(self) -> type:

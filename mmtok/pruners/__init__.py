@@ -16,18 +16,20 @@ from mmtok.models.adapters import (
     CropSelection,
     FamilyAdapter,
     ImageCrops,
+    ImageSource,
     ImageSpan,
     image_capacity,
     max_crops,
     tokens_per_crop,
 )
-from mmtok.models.registry import missing_traits, refusal
+from mmtok.models.registry import family_of, missing_traits, refusal
 from mmtok.models.source import cached_hub_snapshot, is_hub_id
 from mmtok.pruners.core.contract import Pruner
 from mmtok.pruners.core.records import LayerTrace, PruneStats, Request, SampleContext, SampleStats
 from mmtok.pruners.core.registry import PRUNERS, method_modules, register
 from mmtok.pruners.core.tower import cls_attention_and_keys, encode_with_cls_signals
 from mmtok.pruners.inllm.api import InLLMPruner
+from mmtok.pruners.inllm.compose import Composed
 from mmtok.pruners.inllm.scoring import attention_rows, rotary_keys
 from mmtok.pruners.inllm.views import Cut, LayerView, Stage, keep_vision
 
@@ -66,9 +68,11 @@ __all__ = [
     # writing a method
     "Pruner",
     "InLLMPruner",
+    "Composed",
     "register",
     "CropSelection",
     "ImageCrops",
+    "ImageSource",
     "SampleContext",
     "FamilyAdapter",
     "ImageSpan",
@@ -80,6 +84,7 @@ __all__ = [
     "encode_with_cls_signals",
     "attention_rows",
     "rotary_keys",
+    "family_of",
     "image_capacity",
     "max_crops",
     "tokens_per_crop",

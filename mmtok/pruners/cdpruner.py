@@ -141,8 +141,8 @@ class CDPrunerPruner(Pruner):
         """Also fails early, from the configs alone, when the CLIP model is missing or does not fit
         the VLM's vision tower (runners call this before the VLM's weights load)."""
         super().check_config(config)
-        if self.budget is None and self.retain_ratio is None:
-            return  # keeps everything: no CLIP needed
+        if self.budget in (None, 0) and self.retain_ratio is None:
+            return  # keeps everything, or text only (budget 0): no CLIP needed
         problem = clip_source_problem(self.clip_path)
         if problem:
             raise ValueError(problem)

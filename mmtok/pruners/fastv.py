@@ -27,7 +27,7 @@ from typing import ClassVar
 
 import torch
 
-from mmtok.pruners import Cut, InLLMPruner, LayerTrace, LayerView, image_capacity, keep_vision, register
+from mmtok.pruners import Cut, InLLMPruner, LayerTrace, LayerView, keep_vision, register
 from mmtok.selection import top_in_order
 
 BUDGET_MODES = ("equivalent", "kept")
@@ -90,18 +90,18 @@ class FastVPruner(InLLMPruner):
         return min(r, n)
 
     def llm_hooks(self, model, adapter):
-        self._capacity = image_capacity(adapter.config)
+        self._capacity = self.capacity(adapter.config)
         return super().llm_hooks(model, adapter)
 
     def check_config(self, config) -> None:
         super().check_config(config)
-        capacity = image_capacity(config)
+        capacity = self.capacity(config)
         if capacity is not None:  # else the count follows the image: checked per request
             self.kept_tokens(capacity, config.text_config.num_hidden_layers, capacity)
 
     def layer_schedule(self, n: int, config) -> list[int]:
         layers = config.text_config.num_hidden_layers
-        r = self.kept_tokens(n, layers, image_capacity(config))
+        r = self.kept_tokens(n, layers, self.capacity(config))
         return [n] * self.layer + [min(r, n)] * (layers - self.layer)
 
     def cut(self, step: int, view: LayerView) -> list[Cut]:

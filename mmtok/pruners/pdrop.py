@@ -23,7 +23,7 @@ from typing import ClassVar
 
 import torch
 
-from mmtok.pruners import Cut, InLLMPruner, LayerTrace, LayerView, keep_vision, max_crops, register, tokens_per_crop
+from mmtok.pruners import Cut, InLLMPruner, LayerTrace, LayerView, keep_vision, register
 from mmtok.selection import top_in_order
 from mmtok.selection.pdrop import RELEASE_RATIO, default_rank_layers, solve_ratio, stage_counts
 
@@ -88,16 +88,16 @@ class PDropPruner(InLLMPruner):
     def layer_schedule(self, n: int, config) -> list[int]:
         layers = config.text_config.num_hidden_layers
         rank = self.rank_layers(layers)
-        counts = self.counts(n, layers, tokens_per_crop(config) * max_crops(config))
+        counts = self.counts(n, layers, self.capacity(config))
         return [n if i < rank[0] else counts[sum(r <= i for r in rank) - 1] for i in range(layers)]
 
     def llm_hooks(self, model, adapter):
-        self._capacity = tokens_per_crop(adapter.config) * max_crops(adapter.config)
+        self._capacity = self.capacity(adapter.config)
         return super().llm_hooks(model, adapter)
 
     def check_config(self, config) -> None:
         super().check_config(config)
-        self.lam(config.text_config.num_hidden_layers, tokens_per_crop(config) * max_crops(config))
+        self.lam(config.text_config.num_hidden_layers, self.capacity(config))
 
     def cut(self, step: int, view: LayerView) -> list[Cut]:
         stage = view.stage

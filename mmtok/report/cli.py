@@ -14,7 +14,7 @@ from pathlib import Path
 from mmtok import store
 from mmtok.report.builders import build, write
 from mmtok.report.specs import TABLES
-from mmtok.report.status import summary
+from mmtok.report.status import CellCost, cell_cost, generations, not_counted, summary
 from mmtok.run.compose import compose
 from mmtok.run.schema import ConfigError
 
@@ -37,27 +37,48 @@ def main(argv: list[str] | None = None) -> int:
         if bad:
             raise ConfigError(f"unknown table {bad[0]!r}; valid: {', '.join(TABLES)}")
         rdir = Path(compose(args.overrides).results_dir)
-        jobs: dict[tuple[str, ...], int | None] = {}
+        jobs: dict[tuple[str, ...], CellCost] = {}
 
-        def bound(cell) -> int | None:  # the most generations one cell of this job makes (limit x tasks)
+        def cost(cell) -> CellCost:  # the generations one cell of this job makes
             key = tuple(cell.job)
             if key not in jobs:
                 cfg = compose(list(key))
-                jobs[key] = cfg.limit * max(1, len(cfg.benchmark.tasks)) if cfg.limit else None
+                bench = cfg.benchmark
+                size = bench.testbed_n if bench.testbed else bench.questions
+                jobs[key] = cell_cost(size, max(1, len(bench.tasks)), cfg.limit)
             return jobs[key]
 
+        failed, distinct = [], {}
         for name in names:
-            out = build(name, args.overrides)
+            # a table whose experiment cannot compose (a cell naming a missing pruner file) stops only itself
+            try:
+                out = build(name, args.overrides)
+            except ConfigError as exc:
+                print(f"error: {name}: {exc}", file=sys.stderr)
+                failed.append(name)
+                continue
             if args.what == "tables":
                 md, c = write(out, Path(args.out) if args.out else rdir / "tables")
                 print(f"[mmtok] {md} (+ .csv): {len(out.cells) - len(out.missing)}/{len(out.cells)} cells filled")
             elif args.what == "status":
-                print("\n".join(summary(name, out.cells, bound)))
+                print("\n".join(summary(name, out.cells, cost)))
+                distinct.update({(str(c.results_dir), c.config_hash): c for c in out.cells})
             else:
                 from mmtok.report.plots import plot  # defers matplotlib
 
                 for path in plot(name, out, Path(args.out) if args.out else rdir / "plots"):
                     print(f"[mmtok] {path}")
+        if args.what == "status" and len(names) - len(failed) > 1:
+            cells = list(distinct.values())  # tables share runs (Table 3 is Table 20's; Table 6 reuses Table 1's)
+            todo = [c for c in cells if c.row is None]
+            n, unknown = generations(todo, cost)
+            print(
+                f"[mmtok] {len(names) - len(failed)} tables: {len(cells)} distinct cells ({len(todo)} to run), "
+                f"generations to run: {n}{not_counted(unknown)}"
+            )
+        if failed:
+            print(f"error: {len(failed)} table(s) not built: {', '.join(failed)}", file=sys.stderr)
+            return 2
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

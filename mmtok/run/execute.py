@@ -34,7 +34,7 @@ from mmtok.eval.protocol import RunProtocol
 from mmtok.models.source import ModelSourceError
 from mmtok.run.cells import cell_config
 from mmtok.run.identity import config_hash, identity, new_run_id
-from mmtok.run.pruner import build_pruner_from
+from mmtok.run.pruner import build_pruner_from, canonical
 from mmtok.run.schema import ROOT, ConfigError
 from mmtok.run.validate import check_family, model_family, validate
 from mmtok.store import RunRow
@@ -197,6 +197,7 @@ def protocol_of(cfg: DictConfig) -> RunProtocol:
         limit=cfg.limit,
         summary=cfg.benchmark.summary,
         progress=bool(cfg.progress),
+        image_scale=float(cfg.pruner.image_scale),
     )
 
 
@@ -213,6 +214,7 @@ def start_row(cfg: DictConfig, run_id: str, key: str, pruner, tasks: list[str], 
         pruner=cfg.pruner.name,
         pruner_params=pruner.params(),
         budget=cfg.budget,
+        image_scale=float(cfg.pruner.image_scale),
         benchmark=cfg.benchmark.name,
         tasks=";".join(tasks),
         limit=cfg.limit,
@@ -233,6 +235,7 @@ def start_row(cfg: DictConfig, run_id: str, key: str, pruner, tasks: list[str], 
 
 def run(cfg: DictConfig) -> RunOutcome:
     validate(cfg)
+    cfg = canonical(cfg)  # budget 0: every pre-LLM pruner's text-only run is `pruner=none budget=0`
     resolved = OmegaConf.to_container(cfg, resolve=True)
     pruner = build_pruner_from(cfg, model_type=_family(cfg))
     key = config_hash(identity(resolved, pruner))
@@ -244,6 +247,9 @@ def run(cfg: DictConfig) -> RunOutcome:
         number, record = found
         row = RunRow.from_record(record)
         where = f"{csv_path} row {number}" if number else f"{row.run_dir}/row.json"
+        if not number:  # a run killed between its row.json and its runs.csv line: complete the index
+            number = store.append_row(csv_path, row)
+            where += f" (runs.csv lacked it: added as row {number})"
         log(
             f"skipped: this config (hash {key}) already has a completed row: {where} "
             f"(run {row.run_id}, folder {row.run_dir}); pass force=true to run it again"

@@ -8,6 +8,10 @@ with the value that behaves as before they existed; at that value they stay out 
 older runs still resume, and any other value is hashed. Keys that only feed another key (its default)
 are in `DERIVED_KEYS` and never hashed: what acts is hashed where it acts. A change that must re-hash
 everything bumps `IDENTITY_VERSION`, which then enters the hashed identity itself.
+
+A text-only run (budget 0) is identified in its canonical form, `pruner=none budget=0`, whatever
+pre-LLM pruner asked for it (`mmtok.run.pruner.canonical`, applied by the runner and the sweep
+planner before this), so all `<pruner>@0` cells are one run.
 """
 
 from __future__ import annotations
@@ -30,11 +34,23 @@ ADDED_KEYS: tuple[tuple[tuple[str, ...], Any], ...] = (
     (("multi_image",), "error"),  # single-image documents only, as before the option
     (("model", "min_pixels"), None),  # image sizing of families that size by pixels: the checkpoint's
     (("model", "max_pixels"), None),
+    (("pruner", "image_scale"), 1.0),  # the resize baseline: 1.0 = the image as given
+    # MMTok's variants (docs/mmtok.md, "Variants"): at these values, the main text's MMTok
+    (("pruner", "params", "terms"), "both"),
+    (("pruner", "params", "similarity"), "softmax"),
+    (("pruner", "params", "adaptive_tau_v"), False),
+    (("pruner", "params", "word_pooling"), "none"),
+    (("pruner", "params", "pooling_stage"), "pre"),
+    (("pruner", "params", "exclude_padding"), False),
+    # an in-LLM stage after the pre-LLM selection (`pruner.then`, `mmtok.pruners.Composed`): the
+    # composed pruner's params() carry it under "then"; a single pruner's have no such key
+    (("pruner", "params", "then"), None),
 )
 # Keys that only supply another key's default (or are read off the checkpoint): never an identity.
 DERIVED_KEYS: tuple[tuple[str, ...], ...] = (
     ("benchmark", "multi_image"),  # the default of the top-level multi_image
     ("benchmark", "task_max_new_tokens"),  # feeds max_new_tokens
+    ("benchmark", "questions"),  # the split's size, read by `make status` only
     ("model", "family"),  # read off config.json when on disk
 )
 
@@ -43,6 +59,7 @@ def identity(resolved: dict, pruner) -> dict:
     """What determines a run's results (see the module docstring)."""
     ident = {k: v for k, v in resolved.items() if k not in OPERATIONAL_KEYS}
     ident["pruner"] = {"name": resolved["pruner"]["name"], "params": pruner.params()}
+    ident["pruner"]["image_scale"] = resolved["pruner"].get("image_scale", 1.0)
     ident["benchmark"] = dict(resolved["benchmark"])
     ident["model"] = dict(resolved["model"])
     if resolved["model"].get("tiny"):  # built from code: where the cache lives is not an identity
@@ -86,7 +103,19 @@ def budget_label(cfg: DictConfig) -> str:
     return "all" if ratio is None else f"r{float(ratio):g}"
 
 
+def pruner_label(cfg: DictConfig) -> str:
+    """The pruner part of a run id: its name, `<name>+<stage><stage budget>` with an in-LLM stage."""
+    then = cfg.pruner.get("then")
+    if then is None:
+        return str(cfg.pruner.name)
+    stage_budget = "all" if then.get("budget") is None else then.budget
+    return f"{cfg.pruner.name}+{then.name}{stage_budget}"
+
+
 def new_run_id(cfg: DictConfig, key: str) -> str:
     budget = budget_label(cfg)
+    scale = cfg.pruner.get("image_scale", 1.0)
+    budget += "" if scale == 1.0 else f"-s{float(scale):g}"  # the resize baseline: the image's scale
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return f"{stamp}_{cfg.model.name}_{cfg.pruner.name}-{budget}_{cfg.benchmark.name}_{key[:8]}{secrets.token_hex(2)}"
+    label = pruner_label(cfg)
+    return f"{stamp}_{cfg.model.name}_{label}-{budget}_{cfg.benchmark.name}_{key[:8]}{secrets.token_hex(2)}"

@@ -61,21 +61,31 @@ class PrunerConfig:
     # keeps int(ratio x its tokens), instead of `budget` (set budget=null). The same as
     # pruner.params.retain_ratio; the pruner checks it.
     retain_ratio: float | None = None
+    # Composition: an in-LLM stage after this (pre-LLM) selection, in the same run: {name, budget,
+    # params} or null. Untyped because OmegaConf cannot set keys inside a null structured node
+    # (`+pruner.then.name=fastv` must work); `mmtok.run.validate.check_then` checks its keys.
+    then: Any = None
+    # The resize baseline (the paper's Table 7): every image is downscaled by this factor on both
+    # sides (LANCZOS) before the processor, then runs unpruned or through the pruner. 1.0 = as given.
+    image_scale: float = 1.0
 
 
 @dataclass
 class BenchmarkConfig:
     name: str = MISSING  # the label in result rows (pope, gqa, ...)
     tasks: list[str] = field(default_factory=list)  # lmms-eval task names (empty for a testbed)
-    summary: str | None = None  # pope | gqa | mme: the paper's aggregate metrics
+    summary: str | None = None  # pope | gqa | mme | mmstar | ocrbench: the paper's aggregate metrics
     score: str | None = None  # the headline metric key (the paper's number), copied to `score`
-    testbed: str | None = None  # pope | gqa | mme: build a small local dataset of this format
+    testbed: str | None = None  # pope | gqa | mme | mmstar | ocrbench: build a small local dataset of this format
     testbed_n: int = 24  # testbed size (per POPE split)
     include_path: str | None = None  # a folder of extra lmms-eval task YAMLs
     multi_image: str = "error"  # the default for the top-level `multi_image` (seed: middle, mmmu: first)
     # The generation cap of the task's own lmms-eval 0.7.3 YAML (1024, lmms-eval's HF wrapper default, where the
     # YAML sets none): the paper protocol's `max_new_tokens` (experiment files interpolate it).
     task_max_new_tokens: int = 1024
+    # The questions of the task's whole evaluation split (its hub dataset card), so `make status` can
+    # count the generations a table needs offline; null where not declared. Never part of a run's identity.
+    questions: int | None = None
 
 
 @dataclass
@@ -91,7 +101,7 @@ class RunConfig:
     model: ModelConfig = MISSING
     pruner: PrunerConfig = MISSING
     benchmark: BenchmarkConfig = MISSING
-    budget: int | None = None  # vision tokens kept before the LLM; null keeps all
+    budget: int | None = None  # vision tokens kept before the LLM; null keeps all; 0 = text only
     limit: int | None = None  # samples per lmms-eval task; null = the whole benchmark
     device: str = "cpu"
     threads: int | None = None  # torch CPU threads (torch.set_num_threads); null = torch's default
@@ -101,7 +111,8 @@ class RunConfig:
     prompt_format: str = "hf"  # hf (the checkpoint's chat template) | vicuna_v1 (the original conversation template)
     image_preprocess: str = "crop"  # crop (HF centre crop) | pad (the original pad-to-square)
     multi_image: str = "error"  # documents with several images: error | first | middle (one image reaches the LLM)
-    # Cells one job runs in turn on one loaded model: "none" (keep all) or "<pruner>@<budget>"; empty
+    # Cells one job runs in turn on one loaded model: "none" (keep all), "<pruner>@<budget>" or
+    # "<pruner>@r<ratio>" (mmtok.run.cells); empty
     # = the single run of pruner/budget. Each cell writes its own run folder and resumes on its own.
     cells: list[str] = field(default_factory=list)
     force: bool = False  # rerun even if runs.csv has a completed row for this config

@@ -13,11 +13,11 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from mmtok import store
-from mmtok.run.cells import cell_config, parse_cell
+from mmtok.run.cells import Cell, cell_config, read_cell
 from mmtok.run.compose import compose
 from mmtok.run.identity import config_hash, identity
 from mmtok.run.preflight import sweep_axes
-from mmtok.run.pruner import build_pruner_from
+from mmtok.run.pruner import build_pruner_from, canonical
 
 
 @dataclass
@@ -26,14 +26,22 @@ class SweepCell:
 
     experiment: str
     benchmark: str  # our benchmark name
-    cell: str  # "none" | "<pruner>@<budget>"
-    pruner: str
-    budget: int | None
+    cell: str  # "none" | "<pruner>@<budget>" | "<pruner>@r<ratio>" (mmtok.run.cells)
+    pruner: str  # the cell's pruner file (configs/pruner/<it>.yaml)
+    budget: int | None  # tokens; None for keep-all and ratio cells
     config_hash: str
     model: str
     results_dir: Path
     row: dict[str, Any] | None = None  # the completed run's row, if any
     job: list[str] = field(default_factory=list)  # the job's overrides (one job per model x benchmark)
+    retain_ratio: float | None = None  # a ratio cell's ratio
+
+    @property
+    def label(self) -> str:
+        """The budget as the run id and the paper's keys write it: "64", "r0.2", "0"; "all" keeps all."""
+        if self.budget is not None:
+            return str(self.budget)
+        return "all" if self.retain_ratio is None else f"r{self.retain_ratio:g}"
 
 
 def job_overrides(experiment: str | None, overrides: Iterable[str] = ()) -> list[list[str]]:
@@ -57,14 +65,40 @@ def experiment_cells(experiment: str | None, overrides: Iterable[str] = ()) -> l
                 if row.get("status") == "completed":
                     index[str(row.get("config_hash"))] = row  # later rows win (all_rows is oldest first)
             completed[str(rdir)] = index
-        for cell in cfg.cells or [f"{cfg.pruner.name}@{cfg.budget}" if cfg.budget else "none"]:
-            c = cell_config(cfg, cell)
+        for cell in cfg.cells or [None]:
+            c = canonical(cell_config(cfg, cell) if cell else cfg)
             key = config_hash(identity(OmegaConf.to_container(c, resolve=True), build_pruner_from(c)))
-            name, budget = parse_cell(cell)
+            read = read_cell(cell) if cell else Cell(str(cfg.pruner.name), cfg.budget, _ratio(cfg))
             row = completed[str(rdir)].get(key)
             cell_exp = experiment or "-"
-            out.append(SweepCell(cell_exp, cfg.benchmark.name, cell, name, budget, key, cfg.model.name, rdir, row, job))
+            out.append(
+                SweepCell(
+                    cell_exp,
+                    cfg.benchmark.name,
+                    cell or _cell_text(read),
+                    read.pruner,
+                    read.budget,
+                    key,
+                    cfg.model.name,
+                    rdir,
+                    row,
+                    job,
+                    retain_ratio=read.ratio,
+                )
+            )
     return out
+
+
+def _ratio(cfg) -> float | None:
+    ratio = cfg.pruner.get("retain_ratio")
+    return (cfg.pruner.params or {}).get("retain_ratio") if ratio is None else ratio
+
+
+def _cell_text(cell: Cell) -> str:
+    """How a job without `cells` (its own pruner and budget) reads as a cell."""
+    if cell.budget is not None:
+        return f"{cell.pruner}@{cell.budget}"
+    return cell.pruner if cell.ratio is None else f"{cell.pruner}@r{cell.ratio:g}"
 
 
 def pending_sweep(overrides: list[str]) -> tuple[list[str], int, int, int]:

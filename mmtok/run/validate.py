@@ -19,10 +19,10 @@ from mmtok.models.registry import FAMILIES, TRAITS, family_names, pixel_bounds_f
 from mmtok.models.source import ModelSourceError, check_model_source, model_type_on_disk
 from mmtok.run.cells import parse_cell
 from mmtok.run.compose import choices, group_options
-from mmtok.run.schema import ATTN_IMPLEMENTATIONS, DTYPES, WANDB_MODES, ConfigError
+from mmtok.run.schema import ATTN_IMPLEMENTATIONS, CONFIG_DIR, DTYPES, WANDB_MODES, ConfigError
 
 TINY_FAMILIES = family_names()  # = their model_type
-TESTBEDS = ("pope", "gqa", "mme", "scenes_pope", "scenes_gqa")
+TESTBEDS = ("pope", "gqa", "mme", "mmstar", "ocrbench", "scenes_pope", "scenes_gqa")
 _DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
 
 
@@ -35,7 +35,11 @@ def validate(cfg: DictConfig, *, check_model: bool = True) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"{key} must be {what}; got {value!r}")
 
-    positive("budget", cfg.budget, "a positive integer (vision tokens kept) or null to keep all", True)
+    budget = cfg.budget
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 0):
+        raise ConfigError(
+            f"budget must be an integer >= 0 (vision tokens kept; 0 = text only) or null to keep all; got {budget!r}"
+        )
     positive("limit", cfg.limit, "an integer >= 1 (samples per task) or null for the whole benchmark", True)
     positive("threads", cfg.threads, "an integer >= 1 (torch CPU threads) or null for torch's default", True)
     positive("batch_size", cfg.batch_size, "an integer >= 1", False)
@@ -72,6 +76,13 @@ def validate(cfg: DictConfig, *, check_model: bool = True) -> None:
         parse_cell(cell)
     if not str(cfg.pruner.name).strip():
         raise ConfigError(f"pruner.name is empty; valid: {choices(group_options('pruner'))}")
+    check_then(cfg)
+    scale = cfg.pruner.get("image_scale", 1.0)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0.0 < scale <= 1.0:
+        raise ConfigError(
+            f"pruner.image_scale must be a number in (0, 1] (the image's sides are scaled by it before the "
+            f"processor; 1 = as given); got {scale!r}"
+        )
     positive("model.min_pixels", cfg.model.min_pixels, "an integer >= 1 (pixels) or null for the checkpoint's", True)
     positive("model.max_pixels", cfg.model.max_pixels, "an integer >= 1 (pixels) or null for the checkpoint's", True)
     if cfg.model.min_pixels is not None and cfg.model.max_pixels is not None:
@@ -82,6 +93,35 @@ def validate(cfg: DictConfig, *, check_model: bool = True) -> None:
     if check_model:
         check_source(cfg.model)
         check_family(cfg)
+
+
+THEN_KEYS = ("name", "budget", "params")
+
+
+def check_then(cfg: DictConfig) -> None:
+    """`pruner.then` (an in-LLM stage after the pre-LLM selection) is null or {name, budget, params}
+    with a positive (or null) budget below the run's token budget. Whether the names are a pre-LLM and
+    an in-LLM method is checked when the pruner is built (`mmtok.pruners.Composed`), before loading."""
+    then = cfg.pruner.get("then")
+    if then is None:
+        return
+    if not isinstance(then, DictConfig):
+        raise ConfigError(f"pruner.then must be {{name, budget, params}} or null; got {then!r}")
+    unknown = sorted(set(then.keys()) - set(THEN_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown key(s) {', '.join(unknown)} in pruner.then; valid: {choices(THEN_KEYS)}")
+    if not str(then.get("name") or "").strip():
+        raise ConfigError("pruner.then needs a name: the in-LLM pruner after the selection (+pruner.then.name=fastv)")
+    budget = then.get("budget")
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
+        raise ConfigError(f"pruner.then.budget must be a positive integer or null to keep all; got {budget!r}")
+    if then.get("params") is not None and not isinstance(then.params, DictConfig):
+        raise ConfigError(f"pruner.then.params must be a mapping of the stage's fields; got {then.params!r}")
+    if budget is not None and cfg.budget is not None and budget >= cfg.budget:
+        raise ConfigError(
+            f"pruner.then.budget ({budget}) must be below the pre-LLM budget ({cfg.budget}): "
+            f"the stage would keep every token the LLM receives"
+        )
 
 
 def check_source(model: DictConfig) -> None:
@@ -132,8 +172,13 @@ def check_family(cfg: DictConfig, model_type: str | None = None) -> None:
             f"model.min_pixels / model.max_pixels size {pixel_bounds_families()} images; "
             f"model={cfg.model.name} is {model_type}: set them to null"
         )
-    # A job with cells runs the cells' pruners, not its own `pruner`.
-    runs = [(parse_cell(c)[0], f" (cell {c})") for c in cfg.cells] or [(str(cfg.pruner.name), "")]
+    # A job with cells runs the cells' pruners (a cell names a file: its method, and its stage if it
+    # has one), not its own `pruner` (nor its stage, `pruner.then`).
+    runs = [(name, f" (cell {c})") for c in cfg.cells for name in _file_methods(parse_cell(c)[0])]
+    if not cfg.cells:
+        runs.append((str(cfg.pruner.name), ""))
+        if cfg.pruner.get("then") is not None:
+            runs.append((str(cfg.pruner.then.name), " (pruner.then)"))
     # Every pruner's `requires` names traits of TRAITS, so a family that has them all runs every
     # pruner: skip importing the pruners (and torch) for it, keeping the preflight fast.
     if set(TRAITS) <= FAMILIES[model_type].traits:
@@ -145,3 +190,12 @@ def check_family(cfg: DictConfig, model_type: str | None = None) -> None:
             check_applies(name, model_type)
         except ValueError as exc:
             raise ConfigError(f"{exc}{where}") from None
+
+
+def _file_methods(file: str) -> list[str]:
+    """The registered methods a `configs/pruner/<file>.yaml` runs: its `name`, and its stage's
+    (`then.name`) for a composition (a variant file's stem is not a method name)."""
+    node = OmegaConf.load(CONFIG_DIR / "pruner" / f"{file}.yaml")
+    node = node.pruner if "pruner" in node else node  # a _global_ file (none.yaml)
+    then = node.get("then")
+    return [str(node.name)] + ([] if then is None else [str(then.name)])

@@ -14,12 +14,18 @@ only the rows a pick changes and sums them with the dense greedy's own reduction
 (coverage_greedy.c, built at first use by `native.py`; the default where a C compiler is, the
 incremental one elsewhere), and an exact lazy greedy in numpy (opt-in). docs/speed.md has the
 measurements behind the choice.
+
+The paper's ablations are variants of the one objective (`Objective`, docs/mmtok.md "Variants"): which
+coverage terms, raw or softmax-calibrated similarities, an adaptive tau_v, word pooling of the text rows;
+MMTok++'s padding exclusion is `exclude` with `fill_excluded`. The defaults are the main text's MMTok, and at
+the defaults every function here runs the very same operations as before the variants existed.
 """
 
 from __future__ import annotations
 
 import math
 import operator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -27,7 +33,16 @@ import torch.nn.functional as F
 
 from mmtok.selection import native
 
-__all__ = ["build_coverage_matrix", "coverage", "greedy_max_coverage", "mmtok_select"]
+__all__ = [
+    "ADAPTIVE_TAU_V_GRID",
+    "Objective",
+    "adaptive_tau_v",
+    "build_coverage_matrix",
+    "coverage",
+    "greedy_max_coverage",
+    "mmtok_select",
+    "pool_words",
+]
 
 
 def _check_shapes(text_emb: torch.Tensor, vision_proj: torch.Tensor, vision_pre: torch.Tensor) -> None:
@@ -70,6 +85,190 @@ def _unit_float32(x: torch.Tensor) -> torch.Tensor:
     return F.normalize(x, dim=-1).float()
 
 
+# -- variants of the objective (docs/mmtok.md, "Variants") ------------------------------------------------
+TERMS = ("both", "tv", "vv")
+SIMILARITIES = ("softmax", "raw")
+WORD_POOLINGS = ("none", "mean", "max", "first")
+POOLING_STAGES = ("pre", "post")
+# The paper's grid for the adaptive tau_v (App. B.1, Table 9), searched inside (tau_t, tau_v].
+ADAPTIVE_TAU_V_GRID = (0.05, 0.1, 0.15, 0.2)
+
+
+@dataclass(frozen=True)
+class Objective:
+    """Which coverage objective MMTok maximises; the defaults are the paper's main text (Eq. 2).
+
+    - `terms`: "both" (text-vision + alpha * vision-vision), "tv" or "vv" alone (Table 6).
+    - `similarity`: "softmax" (each row calibrated over the n vision tokens) or "raw" cosines (Table 6).
+      Raw rows are stored as 1 + cosine: for a non-empty S the coverage is Eq. 1's plus a constant, so
+      the greedy is Eq. 1's (first pick: the largest row-mean), not the max(0, cosine) that a
+      coverage starting at 0 would compute on negative cosines.
+    - `adaptive_tau_v`: tau_v chosen per crop from `ADAPTIVE_TAU_V_GRID` (Table 9, `adaptive_tau_v`).
+    - `word_pooling`: "none", or one text row per word: "mean", "max" (element-wise) or "first" of its
+      sub-word rows (Table 10), at `pooling_stage` "pre" (the embeddings, before the cosine) or
+      "post" (the cosine rows, before the softmax).
+    """
+
+    terms: str = "both"
+    similarity: str = "softmax"
+    adaptive_tau_v: bool = False
+    word_pooling: str = "none"
+    pooling_stage: str = "pre"
+
+    def __post_init__(self) -> None:
+        for key, value, valid in (
+            ("terms", self.terms, TERMS),
+            ("similarity", self.similarity, SIMILARITIES),
+            ("word_pooling", self.word_pooling, WORD_POOLINGS),
+            ("pooling_stage", self.pooling_stage, POOLING_STAGES),
+        ):
+            if value not in valid:
+                raise ValueError(f"unknown {key} {value!r}; valid: {', '.join(valid)}")
+        if not isinstance(self.adaptive_tau_v, bool):
+            raise ValueError(f"adaptive_tau_v must be true or false, got {self.adaptive_tau_v!r}")
+        if self.pooling_stage != "pre" and self.word_pooling == "none":
+            raise ValueError(
+                f"pooling_stage={self.pooling_stage!r} pools words: set word_pooling to one of "
+                f"{', '.join(WORD_POOLINGS[1:])}"
+            )
+        if self.adaptive_tau_v and (self.similarity != "softmax" or self.terms == "tv"):
+            raise ValueError(
+                "adaptive_tau_v chooses the vision-vision softmax temperature: it needs similarity='softmax' "
+                f"and terms 'both' or 'vv' (got similarity={self.similarity!r}, terms={self.terms!r})"
+            )
+
+    @property
+    def text_term(self) -> bool:
+        return self.terms != "vv"
+
+    @property
+    def vision_term(self) -> bool:
+        return self.terms != "tv"
+
+
+MAIN = Objective()  # the paper's main-text MMTok
+
+
+def pool_words(rows: torch.Tensor, words: torch.Tensor, how: str) -> torch.Tensor:
+    """One row per word: the rows `[m, ...]` of each word pooled by `how` ("mean", "max" element-wise,
+    "first"). `words[i]` is row i's word: 0, 1, 2, ... in order, a word's rows contiguous (what a
+    word-split tokenisation gives). A mean is computed in float32 and returned in the rows' dtype;
+    "max" and "first" are exact in any dtype."""
+    if how not in WORD_POOLINGS[1:]:
+        raise ValueError(f"unknown word_pooling {how!r}; valid: {', '.join(WORD_POOLINGS[1:])}")
+    if words.dim() != 1 or words.shape[0] != rows.shape[0]:
+        raise ValueError(f"words must be [{rows.shape[0]}] (one word index per row), got {tuple(words.shape)}")
+    if rows.shape[0] == 0:
+        return rows
+    steps = torch.diff(words.cpu(), prepend=torch.tensor([-1]))
+    if int(words[0]) != 0 or not bool(((steps == 0) | (steps == 1)).all()):
+        raise ValueError(f"words must count 0, 1, 2, ... with each word's rows contiguous, got {words.tolist()}")
+    counts = torch.unique_consecutive(words.cpu(), return_counts=True)[1].tolist()
+    groups = rows.split(counts)
+    if how == "first":
+        return torch.stack([g[0] for g in groups])
+    if how == "max":
+        return torch.stack([g.amax(dim=0) for g in groups])
+    return torch.stack([g.float().mean(dim=0) for g in groups]).to(rows.dtype)
+
+
+def _text_cosines(text, vision_proj, objective: Objective, words) -> torch.Tensor:
+    """The text-vision cosines of one crop `[m', n]` in float32, after the objective's word pooling."""
+    pools = objective.word_pooling != "none"
+    if pools and words is None:
+        raise ValueError("word_pooling needs each text row's word (`words`)")
+    if pools and objective.pooling_stage == "pre":
+        text = pool_words(text, words, objective.word_pooling)
+    cos = torch.matmul(_unit_float32(text), _unit_float32(vision_proj).mT)
+    if pools and objective.pooling_stage == "post":
+        cos = pool_words(cos, words, objective.word_pooling)
+    return cos
+
+
+def _tau_grid(tau_t: float, tau_v: float) -> tuple[float, ...]:
+    grid = tuple(g for g in ADAPTIVE_TAU_V_GRID if tau_t < g <= tau_v)
+    if not grid:
+        raise ValueError(
+            f"adaptive_tau_v searches the grid {', '.join(map(str, ADAPTIVE_TAU_V_GRID))} inside "
+            f"(tau_t, tau_v] = ({tau_t}, {tau_v}], which holds none of it"
+        )
+    return grid
+
+
+def _choose_tau_v(text_cos: torch.Tensor, vision_cos: torch.Tensor, tau_t: float, tau_v: float) -> float:
+    """Table 9's rule on one crop's cosines (see `adaptive_tau_v`)."""
+    grid = _tau_grid(tau_t, tau_v)
+    text_cos, vision_cos = text_cos.detach(), vision_cos.detach()  # a choice, not a differentiable value
+    m, n = text_cos.shape[0], vision_cos.shape[0]
+    if m == 0 or n < 2:
+        return tau_v  # no text to match, or no second-largest entry: the fixed temperature
+    target = torch.softmax(text_cos * (1.0 / tau_t), dim=-1).amax(dim=-1).mean()
+    gaps = []
+    for tau in grid:
+        probs = torch.softmax(vision_cos * (1.0 / tau), dim=-1)
+        gaps.append(float((target - probs.topk(2, dim=-1).values[:, 1].mean()).abs()))
+    return grid[min(range(len(grid)), key=gaps.__getitem__)]  # the first smallest gap
+
+
+def adaptive_tau_v(
+    text_emb: torch.Tensor,
+    vision_proj: torch.Tensor,
+    vision_pre: torch.Tensor,
+    *,
+    tau_t: float,
+    tau_v: float = 0.2,
+    objective: Objective = MAIN,
+    words: torch.Tensor | None = None,
+) -> float:
+    """Table 9's per-example tau_v for one crop (2-D inputs): the value of `ADAPTIVE_TAU_V_GRID` inside
+    (tau_t, tau_v] whose vision-vision softmax has the mean second-largest row entry (the largest
+    off-diagonal one) closest to f(N; M^tv'), the mean over the text rows of each softmaxed
+    text-vision row's maximum; ties go to the smaller tau (grid order). The text rows are the
+    objective's (word pooling applied). With no text rows or a single vision token: `tau_v`."""
+    _check_shapes(text_emb, vision_proj, vision_pre)
+    if vision_proj.dim() != 2:
+        raise ValueError(f"adaptive_tau_v takes one crop ([n, D]), got shape {tuple(vision_proj.shape)}")
+    w = _unit_float32(vision_pre)
+    return _choose_tau_v(_text_cosines(text_emb, vision_proj, objective, words), w @ w.mT, tau_t, tau_v)
+
+
+def _variant_matrix(text, vision_proj, vision_pre, alpha, tau_t, tau_v, objective: Objective, words):
+    """C of one crop under a non-default objective: the text rows (if the objective has the term),
+    then the vision rows (likewise), scaled as in the main objective (1/m, alpha/n)."""
+    blocks = []
+    text_cos = (
+        _text_cosines(text, vision_proj, objective, words) if objective.text_term or objective.adaptive_tau_v else None
+    )
+    if objective.text_term and text_cos.shape[0]:
+        m = text_cos.shape[0]
+        if objective.similarity == "raw":
+            blocks.append(text_cos.clamp(min=-1).add_(1).div_(m))
+        else:
+            blocks.append(torch.softmax(text_cos * (1.0 / tau_t), dim=-1).div_(m))
+    if objective.vision_term:
+        w = _unit_float32(vision_pre)
+        vision_cos = torch.matmul(w, w.mT)
+        n = vision_cos.shape[0]
+        if objective.similarity == "raw":
+            blocks.append(vision_cos.clamp(min=-1).add_(1).div_(n).mul_(alpha))
+        else:
+            if objective.adaptive_tau_v:
+                tau_v = _choose_tau_v(text_cos, vision_cos, tau_t, tau_v)
+            blocks.append(torch.softmax(vision_cos * (1.0 / tau_v), dim=-1).div_(n).mul_(alpha))
+    if not blocks:  # text-vision only and no text at all: no row covers anything
+        return torch.zeros(0, vision_proj.shape[-2], dtype=torch.float32, device=vision_proj.device)
+    return torch.cat(blocks)
+
+
+def text_row_count(text_emb: torch.Tensor, objective: Objective = MAIN, words: torch.Tensor | None = None) -> int:
+    """Rows of C that come from the text (the first ones): m, the number of words when pooling, 0 for "vv"."""
+    if not objective.text_term:
+        return 0
+    if objective.word_pooling != "none" and words is not None and words.numel():
+        return int(words.max()) + 1
+    return text_emb.shape[-2]
+
+
 def build_coverage_matrix(
     text_emb: torch.Tensor,
     vision_proj: torch.Tensor,
@@ -77,6 +276,9 @@ def build_coverage_matrix(
     alpha: float = 0.5,
     tau_t: float = 0.02,
     tau_v: float = 0.2,
+    *,
+    objective: Objective = MAIN,
+    words: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The float32 matrix C = [P; alpha * Q] whose column-subset coverage MMTok maximises.
 
@@ -92,10 +294,31 @@ def build_coverage_matrix(
     m or n, then times alpha), so on the same machine C equals their `cat([P, Q * alpha])` bit for
     bit, not just closely: `x * (1 / 0.02)` and `x / 0.02` can differ in the last bit, and on
     features whose greedy steps are near-ties such a bit can change a pick.
+
+    `objective` (default: the main text's) selects a variant (`Objective`); `words` maps each text
+    row to its word when the objective pools words. Under a variant the rows are the objective's
+    terms in the same order (text rows, then vision rows) with the same scales, built per crop.
     """
     _check_shapes(text_emb, vision_proj, vision_pre)
     if tau_t <= 0 or tau_v <= 0:
         raise ValueError(f"temperatures must be positive, got tau_t={tau_t}, tau_v={tau_v}")
+    if objective != MAIN:
+        if vision_proj.dim() == 2:
+            return _variant_matrix(text_emb, vision_proj, vision_pre, alpha, tau_t, tau_v, objective, words)
+        crops = [
+            _variant_matrix(
+                text_emb if text_emb.dim() == 2 else text_emb[b],
+                vision_proj[b],
+                vision_pre[b],
+                alpha,
+                tau_t,
+                tau_v,
+                objective,
+                words,
+            )
+            for b in range(vision_proj.shape[0])
+        ]
+        return torch.stack(crops)
     m, n = text_emb.shape[-2], vision_proj.shape[-2]
     out = torch.empty(*vision_proj.shape[:-2], m + n, n, dtype=torch.float32, device=vision_proj.device)
     if m:
@@ -475,26 +698,54 @@ def _greedy_crop(C: torch.Tensor, k: int, forbidden: torch.Tensor, variant: str)
     return _incremental_greedy(C, k, forbidden) if lib is None else _compiled_greedy(C, k, forbidden, lib)
 
 
-def _prepare(k: object, exclude: torch.Tensor | None, batch: int, n: int, single: bool, device) -> tuple:
+def _prepare(
+    k: object, exclude: torch.Tensor | None, batch: int, n: int, single: bool, device, fill: bool = False
+) -> tuple:
     """Checked (k, forbidden `[batch, n]` boolean mask)."""
     if exclude is not None and single and exclude.dim() != 1:
         raise ValueError(f"exclude must have shape [{n}] for a single crop, got {tuple(exclude.shape)}")
     forbidden = _exclude_mask(exclude, batch, n, device)
-    return _check_budget(k, None if exclude is None else forbidden, n), forbidden
+    return _check_budget(k, None if exclude is None else forbidden, n, fill), forbidden
 
 
-def _check_budget(k: object, forbidden: torch.Tensor | None, n: int) -> int:
+def _check_budget(k: object, forbidden: torch.Tensor | None, n: int, fill: bool = False) -> int:
     k = _as_budget(k)
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
+    if fill:  # the excluded columns are picked last, after every other one
+        if k > n:
+            raise ValueError(f"k={k} exceeds the number of tokens n={n}")
+        return k
     selectable = n if forbidden is None else n - int(forbidden.sum(dim=-1).max().item())
     if k > selectable:
         raise ValueError(f"k={k} exceeds the number of selectable tokens ({selectable} of n={n})")
     return k
 
 
+def _fill_excluded(C: torch.Tensor, head: torch.Tensor, k: int, forbidden: torch.Tensor) -> torch.Tensor:
+    """One crop (`C` `[R, n]`) whose `head` picks took every allowed column: the greedy goes on over
+    the excluded columns (the dense greedy's step, from the coverage of `head`) up to k picks."""
+    rows, n = C.shape
+    best = C[:, head].amax(dim=1, keepdim=True) if head.numel() else C.new_zeros(rows, 1)
+    penalty = torch.zeros(n, dtype=C.dtype, device=C.device)
+    penalty.masked_fill_(~forbidden, float("-inf"))  # the allowed columns are all in `head` already
+    picks = [head]
+    for _ in range(k - head.numel()):
+        j = ((C - best).clamp_min_(0).sum(dim=0) + penalty).argmax()  # first maximum: lowest index
+        picks.append(j.view(1))
+        best = torch.maximum(best, C[:, j].unsqueeze(1))
+        penalty[j] = float("-inf")
+    return torch.cat(picks)
+
+
 def greedy_max_coverage(
-    C: torch.Tensor, k: int, *, exclude: torch.Tensor | None = None, method: str = "auto", text_rows: int = 0
+    C: torch.Tensor,
+    k: int,
+    *,
+    exclude: torch.Tensor | None = None,
+    method: str = "auto",
+    text_rows: int = 0,
+    fill_excluded: bool = False,
 ) -> torch.Tensor:
     """Greedy maximisation of `coverage(C, S)` over k columns; indices in *pick order*.
 
@@ -520,6 +771,10 @@ def greedy_max_coverage(
     - `"auto"` (default): compiled on CPU float32 where it can be built, else incremental; dense
       elsewhere (`_variant`).
     The CPU-only variants take float32 / float64 as they are and widen other dtypes to float32.
+
+    `fill_excluded` (MMTok++'s overflow rule): where k exceeds a crop's allowed columns, that crop
+    takes all of them (the greedy as above) and then goes on greedily over its excluded columns,
+    so it always returns k distinct columns. Where k fits, it changes nothing.
     """
     if C.dim() not in (2, 3):
         raise ValueError(f"C must be [R, n] or [B, R, n], got shape {tuple(C.shape)}")
@@ -528,7 +783,19 @@ def greedy_max_coverage(
     single = C.dim() == 2
     C3 = C.unsqueeze(0) if single else C
     _check_method(method, C3.device)
-    k, forbidden = _prepare(k, exclude, C3.shape[0], C3.shape[2], single, C3.device)
+    k, forbidden = _prepare(k, exclude, C3.shape[0], C3.shape[2], single, C3.device, fill_excluded)
+    allowed = (~forbidden).sum(dim=-1).tolist() if fill_excluded else []
+    if allowed and min(allowed) < k:
+        picks = []
+        for b, count in enumerate(allowed):
+            head = C3.new_zeros(0, dtype=torch.long)
+            if count:
+                head = greedy_max_coverage(
+                    C3[b], min(k, count), exclude=forbidden[b], method=method, text_rows=text_rows
+                )
+            picks.append(_fill_excluded(C3[b], head.to(C3.device), k, forbidden[b]) if count < k else head)
+        picks = torch.stack(picks)
+        return picks[0] if single else picks
     variant = _variant(method, C3.device, C3.dtype)
     if variant == "dense":
         picks = _dense_greedy(C3, k, forbidden)
@@ -554,6 +821,9 @@ def mmtok_select(
     tau_v: float = 0.2,
     exclude: torch.Tensor | None = None,
     method: str = "auto",
+    objective: Objective = MAIN,
+    words: torch.Tensor | None = None,
+    fill_excluded: bool = False,
 ) -> torch.LongTensor:
     """Indices of the k vision tokens MMTok keeps, sorted ascending (original spatial order).
 
@@ -561,7 +831,10 @@ def mmtok_select(
                  cleaned question's sub-words.
     vision_proj: `[n, D]` or `[B, n, D]`: projected vision tokens (what the LLM would receive).
     vision_pre:  `[n, Dv]` or `[B, n, Dv]`: the pre-projector CLIP features, CLS removed.
-    exclude:     optional boolean `[n]` or `[B, n]`; True columns are never chosen.
+    exclude:     optional boolean `[n]` or `[B, n]`; True columns are never chosen (with
+                 `fill_excluded`: only once every other column is, `greedy_max_coverage`).
+    objective:   the coverage objective (`Objective`; default the paper's main text), and `words`
+                 (`[m]`, each text row's word) when it pools words.
 
     Returns `[k]` for 2-D vision inputs and `[B, k]` for 3-D ones (long, on the input device).
     Defaults are the paper's one-crop settings (alpha 0.5, tau_t 0.02, tau_v 0.2). `method` picks the greedy
@@ -570,20 +843,26 @@ def mmtok_select(
     calls, so the same bits as theirs, and no slower); the dense variant builds all crops at once.
     """
     _check_method(method, vision_proj.device)
-    m = text_emb.shape[-2]
+    m = text_row_count(text_emb, objective, words)
+    fill = fill_excluded
     if vision_proj.dim() == 3 and vision_proj.device.type == "cpu" and method in ("auto", *_CPU_ONLY):
         _check_shapes(text_emb, vision_proj, vision_pre)
         batch, n = vision_proj.shape[:2]
-        k, forbidden = _prepare(k, exclude, batch, n, False, vision_proj.device)
-        variant = _variant(method, vision_proj.device, torch.float32)  # C is built in float32
+        k, forbidden = _prepare(k, exclude, batch, n, False, vision_proj.device, fill)
         picks = []
         for b in range(batch):
             text = text_emb if text_emb.dim() == 2 else text_emb[b]
-            C = build_coverage_matrix(text, vision_proj[b], vision_pre[b], alpha, tau_t, tau_v)
-            if variant == "lazy":
-                picks.append(greedy_max_coverage(C, k, exclude=forbidden[b], method=method, text_rows=m))
+            C = build_coverage_matrix(
+                text, vision_proj[b], vision_pre[b], alpha, tau_t, tau_v, objective=objective, words=words
+            )
+            variant = _variant(method, C.device, C.dtype)
+            if variant in ("compiled", "incremental") and not fill:  # straight to the crop's greedy
+                picks.append(_greedy_crop(C.detach().contiguous(), k, forbidden[b], variant))
             else:
-                picks.append(_greedy_crop(C, k, forbidden[b], variant))
+                picks.append(
+                    greedy_max_coverage(C, k, exclude=forbidden[b], method=method, text_rows=m, fill_excluded=fill)
+                )
         return torch.stack(picks).sort(dim=-1).values
-    C = build_coverage_matrix(text_emb, vision_proj, vision_pre, alpha, tau_t, tau_v)
-    return greedy_max_coverage(C, k, exclude=exclude, method=method, text_rows=m).sort(dim=-1).values
+    C = build_coverage_matrix(text_emb, vision_proj, vision_pre, alpha, tau_t, tau_v, objective=objective, words=words)
+    picks = greedy_max_coverage(C, k, exclude=exclude, method=method, text_rows=m, fill_excluded=fill)
+    return picks.sort(dim=-1).values

@@ -70,15 +70,21 @@ def clean_question(text: str, *, keep_option_letters: bool = False) -> str:
 
 
 def _strip_specials(ids: list[int], tokenizer: Any) -> list[int]:
+    start, end = _content_bounds(ids, tokenizer)
+    return ids[start:end]
+
+
+def _content_bounds(ids: list[int], tokenizer: Any) -> tuple[int, int]:
     # Only the boundary specials the tokenizer's post-processor adds are removed; ids inside the
     # sequence come from the words themselves.
     bos = getattr(tokenizer, "bos_token_id", None)
     eos = getattr(tokenizer, "eos_token_id", None)
-    if ids and bos is not None and ids[0] == bos:
-        ids = ids[1:]
-    if ids and eos is not None and ids[-1] == eos:
-        ids = ids[:-1]
-    return ids
+    start, end = 0, len(ids)
+    if end and bos is not None and ids[0] == bos:
+        start = 1
+    if end > start and eos is not None and ids[end - 1] == eos:
+        end -= 1
+    return start, end
 
 
 def _word_split_ids(words: list[str], tokenizer: Any) -> list[int]:
@@ -86,6 +92,27 @@ def _word_split_ids(words: list[str], tokenizer: Any) -> list[int]:
         return []
     encoded = tokenizer(words, is_split_into_words=True, add_special_tokens=True)
     return _strip_specials(list(encoded["input_ids"]), tokenizer)
+
+
+def _word_split_words(words: list[str], tokenizer: Any) -> tuple[list[int], list[int]]:
+    """`_word_split_ids` and, per id, its word: 0, 1, 2, ... in order (words without a token skipped)."""
+    if not words:
+        return [], []
+    encoded = tokenizer(words, is_split_into_words=True, add_special_tokens=True)
+    ids = list(encoded["input_ids"])
+    try:
+        owners = list(encoded.word_ids())
+    except ValueError:  # transformers' message for a slow (Python) tokenizer
+        raise ValueError(
+            "word pooling needs a fast tokenizer: its word_ids() map sub-words to words "
+            f"({type(tokenizer).__name__} has none)"
+        ) from None
+    start, end = _content_bounds(ids, tokenizer)
+    owners = owners[start:end]
+    if any(w is None for w in owners):
+        raise ValueError(f"a special token inside the question's words: {ids[start:end]}")
+    renumber = {w: i for i, w in enumerate(dict.fromkeys(owners))}
+    return ids[start:end], [renumber[w] for w in owners]
 
 
 def question_token_ids(text: str, tokenizer: Any, *, keep_option_letters: bool = False) -> list[int]:
@@ -99,13 +126,34 @@ def question_token_ids(text: str, tokenizer: Any, *, keep_option_letters: bool =
     (a question that *is* a post-prompt). Returns [] only when nothing but the image placeholder
     and whitespace is present; MMTok then uses vision-vision coverage alone.
     """
-    candidates = (
-        clean_question(text, keep_option_letters=keep_option_letters),
-        strip_prompt(text),
-        text.replace(IMAGE_PLACEHOLDER, "").strip(),
-    )
-    for candidate in candidates:
+    for candidate in _candidates(text, keep_option_letters):
         ids = _word_split_ids(candidate.split(), tokenizer)
         if ids:
             return ids
     return []
+
+
+def question_token_words(
+    text: str, tokenizer: Any, *, keep_option_letters: bool = False
+) -> tuple[list[int], list[int]]:
+    """`question_token_ids` (the same ids) and each id's word, for word pooling (Table 10 of the paper).
+
+    A word is one whitespace-separated word of the text that was tokenised (the cleaned question:
+    one `\\b\\w+\\b` match that survived stop-word removal; a fallback text: its whitespace split);
+    the map is the fast tokenizer's `word_ids()` on the word-split input, as the release's encoding
+    suggests. Returns (ids, words) with words[i] in 0, 1, 2, ..., one number per word, in order.
+    """
+    for candidate in _candidates(text, keep_option_letters):
+        ids, words = _word_split_words(candidate.split(), tokenizer)
+        if ids:
+            return ids, words
+    return [], []
+
+
+def _candidates(text: str, keep_option_letters: bool) -> tuple[str, str, str]:
+    """The texts `question_token_ids` tries in turn (its docstring): cleaned, post-prompts removed, raw."""
+    return (
+        clean_question(text, keep_option_letters=keep_option_letters),
+        strip_prompt(text),
+        text.replace(IMAGE_PLACEHOLDER, "").strip(),
+    )

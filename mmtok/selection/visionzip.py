@@ -14,6 +14,11 @@ Conventions (from the paper, checked against the authors' release; docs/pruners.
   keys (ties: lowest target), and each contextual token = target feature + mean(assigned
   features), the target alone if nothing was assigned. This is what the release computes: the
   target is not averaged in as one more member of its group but added at full weight.
+
+Towers without a CLS token (`visionzip_in_place`, the authors' later port to such a tower): the
+dominant tokens are ranked by a per-token attention score the family supplies instead of the CLS
+row, nothing is counted for CLS, the features are the tokens the LLM receives, and each
+contextual token stands at its target's place (so every kept token keeps its position).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ __all__ = [
     "NEXT_TILES",
     "release_next_order",
     "visionzip_dominant_indices",
+    "visionzip_in_place",
     "visionzip_merge",
     "visionzip_split",
     "visionzip_targets",
@@ -118,6 +124,16 @@ def visionzip_merge(
     if contextual == 0:
         return dominant_tokens
 
+    _, contextual_tokens = _contextual_tokens(features, keys, dominant_idx, contextual)
+    return torch.cat([dominant_tokens, contextual_tokens])
+
+
+def _contextual_tokens(
+    features: torch.Tensor, keys: torch.Tensor, dominant_idx: torch.Tensor, contextual: int
+) -> tuple[torch.LongTensor, torch.Tensor]:
+    """(target indices, contextual tokens `[contextual, D]` in the features' dtype): the release's merge
+    of every token outside `dominant_idx` into `contextual` targets picked by uniform stride."""
+    total, device = features.shape[0], features.device
     is_remaining = torch.ones(total, dtype=torch.bool, device=device)
     is_remaining[dominant_idx] = False
     remaining = is_remaining.nonzero().squeeze(1)
@@ -132,7 +148,55 @@ def visionzip_merge(
     sums.index_add_(0, assignment, features[others].float())
     counts = torch.bincount(assignment, minlength=contextual).clamp_min(1).unsqueeze(1)
     contextual_tokens = features[targets].float() + sums / counts
-    return torch.cat([dominant_tokens, contextual_tokens.to(features.dtype)])
+    return targets, contextual_tokens.to(features.dtype)
+
+
+def visionzip_in_place(
+    features: torch.Tensor,
+    scores: torch.Tensor,
+    keys: torch.Tensor,
+    dominant: int,
+    contextual: int,
+) -> tuple[torch.LongTensor, torch.Tensor]:
+    """VisionZip without a CLS token (the authors' port to a tower that has none): `(index, tokens)`,
+    the `dominant + contextual` kept token indices ascending and the tokens standing there.
+
+    features: `[n, D]` the tokens the LLM would receive (merged after the tower's last block).
+    scores:   `[n]` each token's attention score from the tower (the family's substitute for the CLS
+              row; the release: attention the token receives in the last block, summed over queries,
+              averaged over heads and over each merge unit).
+    keys:     `[n, Dk]` that block's keys averaged over each merge unit and over heads.
+
+    The `dominant` highest-scoring tokens stay as they are (a stable sort: exact ties go to the lower
+    index; the release's `topk` leaves them to the device). Contextual targets and the merge are the
+    CLS rule's (`visionzip_merge`) over the remaining tokens in raster order, and every contextual
+    token stands at its target's place: the release writes it into the target's row, which keeps
+    its position, so kept tokens keep their original positions.
+    """
+    if features.dim() != 2 or keys.dim() != 2 or scores.dim() != 1:
+        raise ValueError(
+            f"features and keys must be [n, D] and scores [n], got {tuple(features.shape)}, "
+            f"{tuple(keys.shape)} and {tuple(scores.shape)}"
+        )
+    total = features.shape[0]
+    if scores.shape[0] != total or keys.shape[0] != total:
+        raise ValueError(
+            f"token counts differ: features {tuple(features.shape)}, scores {tuple(scores.shape)}, "
+            f"keys {tuple(keys.shape)}"
+        )
+    if dominant < 1 or contextual < 0 or dominant + contextual > total:
+        raise ValueError(
+            f"need dominant >= 1, contextual >= 0 and dominant + contextual <= {total} tokens, "
+            f"got dominant={dominant}, contextual={contextual}"
+        )
+    device = features.device
+    dominant_idx = top_in_order(scores.float(), dominant).to(device)
+    if contextual == 0:
+        return dominant_idx, features[dominant_idx]
+    targets, contextual_tokens = _contextual_tokens(features, keys, dominant_idx, contextual)
+    index = torch.cat([dominant_idx, targets])
+    order = index.argsort()
+    return index[order], torch.cat([features[dominant_idx], contextual_tokens])[order]
 
 
 def release_next_order(dominant_idx: torch.Tensor, grid: tuple[int, int], side: int, contextual: int) -> torch.Tensor:

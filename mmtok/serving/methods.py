@@ -6,7 +6,7 @@ hook, the front-end processor calls `resolve` to check a request before anything
 
 What runs here: the pre-LLM methods whose whole input is one image's tower output (plus, for
 MMTok, the question's rows of the LLM embedding table). They reduce the image to k rows before the
-LLM, so vLLM schedules a prompt of text + k tokens. In-LLM methods (FastV, SparseVLM, PDrop, DART)
+LLM, so vLLM schedules a prompt of text + k tokens. In-LLM methods (FastV, SparseVLM, PDrop, DART, MMTok's in-LLM stage)
 drop tokens between decoder layers; vLLM fixes a request's sequence length and KV slots when it
 schedules it, so they cannot run behind this hook.
 
@@ -36,7 +36,7 @@ METHODS = ("none", "mmtok", "divprune", "random", "visionzip", "vispruner")
 # Methods that need the CLS row's attention at the feature layer (computed in the tower pass).
 CLS_METHODS = frozenset({"visionzip", "vispruner"})
 # Our other methods, and why they do not run here (the one-line refusal).
-IN_LLM = ("fastv", "sparsevlm", "pdrop", "dart")
+IN_LLM = ("fastv", "sparsevlm", "pdrop", "dart", "mmtok_llm")
 NOT_PORTED = ("cdpruner", "prumerge_plus")
 
 # The HF pruners' defaults (MMTokPruner, DivPrunePruner, VisPrunerPruner, Pruner.seed).

@@ -63,6 +63,7 @@ class RunRow:
     pruner: str
     pruner_params: dict[str, Any]
     budget: int | None
+    image_scale: float | None = None  # the resize baseline's factor (1.0 = the image as given)
     benchmark: str
     tasks: str
     limit: int | None

@@ -16,11 +16,13 @@ from mmtok.models.adapters import (
     CropSelection,
     FamilyAdapter,
     ImageCrops,
+    ImageSource,
     ImageSpan,
     KeptImage,
     LLMInputs,
     max_crops,
 )
+from mmtok.models.llava.prompts import padding_patches
 
 
 class LlavaAdapter(FamilyAdapter):
@@ -66,6 +68,15 @@ class LlavaAdapter(FamilyAdapter):
         pre = self._tower_features(pixel_values.to(self.tower.dtype))
         proj = self.project(pre[:, 1:])
         return [ImageCrops(proj=proj[i : i + 1], pre=pre[i : i + 1]) for i in range(pre.shape[0])]
+
+    def padding_patches(self, image: ImageCrops, source: ImageSource) -> torch.Tensor | None:
+        """Under `pad` the patches `prompts.padding_patches` names (the MMTok release's rule); the HF
+        processor's `crop` adds no padding."""
+        mask = torch.zeros(image.num_crops, image.tokens_per_crop, dtype=torch.bool, device=image.proj.device)
+        if source.preprocess == "pad":
+            vision = self.config.vision_config
+            mask[0, padding_patches(source.width, source.height, vision.image_size, vision.patch_size)] = True
+        return mask
 
     # -- assembly -----------------------------------------------------------------------------
     def max_crops(self) -> int:
@@ -119,6 +130,9 @@ class LlavaNextAdapter(LlavaAdapter):
             )
             start += c
         return images
+
+    def padding_patches(self, image: ImageCrops, source: ImageSource) -> torch.Tensor | None:
+        return None  # anyres tiles are padded to their grid resolution by the processor: no rule here
 
     def _side(self) -> int:
         return self.config.vision_config.image_size // self.config.vision_config.patch_size

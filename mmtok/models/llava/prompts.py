@@ -49,6 +49,34 @@ def expand2square(image: Image.Image, background: tuple[int, int, int]) -> Image
     return canvas
 
 
+def padding_patches(width: int, height: int, side: int, patch: int) -> list[int]:
+    """Row-major indices of the `(side // patch)²` patches that lie entirely in the padding `expand2square`
+    adds to a `width` x `height` image once the square is resized to `side` px (LLaVA-1.5: 336 / 14).
+
+    The MMTok release's rule for MMTok++ (`calculate_padding_patch_indices` in its
+    `mmtok/llava/patch_llava.py`, `include_overlap=False`), for any side and patch size: the image
+    resized to `side` on its long edge spans `round(short * side / long)` px (Python's round), centred;
+    the padding before it is half the rest (floored) and after it the remainder; only whole patches
+    inside either band count (floor), so patches straddling the border stay. Wide images lose whole
+    top and bottom rows, tall ones whole left and right columns; square images none.
+    """
+    if side % patch:
+        raise ValueError(f"the crop side {side} is not a multiple of the patch size {patch}")
+    grid = side // patch
+    if width == height:
+        return []
+    long_side, short_side = max(width, height), min(width, height)
+    scaled = int(round(short_side * (side / long_side)))
+    if scaled == side:
+        return []
+    before = (side - scaled) // 2
+    after = side - scaled - before
+    lines = [*range(before // patch), *range(grid - after // patch, grid)]
+    if width > height:  # whole rows
+        return sorted(r * grid + c for r in lines for c in range(grid))
+    return sorted(r * grid + c for r in range(grid) for c in lines)  # whole columns
+
+
 class LlavaRules(InputRules):
     def prompt(self, processor, question: str, prompt_format: str) -> str:
         token = image_token(processor)

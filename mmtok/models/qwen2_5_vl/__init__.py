@@ -15,7 +15,10 @@ SPECS = (
         model_type="qwen2_5_vl",
         hf_class="Qwen2_5_VLForConditionalGeneration",
         label="Qwen2.5-VL",
-        traits=frozenset(),  # no CLS token in its ViT; 3-row M-RoPE positions
+        # no CLS token in its ViT; 3-row M-RoPE positions. tower_attention: the substitute the VisionZip
+        # authors' Qwen2.5-VL port uses, the attention each token receives in the last ViT block
+        # (`tower.received_attention`, docs/families.md)
+        traits=frozenset({"tower_attention"}),
         adapter="mmtok.models.qwen2_5_vl.adapter:QwenAdapter",
         rules="mmtok.models.qwen2_5_vl.prompts:RULES",
         tiny="mmtok.models.qwen2_5_vl.tiny:build_tiny",
@@ -25,7 +28,8 @@ SPECS = (
         image_preprocess=("crop",),
         pixel_bounds=True,
         tokens_follow_image=True,
-        # MMTok's release on Qwen2.5-VL: tau_t 0.01 (alpha 0.5, tau_v 0.2 as on LLaVA)
-        method_defaults={"mmtok": {"tau_t": 0.01}},
+        # MMTok's release on Qwen2.5-VL: tau_t 0.01 (alpha 0.5, tau_v 0.2 as on LLaVA); the in-LLM
+        # re-selection (mmtok_llm) keeps MMTok's value
+        method_defaults={"mmtok": {"tau_t": 0.01}, "mmtok_llm": {"tau_t": 0.01}},
     ),
 )

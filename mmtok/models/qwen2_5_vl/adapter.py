@@ -36,6 +36,7 @@ from mmtok.models.adapters import (
     KeptImage,
     LLMInputs,
 )
+from mmtok.models.qwen2_5_vl.tower import LastBlockCapture, per_merged_token
 
 
 @dataclass
@@ -227,7 +228,9 @@ class QwenAdapter(FamilyAdapter):
     Kept tokens keep their original M-RoPE positions (`keep_image_tokens`); the request goes to
     `generate` as embeddings + the 3 position rows, so decoding continues at the unpruned
     sequence's next position. Methods see `proj` = the merger outputs and `pre` = the ViT's last
-    block averaged per 2x2 merge unit (raster order, no CLS).
+    block averaged per 2x2 merge unit (raster order, no CLS). No CLS row: `encode_with_attention`
+    offers the VisionZip authors' substitute (`tower.py`), and merged tokens are placed in the rows
+    their selection names (`CropSelection.features` with `indices`).
     """
 
     family = "qwen2_5_vl"
@@ -248,12 +251,41 @@ class QwenAdapter(FamilyAdapter):
             for im in encode_images(self.model, pixel_values, image_grid_thw)
         ]
 
+    def encode_with_attention(self, pixel_values: torch.Tensor, image_grid_thw=None, mm_token_type_ids=None):
+        """`encode` plus, per image, the VisionZip authors' substitute for CLS attention
+        (`tower.received_attention`: the attention each merged token receives in the last ViT block)
+        and that block's keys averaged per merge unit and over heads, from the same tower pass."""
+        if image_grid_thw is None:
+            raise ValueError("Qwen2.5-VL inputs need `image_grid_thw` (the processor returns them)")
+        with LastBlockCapture(self.model) as grab:
+            images = self.encode(pixel_values, image_grid_thw=image_grid_thw)
+        received, keys = grab.signals()
+        vis = self.model.model.visual
+        unit = vis.spatial_merge_size**2
+        reverse = torch.argsort(window_index(self.model, image_grid_thw))
+        scores = per_merged_token(received, unit, reverse)
+        keys = per_merged_token(keys, unit, reverse).mean(dim=1)
+        sizes = [image.tokens_per_crop for image in images]
+        for image, a, k in zip(images, torch.split(scores, sizes), torch.split(keys, sizes), strict=True):
+            image.attention, image.keys = a[None], k[None]
+        return images
+
     def assemble(self, image: ImageCrops, sel: CropSelection, layout: str) -> torch.Tensor:
         return self.kept(image, sel, layout).tokens
 
     def kept(self, image: ImageCrops, sel: CropSelection, layout: str) -> KeptImage:
         if sel.features is not None:
-            raise ValueError("Qwen2.5-VL keeps original M-RoPE positions: merged tokens have none (select indices)")
+            # merged tokens stand in the rows `indices` give them (VisionZip's contextual tokens at
+            # their targets' places), with those rows' original M-RoPE positions
+            if sel.indices is None:
+                raise ValueError(
+                    "Qwen2.5-VL keeps original M-RoPE positions: merged tokens need the rows they stand in (indices)"
+                )
+            index, tokens = sel.indices[0].to(image.proj.device), sel.features[0]
+            if tokens.shape[0] != index.numel():
+                raise ValueError(f"{tokens.shape[0]} merged tokens for {index.numel()} rows")
+            order = index.argsort()
+            return KeptImage(tokens=tokens.to(image.proj.device)[order], index=index[order])
         index = sel.packed_indices if sel.packed_indices is not None else sel.indices[0]
         index = index.to(image.proj.device).sort().values
         return KeptImage(tokens=image.proj[0][index], index=index)

@@ -27,6 +27,7 @@ from mmtok.models.adapters import (
     CropSelection,
     FamilyAdapter,
     ImageCrops,
+    ImageSource,
     KeptImage,
     max_crops,
     tokens_per_crop,
@@ -49,6 +50,10 @@ class Pruner:
 
     `retain_ratio` (instead of `budget`): every crop keeps int(ratio x its tokens), the release's
     rule on such families (k = int(0.2 x n) there); a method that cannot honour a ratio says so.
+
+    `budget=0` (pre-LLM methods): text only. The request engine never encodes the image; the LLM
+    receives the prompt without its image tokens (`FamilyAdapter.text_prompt`), so every pre-LLM
+    method gives the same run at 0. In-LLM methods refuse it.
     """
 
     budget: int | None = None
@@ -68,8 +73,13 @@ class Pruner:
     last_stats: PruneStats = field(default_factory=PruneStats, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if self.budget is not None and (not isinstance(self.budget, int) or self.budget < 1):
-            raise ValueError(f"budget must be an integer >= 1 (or None to keep all), got {self.budget!r}")
+        budget = self.budget
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 0):
+            raise ValueError(f"budget must be an integer >= 0 (0: text only; None keeps all), got {budget!r}")
+        if budget == 0 and self.in_llm:
+            raise ValueError(
+                f"pruner {self.name!r} prunes inside the LLM: budget 0 (text only) is for pre-LLM pruners; use none@0"
+            )
         if self.retain_ratio is not None:
             if not self.takes_ratio:
                 raise ValueError(f"pruner {self.name!r} does not take retain_ratio; give a budget")
@@ -123,6 +133,8 @@ class Pruner:
     def _per_crop(self, config) -> int | None:
         if self.budget is None or self.in_llm:
             return None
+        if self.budget == 0:  # text only: no crop reaches the LLM, on any split
+            return 0
         crops = max_crops(config)
         k = self.budget // crops
         if k < 1:
@@ -141,9 +153,18 @@ class Pruner:
         self._per_crop(config)
 
     # -- applying it ----------------------------------------------------------------------------
-    def __call__(self, model: nn.Module, *, tokenizer=None, questions: list[str] | None = None):
-        """`with pruner(model, tokenizer=..., questions=...):` prunes every `model.generate` call."""
-        return applied(self, model, tokenizer=tokenizer, questions=questions)
+    def __call__(
+        self,
+        model: nn.Module,
+        *,
+        tokenizer=None,
+        questions: list[str] | None = None,
+        sources: list[ImageSource] | None = None,
+    ):
+        """`with pruner(model, tokenizer=..., questions=...):` prunes every `model.generate` call.
+        `sources` (one `ImageSource` per sample: the image's size before the family's preprocessing
+        and the mode) reach each sample's `SampleContext.source`."""
+        return applied(self, model, tokenizer=tokenizer, questions=questions, sources=sources)
 
     # -- the per-image reduction (shared by every method) ---------------------------------------
     def reduce_image(self, adapter: FamilyAdapter, image: ImageCrops, ctx: SampleContext) -> KeptImage:

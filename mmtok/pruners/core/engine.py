@@ -4,7 +4,8 @@
 puts `RequestEngine` in place of `model.generate`: the image is encoded once, each image's crops
 are reduced by the method (`Pruner.reduce_image`), the shorter `inputs_embeds` + attention mask are
 built per sample and re-left-padded by the family adapter, and the original `generate` runs on
-them. On exit every hook and the `generate` override are removed: the model is unmodified.
+them. At budget 0 (text only) no image is encoded: the original `generate` runs on the prompt
+without its image tokens. On exit every hook and the `generate` override are removed: the model is unmodified.
 
 The engine knows a pruner by the contract's attributes only (`name`, `requires`, `in_llm`,
 `supports_batch`, `seed`, `encode`, `reduce_image`, `llm_hooks`), so it does not import it.
@@ -24,15 +25,19 @@ from mmtok.timing import now
 
 
 @contextlib.contextmanager
-def applied(pruner, model: nn.Module, *, tokenizer=None, questions: list[str] | None = None):
-    """`pruner` applied to `model` for the `with` block (see the module docstring); yields the pruner."""
+def applied(
+    pruner, model: nn.Module, *, tokenizer=None, questions: list[str] | None = None, sources: list | None = None
+):
+    """`pruner` applied to `model` for the `with` block (see the module docstring); yields the pruner.
+    `sources`: one `ImageSource` per sample of every request (what the image was before the
+    family's preprocessing), for methods with a geometry rule; None when the caller does not know."""
     adapter = adapter_for(model)  # raises for unsupported classes before touching the model
     reason = refusal(pruner.name, pruner.requires, adapter.family)
     if reason:
         raise ValueError(reason)
     if "generate" in vars(model):
         raise RuntimeError("a pruner is already applied to this model (nested `with pruner(model)`)")
-    pruner.tokenizer, pruner.questions = tokenizer, questions
+    pruner.tokenizer, pruner.questions, pruner.sources = tokenizer, questions, sources
     pruner.request = None  # the latest request; kept after exit for inspection
     handles = pruner.llm_hooks(model, adapter)
     model.generate = RequestEngine(pruner, model, adapter, model.generate)
@@ -66,6 +71,11 @@ class RequestEngine:
         questions = pruner.questions
         if questions is not None and len(questions) != batch:
             raise ValueError(f"got {len(questions)} questions for a batch of {batch}")
+        sources = pruner.sources
+        if sources is not None and len(sources) != batch:
+            raise ValueError(f"got {len(sources)} image sources for a batch of {batch}")
+        if pruner.budget == 0:
+            return self._text_only(input_ids, attention_mask, kwargs)
         device = input_ids.device
         embed = model.get_input_embeddings()
 
@@ -86,6 +96,7 @@ class RequestEngine:
                     embed_tokens=embed,
                     seed=pruner.seed,
                     adapter=adapter,
+                    source=None if sources is None else sources[b],
                 )
                 contexts.append(ctx)
                 kept.append(pruner.reduce_image(adapter, images[b], ctx))
@@ -119,6 +130,29 @@ class RequestEngine:
         if isinstance(out, torch.Tensor):
             return torch.cat([input_ids, out], dim=1)
         out.sequences = torch.cat([input_ids, out.sequences], dim=1)
+        return out
+
+    def _text_only(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, kwargs: dict):
+        """Budget 0: the image is not encoded and no image token reaches the LLM; the model's own
+        `generate` runs on the prompt without them (`FamilyAdapter.text_prompt`), i.e. exactly the
+        model on that text prompt (on M-RoPE families, text positions: no gap where the image was)."""
+        pruner = self.pruner
+        device = input_ids.device
+        t0 = now(device)
+        text = self.adapter.text_prompt(input_ids, attention_mask)
+        t1 = now(device)
+        mask = text.attention_mask
+        pruner.request = Request(spans=text.spans, attention_mask=mask, prompt_length=mask.shape[1], contexts=[])
+        pruner.last_stats = PruneStats(
+            vision_s=0.0,
+            select_s=t1 - t0,
+            samples=[SampleStats(vision_tokens_full=n, vision_tokens=0, crops=0, kept_index=[]) for n in text.removed],
+        )
+        out = self.generate(input_ids=text.input_ids, attention_mask=mask, **kwargs)
+        # the text prompt's ids come back in front: put the caller's (unpruned) prompt there instead
+        if isinstance(out, torch.Tensor):
+            return torch.cat([input_ids, out[:, text.input_ids.shape[1] :]], dim=1)
+        out.sequences = torch.cat([input_ids, out.sequences[:, text.input_ids.shape[1] :]], dim=1)
         return out
 
 

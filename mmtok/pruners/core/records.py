@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mmtok.models.adapters import FamilyAdapter, ImageSpan
+from mmtok.models.adapters import FamilyAdapter, ImageSource, ImageSpan
 
 
 @dataclass
@@ -22,6 +22,9 @@ class SampleContext:
     embed_tokens: nn.Module  # the LLM's input embedding table
     seed: int
     adapter: FamilyAdapter  # the model family (for methods that work on the packed sequence)
+    # the image before the family's preprocessing (size, image_preprocess mode), when the caller
+    # passed it (`pruner(model, sources=[...])`; the evaluation always does), else None
+    source: ImageSource | None = None
 
 
 @dataclass

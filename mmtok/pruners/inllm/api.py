@@ -7,7 +7,7 @@ from typing import ClassVar
 
 from torch import nn
 
-from mmtok.models.adapters import FamilyAdapter
+from mmtok.models.adapters import FamilyAdapter, image_capacity
 from mmtok.pruners.core.contract import Pruner
 from mmtok.pruners.core.records import LayerTrace
 from mmtok.pruners.inllm.dropper import LayerDropper
@@ -24,6 +24,9 @@ class InLLMPruner(Pruner):
 
     # one record per prune layer of the last prefill (a method appends its own in `cut`)
     last_trace: list[LayerTrace] = field(default_factory=list, init=False, repr=False, compare=False)
+    # the most vision tokens a pre-LLM selection before this method lets reach the LLM per image (set by
+    # a composition, `mmtok.pruners.inllm.compose`); None: the checkpoint's own image capacity
+    input_capacity: int | None = field(default=None, init=False, repr=False, compare=False)
 
     def prune_layers(self, num_layers: int) -> tuple[int, ...]:
         """Increasing decoder-layer indices whose output is pruned (raise for invalid settings)."""
@@ -38,6 +41,15 @@ class InLLMPruner(Pruner):
         model with this HF `config`, as the method's rule for `budget` prescribes. The contract
         tests count what each layer really receives and compare."""
         raise NotImplementedError
+
+    def capacity(self, config) -> int | None:
+        """The most vision tokens one image can bring into the LLM: the checkpoint's `image_capacity`
+        (None where it follows the image), or less after a pre-LLM selection (`input_capacity`).
+        Budgets that are labels relative to a capacity (FastV's and PDrop's equivalent counts) use it."""
+        full = image_capacity(config)
+        if self.input_capacity is None:
+            return full
+        return self.input_capacity if full is None else min(full, self.input_capacity)
 
     def schedule(self, num_layers: int) -> tuple[int, ...]:
         """`prune_layers(num_layers)`, checked: increasing indices of layers an LLM of

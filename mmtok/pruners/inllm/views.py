@@ -73,6 +73,12 @@ class LayerView:
             self.layer, self.hidden, rows, self.kwargs["position_embeddings"], self.kwargs.get("attention_mask")
         )
 
+    def next_input(self) -> torch.Tensor:
+        """This layer's output [B, P, D] as the next layer's attention reads it (its input norm applied)."""
+        if self.next_layer is None:
+            raise ValueError(f"layer {self.index} is the last decoder layer: there is no next layer")
+        return self.next_layer.input_layernorm(self.out)
+
     def next_attention(self, rows: torch.Tensor) -> torch.Tensor:
         """Head-averaged attention [B, r, P] of `rows` [B, r] in the NEXT layer, from this layer's
         output (the rows, positions and mask are the same until the cut is applied)."""
