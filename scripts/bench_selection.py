@@ -53,7 +53,7 @@ from mmtok.pruners import attention_rows
 from mmtok.pruners.fastv import fastv_keep
 from mmtok.selection import native
 from mmtok.selection.divprune import divprune_select
-from mmtok.selection.mmtok import INCREMENTAL_UP_TO_K, mmtok_select
+from mmtok.selection.mmtok import mmtok_select
 from mmtok.selection.random import random_select
 from mmtok.selection.sparsevlm import recycle, text_raters
 from mmtok.selection.visionzip import visionzip_merge, visionzip_split
@@ -439,11 +439,7 @@ def main(argv=None):
         [[r.inputs, r.case, r.ratio, f"{r.value:.2f}", r.target, r.met, f"{r.value_p10:.2f}"] for r in ratios],
     )
     why = native.unavailable()
-    auto_path = (
-        f"the incremental greedy (no compiled kernel: {why})"
-        if why
-        else f"the compiled greedy (the incremental one for k <= {INCREMENTAL_UP_TO_K})"
-    )
+    auto_path = "the incremental greedy (no compiled kernel: " + why + ")" if why else "the compiled greedy"
     cmd = "python " + " ".join(["scripts/bench_selection.py", *(argv if argv is not None else sys.argv[1:])])
     section = (
         f"## Selection step ({tag})\n\n`{cmd}`: median ms of {args.repeats} interleaved runs after "

@@ -619,22 +619,6 @@ def test_compiled_greedy_leaves_nan_and_inf_to_the_incremental_greedy(bad):
     assert torch.equal(_compiled_greedy(C, 5, forbidden, lib), _incremental_greedy(C, 5, forbidden))
 
 
-def test_auto_path_by_device_dtype_and_budget():
-    """auto: the compiled greedy on CPU float32 (where it builds) for budgets above
-    INCREMENTAL_UP_TO_K, the incremental one below and for float64, dense for half precision and
-    off the CPU; an explicit method is kept."""
-    from mmtok.selection.mmtok import INCREMENTAL_UP_TO_K, _variant
-
-    cpu, small = torch.device("cpu"), INCREMENTAL_UP_TO_K
-    compiled = "compiled" if native.load() is not None else "incremental"
-    assert _variant("auto", cpu, torch.float32, small) == "incremental"
-    assert _variant("auto", cpu, torch.float32, small + 1) == compiled
-    assert _variant("auto", cpu, torch.float64, 64) == "incremental"
-    assert _variant("auto", cpu, torch.float16, 64) == "dense"
-    assert _variant("auto", torch.device("meta"), torch.float32, 64) == "dense"
-    assert _variant("lazy", cpu, torch.float32, 64) == "lazy"
-
-
 @pytest.fixture
 def fresh_native(monkeypatch, tmp_path):
     """native.py looks again for its library under a test's environment, and forgets it afterwards."""

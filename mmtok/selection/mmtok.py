@@ -672,19 +672,11 @@ def _check_method(method: str, device: torch.device) -> None:
         raise ValueError(f"method 'compiled' is not available here ({native.unavailable()}); use 'auto'")
 
 
-# auto on a CPU leaves budgets up to this many picks to the incremental greedy even where the
-# compiled one is built: its first picks rewrite most rows either way, and torch's two threads do
-# that faster (576 -> 4 on the 2-core machine: 3.7-4.1 vs 3.8-4.3 ms in four benchmark runs; from
-# 8 picks on the compiled greedy wins, 0.46 vs 0.80 ms; docs/speed.md).
-INCREMENTAL_UP_TO_K = 4
-
-
-def _variant(method: str, device: torch.device, dtype: torch.dtype, k: int) -> str:
-    """The greedy to run for a checked method on a C of this device and dtype, for k picks.
+def _variant(method: str, device: torch.device, dtype: torch.dtype) -> str:
+    """The greedy to run for a checked method on a C of this device and dtype.
 
     "auto" on a CPU is the compiled greedy (`_compiled_greedy`) for float32 where the kernel could
-    be built (`native.load()`) and k > `INCREMENTAL_UP_TO_K`, else the incremental greedy (float64
-    too), one crop at a time:
+    be built (`native.load()`), else the incremental greedy (float64 too), one crop at a time:
     the dense greedy's picks bit for bit at a fraction of its passes over memory (on 5 x 576
     crops, batching them into one [5, R, n] dense greedy is slower than crop by crop); for dtypes
     numpy lacks (half, bfloat16) it is the dense greedy, whose picks the others could only match
@@ -696,8 +688,7 @@ def _variant(method: str, device: torch.device, dtype: torch.dtype, k: int) -> s
         return method
     if device.type != "cpu" or dtype not in _NUMPY_DTYPES:
         return "dense"
-    compiled = dtype == torch.float32 and k > INCREMENTAL_UP_TO_K and native.load() is not None
-    return "compiled" if compiled else "incremental"
+    return "compiled" if dtype == torch.float32 and native.load() is not None else "incremental"
 
 
 def _greedy_crop(C: torch.Tensor, k: int, forbidden: torch.Tensor, variant: str) -> torch.Tensor:
@@ -777,8 +768,8 @@ def greedy_max_coverage(
       bookkeeping in C, deciding in C every step whose winner no float32 order of additions could
       change and asking the dense greedy's own torch reduction for the others (`_compiled_greedy`):
       the same picks, per crop. Its kernel is float32; a float64 C runs the incremental greedy.
-    - `"auto"` (default): compiled on CPU float32 where it can be built (incremental for k up to
-      `INCREMENTAL_UP_TO_K`), else incremental; dense elsewhere (`_variant`).
+    - `"auto"` (default): compiled on CPU float32 where it can be built, else incremental; dense
+      elsewhere (`_variant`).
     The CPU-only variants take float32 / float64 as they are and widen other dtypes to float32.
 
     `fill_excluded` (MMTok++'s overflow rule): where k exceeds a crop's allowed columns, that crop
@@ -805,7 +796,7 @@ def greedy_max_coverage(
             picks.append(_fill_excluded(C3[b], head.to(C3.device), k, forbidden[b]) if count < k else head)
         picks = torch.stack(picks)
         return picks[0] if single else picks
-    variant = _variant(method, C3.device, C3.dtype, k)
+    variant = _variant(method, C3.device, C3.dtype)
     if variant == "dense":
         picks = _dense_greedy(C3, k, forbidden)
     else:
@@ -864,7 +855,7 @@ def mmtok_select(
             C = build_coverage_matrix(
                 text, vision_proj[b], vision_pre[b], alpha, tau_t, tau_v, objective=objective, words=words
             )
-            variant = _variant(method, C.device, C.dtype, k)
+            variant = _variant(method, C.device, C.dtype)
             if variant in ("compiled", "incremental") and not fill:  # straight to the crop's greedy
                 picks.append(_greedy_crop(C.detach().contiguous(), k, forbidden[b], variant))
             else:
