@@ -619,6 +619,19 @@ def test_compiled_greedy_leaves_nan_and_inf_to_the_incremental_greedy(bad):
     assert torch.equal(_compiled_greedy(C, 5, forbidden, lib), _incremental_greedy(C, 5, forbidden))
 
 
+def test_auto_path_by_device_and_dtype():
+    """auto: the compiled greedy on CPU float32 (where it builds), the incremental one for float64,
+    dense for half precision and off the CPU; an explicit method is kept."""
+    from mmtok.selection.mmtok import _variant
+
+    cpu = torch.device("cpu")
+    assert _variant("auto", cpu, torch.float32) == ("compiled" if native.load() is not None else "incremental")
+    assert _variant("auto", cpu, torch.float64) == "incremental"
+    assert _variant("auto", cpu, torch.float16) == "dense"
+    assert _variant("auto", torch.device("meta"), torch.float32) == "dense"
+    assert _variant("lazy", cpu, torch.float32) == "lazy"
+
+
 @pytest.fixture
 def fresh_native(monkeypatch, tmp_path):
     """native.py looks again for its library under a test's environment, and forgets it afterwards."""
