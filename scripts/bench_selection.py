@@ -18,8 +18,9 @@ round in one process (so load on a shared machine hits them alike):
 
 - `authors`: our re-implementation of the authors' selector (`scripts/authors_selector.py`:
   TorchScript dense greedy, one crop per call), the reference for speed and for the indices;
-- `mmtok`: ours (`mmtok_select`, `method="auto"`), asserted to pick exactly the authors' indices
-  on CPU; `mmtok-dense` / `mmtok-lazy`: our other greedy variants (identity recorded);
+- `mmtok`: ours (`mmtok_select`, `method="auto"`: on CPU the compiled greedy where a C compiler
+  is), asserted to pick exactly the authors' indices on CPU; `mmtok-incremental` (the CPU path
+  without a compiler), `mmtok-dense`, `mmtok-lazy`: our other greedy variants (identity recorded);
 - `spec-dense`: the plain dense greedy written from docs/mmtok.md, batched over crops (identity
   recorded: batching may change the float sums' rounding and so a near-tie);
 - `floor`: what MMTok cannot avoid, the two similarity matmuls and their softmaxes on
@@ -50,6 +51,7 @@ import torch.nn.functional as F
 
 from mmtok.pruners import attention_rows
 from mmtok.pruners.fastv import fastv_keep
+from mmtok.selection import native
 from mmtok.selection.divprune import divprune_select
 from mmtok.selection.mmtok import mmtok_select
 from mmtok.selection.random import random_select
@@ -71,7 +73,18 @@ AUTHORS_TARGET = {"llava15 576->64": 1.5, "llavanext 5x576->5x32": 1.25}  # othe
 SPEC_TARGET = {"llava15 576->64": 3.0, "llavanext 5x576->5x32": 2.5}
 FLOOR_TARGET = {"llava15 576->64": 1.5, "llavanext 5x576->5x32": 1.5}
 ALPHA, TAU_T, TAU_V = 0.5, 0.02, 0.2
-MMTOK_CONFIGS = ("authors", "mmtok", "mmtok-dense", "mmtok-lazy", "spec-dense", "floor", "normalise")
+# The configurations whose indices are compared with the authors'.
+SAME_CHECKED = ("mmtok", "mmtok-incremental", "mmtok-dense", "mmtok-lazy", "spec-dense")
+MMTOK_CONFIGS = (
+    "authors",
+    "mmtok",
+    "mmtok-incremental",
+    "mmtok-dense",
+    "mmtok-lazy",
+    "spec-dense",
+    "floor",
+    "normalise",
+)
 
 
 @dataclass
@@ -227,14 +240,15 @@ def mmtok_configs(text, proj, pre, k, device):
     configs = {
         "authors": lambda: authors_selector.authors_select_crops(text, proj, patches, k, tau_t=TAU_T, tau_v=TAU_V),
         "mmtok": lambda: mmtok_select(text, proj, patches, k),
+        "mmtok-incremental": lambda: mmtok_select(text, proj, patches, k, method="incremental"),
         "mmtok-dense": lambda: mmtok_select(text, proj, patches, k, method="dense"),
         "mmtok-lazy": lambda: mmtok_select(text, proj, patches, k, method="lazy"),
         "spec-dense": lambda: spec_dense_select(text, proj, patches, k),
         "floor": lambda: floor(*units),
         "normalise": lambda: [F.normalize(x, dim=-1).float() for x in (text, proj, patches)],
     }
-    if device.type != "cpu":
-        del configs["mmtok-lazy"]  # a host-driven loop of small steps: not meant for a GPU
+    if device.type != "cpu":  # host-driven loops of small steps: not meant for a GPU
+        del configs["mmtok-lazy"], configs["mmtok-incremental"]
     return configs
 
 
@@ -306,7 +320,7 @@ def main(argv=None):
         "--skip",
         nargs="*",
         default=[],
-        choices=["mmtok-dense", "mmtok-lazy", "spec-dense"],
+        choices=["mmtok-incremental", "mmtok-dense", "mmtok-lazy", "spec-dense"],
         help="MMTok variants to leave out",
     )
     ap.add_argument("--other-repeats", type=int, default=5, help="timed rounds of the other pruners' group")
@@ -344,7 +358,7 @@ def main(argv=None):
                     times, outputs = benchlib.interleaved(configs, timer, repeats, warmup)
                 if "authors" in outputs:
                     theirs = outputs["authors"].cpu()
-                    for name in ("mmtok", "mmtok-dense", "mmtok-lazy", "spec-dense"):
+                    for name in SAME_CHECKED:
                         if name in outputs:
                             same[name] = "yes" if torch.equal(outputs[name].cpu(), theirs) else "no"
                     if device.type == "cpu" and same["mmtok"] != "yes":
@@ -390,6 +404,8 @@ def main(argv=None):
                 flush=True,
             )
 
+    if hasattr(benchlib.os, "getloadavg"):  # a busy machine slows torch's threads more than one-thread code
+        info["load average at end (1/5/15 min)"] = " / ".join(f"{x:.2f}" for x in benchlib.os.getloadavg())
     out = benchlib.Path(args.out)
     tag = f"{args.tag}_{device.type}" if args.tag else device.type
     benchlib.write_csv(out / f"selection_{tag}.csv", rows)
@@ -405,14 +421,14 @@ def main(argv=None):
         ["inputs", "case", *methods], [[kind, label, *(cell(kind, label, m) for m in methods)] for kind, label in keys]
     )
     same_table = benchlib.md_table(
-        ["inputs", "case", "mmtok", "mmtok-dense", "mmtok-lazy", "spec-dense"],
+        ["inputs", "case", *SAME_CHECKED],
         [
             [
                 kind,
                 label,
                 *(
                     next((r.same_as_authors for r in rows if (r.inputs, r.case, r.method) == (kind, label, m)), "")
-                    for m in ("mmtok", "mmtok-dense", "mmtok-lazy", "spec-dense")
+                    for m in SAME_CHECKED
                 ),
             ]
             for kind, label in keys
@@ -422,6 +438,8 @@ def main(argv=None):
         ["inputs", "case", "ratio", "value (medians)", "target", "met", "value (10 % quantiles)"],
         [[r.inputs, r.case, r.ratio, f"{r.value:.2f}", r.target, r.met, f"{r.value_p10:.2f}"] for r in ratios],
     )
+    why = native.unavailable()
+    auto_path = "the incremental greedy (no compiled kernel: " + why + ")" if why else "the compiled greedy"
     cmd = "python " + " ".join(["scripts/bench_selection.py", *(argv if argv is not None else sys.argv[1:])])
     section = (
         f"## Selection step ({tag})\n\n`{cmd}`: median ms of {args.repeats} interleaved runs after "
@@ -431,6 +449,7 @@ def main(argv=None):
         + "; ".join(f"{kind} (patch cosine {s})" for kind, s in stats.items())
         + ".\n\n"
         + benchlib.md_machine(info)
+        + (f"- `mmtok` (auto) ran: {auto_path}\n" if device.type == "cpu" else "")
         + "\n"
         + table
         + "\nSame indices as the authors' selector (`mmtok` is asserted identical on CPU):\n\n"

@@ -101,7 +101,8 @@ else:
 EOF
 echo "gpu-check: $(cat "$LOGS/probe.log" | tail -n 1)"
 
-# The selection exactness and contract tests, their device tests on $DEVICE.
+# The selection exactness and contract tests, their device tests on $DEVICE. On CUDA the whole files
+# run: their CPU tests, the compiled CPU greedy's included (built by this machine's C compiler), too.
 TEST_LIMIT=240
 if [ "$DEVICE" = cuda ]; then
     step --go-on tests "$TEST_LIMIT" env MMTOK_TEST_DEVICE=cuda "$PY" -m pytest -q -p no:cacheprovider \

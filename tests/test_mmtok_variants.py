@@ -24,6 +24,7 @@ from mmtok.run.compose import compose, group_options
 from mmtok.run.identity import ADDED_KEYS, config_hash, identity
 from mmtok.run.pruner import build_pruner_from
 from mmtok.run.schema import ConfigError
+from mmtok.selection import native
 from mmtok.selection.mmtok import (
     ADAPTIVE_TAU_V_GRID,
     Objective,
@@ -470,7 +471,8 @@ def test_overflow_fill_by_hand():
     from zero it would take 3: 1.3 > 1.0.) k = 4 takes 3 last; without the exclusion 3 comes first."""
     C = torch.tensor([[0.9, 0.1, 0.0, 0.5], [0.0, 0.7, 0.3, 0.6], [0.0, 0.0, 0.7, 0.2]])
     exclude = torch.tensor([False, False, True, True])
-    for method in ("auto", "dense", "incremental", "lazy"):
+    compiled = ("compiled",) if native.load() is not None else ()  # the compiled CPU greedy where it builds
+    for method in ("auto", "dense", "incremental", "lazy", *compiled):
         assert greedy_max_coverage(C, 3, exclude=exclude, fill_excluded=True, method=method).tolist() == [0, 1, 2]
         assert greedy_max_coverage(C, 4, exclude=exclude, fill_excluded=True, method=method).tolist() == [0, 1, 2, 3]
         assert greedy_max_coverage(C, 2, exclude=exclude, fill_excluded=True, method=method).tolist() == [0, 1]

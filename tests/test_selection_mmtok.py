@@ -7,12 +7,14 @@ import itertools
 import math
 import os
 import random
+import shutil
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from mmtok.selection import native
 from mmtok.selection.mmtok import (
     _coverage_columns,
     _first_gains,
@@ -24,6 +26,14 @@ from mmtok.selection.mmtok import (
 )
 
 _greedy = greedy_max_coverage
+
+# The CPU greedies that must pick exactly what the dense greedy picks: the incremental one (numpy
+# and torch, always there) and the compiled one (built at first use; skipped only where no C
+# compiler can build it, with the reason).
+COMPILED = pytest.param(
+    "compiled", marks=pytest.mark.skipif(native.load() is None, reason=f"compiled greedy: {native.unavailable()}")
+)
+CPU_GREEDIES = ["incremental", COMPILED]
 
 
 # ---------------------------------------------------------------- reference (spec, explicit loops)
@@ -460,21 +470,24 @@ def test_auto_and_lazy_are_the_spec_dense_greedy_on_order_only_ties(seed):
         assert greedy_max_coverage(C, k).tolist() == want
         assert greedy_max_coverage(C, k, method="lazy").tolist() == want
         assert greedy_max_coverage(C, k, method="incremental").tolist() == want
+        if native.load() is not None:
+            assert greedy_max_coverage(C, k, method="compiled").tolist() == want
 
 
-# ---------------------------------------------------------------- incremental greedy (CPU default)
-def _incremental_equals_dense(C, k, exclude=None):
-    """The incremental greedy's picks equal the torch dense greedy's, in the same order, crop by crop."""
+# ---------------------------------------------------------------- incremental and compiled greedies (CPU)
+def _cpu_greedy_equals_dense(C, k, method, exclude=None):
+    """The CPU greedy's picks equal the torch dense greedy's, in the same order, crop by crop."""
     dense = greedy_max_coverage(C, k, exclude=exclude, method="dense")
-    got = greedy_max_coverage(C, k, exclude=exclude, method="incremental")
+    got = greedy_max_coverage(C, k, exclude=exclude, method=method)
     assert torch.equal(got, dense), (got.tolist(), dense.tolist())
     if C.dim() == 2:
-        assert torch.equal(greedy_max_coverage(C, k, exclude=exclude), dense)  # auto on CPU is incremental
+        assert torch.equal(greedy_max_coverage(C, k, exclude=exclude), dense)  # auto on CPU is one of them
     return dense
 
 
+@pytest.mark.parametrize("method", CPU_GREEDIES)
 @pytest.mark.parametrize("seed", range(30))
-def test_incremental_equals_dense_on_coverage_matrices(seed):
+def test_cpu_greedy_equals_dense_on_coverage_matrices(seed, method):
     rng, gen = random.Random(7000 + seed), torch.Generator().manual_seed(7000 + seed)
     lead = rng.choice([(), (1,), (3,)])
     n, m = rng.randint(1, 80), rng.randint(0, 8)
@@ -489,17 +502,18 @@ def test_incremental_equals_dense_on_coverage_matrices(seed):
     C = build_coverage_matrix(t, v, w, p["alpha"], p["tau_t"], p["tau_v"])
     if lead:  # one crop at a time: the dense greedy on each crop alone (batching may round otherwise)
         for b in range(lead[0]):
-            _incremental_equals_dense(C[b], k, None if exclude is None else exclude[b])
+            _cpu_greedy_equals_dense(C[b], k, method, None if exclude is None else exclude[b])
     else:
-        _incremental_equals_dense(C, k, exclude)
+        _cpu_greedy_equals_dense(C, k, method, exclude)
     assert torch.equal(
-        mmtok_select(t, v, w, k, exclude=exclude, method="incremental", **p),
+        mmtok_select(t, v, w, k, exclude=exclude, method=method, **p),
         mmtok_select(t, v, w, k, exclude=exclude, method="auto", **p),
     )
 
 
+@pytest.mark.parametrize("method", CPU_GREEDIES)
 @pytest.mark.parametrize("seed", range(20))
-def test_incremental_equals_dense_with_ties_zero_gains_and_negative_entries(seed):
+def test_cpu_greedy_equals_dense_with_ties_zero_gains_and_negative_entries(seed, method):
     """Duplicated columns (exact ties), dominated columns (zero gains), few distinct values, and
     (odd seeds) negative entries, which C never holds but the greedy accepts: lowest index wins."""
     gen = torch.Generator().manual_seed(8000 + seed)
@@ -512,31 +526,149 @@ def test_incremental_equals_dense_with_ties_zero_gains_and_negative_entries(seed
     exclude = (torch.rand(n, generator=gen) < 0.2) if seed % 3 == 0 else None
     if exclude is not None:
         exclude[0] = False
-    _incremental_equals_dense(C, rng.randint(1, n - (0 if exclude is None else int(exclude.sum()))), exclude)
+    k = rng.randint(1, n - (0 if exclude is None else int(exclude.sum())))
+    _cpu_greedy_equals_dense(C, k, method, exclude)
 
 
+@pytest.mark.parametrize("method", CPU_GREEDIES)
 @pytest.mark.parametrize("seed", range(12))
-def test_incremental_equals_dense_on_order_only_ties(seed):
+def test_cpu_greedy_equals_dense_on_order_only_ties(seed, method):
     """Columns holding the same terms in another row order: only the order of the float32 additions
-    separates them, and the incremental greedy sums with the dense greedy's own reduction."""
+    separates them. The incremental greedy sums with the dense greedy's own reduction; the compiled
+    one finds their exact sums equal, so no order is certain, and asks that reduction too."""
     gen = torch.Generator().manual_seed(9500 + seed)
     rows, n = 40 + seed * 37, 30
     base = torch.rand(rows, 6, generator=gen) ** 3 * 10.0 ** torch.randint(-6, 1, (rows, 6), generator=gen)
     cols = [base[:, c % 6][torch.randperm(rows, generator=gen)] for c in range(n)]
     C = torch.stack(cols, dim=1).float() * torch.rand(1, n, generator=gen).round()
     for k in (1, 2, 5, 12, 30):
-        assert greedy_max_coverage(C, k, method="incremental").tolist() == _spec_dense(C, k)
-        _incremental_equals_dense(C, k)
+        assert greedy_max_coverage(C, k, method=method).tolist() == _spec_dense(C, k)
+        _cpu_greedy_equals_dense(C, k, method)
 
 
+@pytest.mark.parametrize("method", CPU_GREEDIES)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
-def test_incremental_takes_float64_and_widens_half(dtype):
+def test_cpu_greedy_takes_float64_and_widens_half(dtype, method):
     gen = torch.Generator().manual_seed(11)
     C = (torch.rand(50, 40, generator=gen) ** 4).to(dtype)
     want = greedy_max_coverage(C.float() if dtype != torch.float64 else C, 12, method="dense")
-    assert torch.equal(greedy_max_coverage(C, 12, method="incremental"), want)
+    assert torch.equal(greedy_max_coverage(C, 12, method=method), want)
     # auto keeps half-precision matrices on the dense greedy (its own arithmetic in that dtype)
     assert torch.equal(greedy_max_coverage(C, 12), greedy_max_coverage(C, 12, method="dense"))
+
+
+def _llava_matrix(seed: int, clustered: bool) -> torch.Tensor:
+    """C of one crop at LLaVA size (6 text rows, 576 tokens): Gaussian features, whose greedy steps
+    are mostly float near-ties, or features in 48 tight groups, whose steps mostly are not."""
+    gen = torch.Generator().manual_seed(seed)
+    t, v = torch.randn(6, 256, generator=gen), torch.randn(576, 256, generator=gen)
+    w = torch.randn(576, 128, generator=gen)
+    if clustered:
+        w = w + 2 * torch.randn(48, 128, generator=gen)[torch.randint(0, 48, (576,), generator=gen)]
+    return build_coverage_matrix(t, v, w)
+
+
+@COMPILED.marks[0]
+@pytest.mark.parametrize("clustered", [False, True])
+def test_compiled_greedy_decides_certain_steps_itself_and_asks_torch_otherwise(clustered, monkeypatch):
+    """Both of the compiled greedy's ways of deciding a step are exercised at LLaVA size, and its
+    picks are the dense greedy's: torch's reduction is called only for the steps that are not
+    certain (on these Gaussian features 5 of 64, on the clustered ones 1 or 2), never for most."""
+    C, k = _llava_matrix(9900, clustered), 64
+    want = greedy_max_coverage(C, k, method="dense")
+    calls = []
+    real_sum = torch.sum
+
+    def counting_sum(*args, **kwargs):
+        calls.append(1)
+        return real_sum(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "sum", counting_sum)
+    got = greedy_max_coverage(C, k, method="compiled")
+    monkeypatch.undo()
+    assert torch.equal(got, want)
+    if clustered:
+        assert len(calls) < k // 8
+    else:
+        assert 0 < len(calls) < k // 4
+
+
+@COMPILED.marks[0]
+@pytest.mark.parametrize("power", [-44, -30, -10, 0, 10, 30])
+def test_compiled_greedy_at_any_magnitude(power):
+    """The grid's scale follows the matrix: from subnormal float32 entries to 1e30, the compiled
+    greedy picks what the dense greedy picks."""
+    gen = torch.Generator().manual_seed(13)
+    C = ((torch.rand(70, 50, generator=gen) ** 3).double() * 10.0**power).float()
+    for k in (1, 5, 25, 50):
+        _cpu_greedy_equals_dense(C, k, "compiled")
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_compiled_greedy_leaves_nan_and_inf_to_the_incremental_greedy(bad):
+    """A matrix holding NaN or infinity (never built by mmtok_select) is not certified on a grid:
+    the compiled path hands it to the incremental greedy, whose picks are torch's."""
+    lib = native.load()
+    if lib is None:
+        pytest.skip(f"compiled greedy: {native.unavailable()}")
+    from mmtok.selection.mmtok import _compiled_greedy, _incremental_greedy
+
+    C = torch.rand(30, 20, generator=torch.Generator().manual_seed(12))
+    C[3, 7] = bad
+    forbidden = torch.zeros(20, dtype=torch.bool)
+    assert torch.equal(_compiled_greedy(C, 5, forbidden, lib), _incremental_greedy(C, 5, forbidden))
+
+
+def test_auto_path_by_device_and_dtype():
+    """auto: the compiled greedy on CPU float32 (where it builds), the incremental one for float64,
+    dense for half precision and off the CPU; an explicit method is kept."""
+    from mmtok.selection.mmtok import _variant
+
+    cpu = torch.device("cpu")
+    assert _variant("auto", cpu, torch.float32) == ("compiled" if native.load() is not None else "incremental")
+    assert _variant("auto", cpu, torch.float64) == "incremental"
+    assert _variant("auto", cpu, torch.float16) == "dense"
+    assert _variant("auto", torch.device("meta"), torch.float32) == "dense"
+    assert _variant("lazy", cpu, torch.float32) == "lazy"
+
+
+@pytest.fixture
+def fresh_native(monkeypatch, tmp_path):
+    """native.py looks again for its library under a test's environment, and forgets it afterwards."""
+    monkeypatch.setenv("MMTOK_NATIVE_CACHE", str(tmp_path / "native"))
+    native.reset()
+    yield tmp_path / "native"
+    monkeypatch.undo()
+    native.reset()
+
+
+@pytest.mark.parametrize(
+    ("env", "reason"), [({"MMTOK_NATIVE": "0"}, "turned off (MMTOK_NATIVE=0)"), ({"CC": "no-such-cc"}, "no C compiler")]
+)
+def test_without_the_compiled_greedy_auto_is_the_incremental_one(fresh_native, monkeypatch, env, reason):
+    """No compiler (or the switch off): auto runs the incremental greedy, same picks; asking for
+    "compiled" is a one-line error naming why and the way out."""
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert native.load() is None and native.unavailable().startswith(reason)
+    C = _llava_matrix(9901, clustered=True)
+    assert torch.equal(greedy_max_coverage(C, 32), greedy_max_coverage(C, 32, method="dense"))
+    with pytest.raises(ValueError, match=r"^method 'compiled' is not available here \(.*\); use 'auto'$"):
+        greedy_max_coverage(C, 4, method="compiled")
+    assert not fresh_native.exists()
+
+
+def test_compiled_greedy_is_built_once_into_its_cache(fresh_native):
+    """The first load builds one library in the cache folder; a later process (here: after a reset)
+    loads that file instead of building again."""
+    if shutil.which(os.environ.get("CC", "cc")) is None:
+        pytest.skip("no C compiler")
+    assert native.load() is not None, native.unavailable()
+    (built,) = fresh_native.glob("coverage_greedy-*.so")
+    stamp = built.stat().st_mtime_ns
+    native.reset()
+    assert native.load() is not None and [p.name for p in fresh_native.iterdir()] == [built.name]
+    assert built.stat().st_mtime_ns == stamp
 
 
 def _authors():
@@ -551,8 +683,9 @@ def _authors():
     return module
 
 
+@pytest.mark.parametrize("method", ["auto", *CPU_GREEDIES])
 @pytest.mark.parametrize("seed", range(3))
-def test_auto_picks_the_authors_indices_at_llava_sizes(seed):
+def test_auto_picks_the_authors_indices_at_llava_sizes(seed, method):
     """On CPU, mmtok_select (auto) returns exactly the authors' selector's indices (their
     operations, TorchScript kernel, one crop per call) at 576 tokens per crop, on features whose
     greedy steps are mostly float near-ties (Gaussian) and on clustered ones, one crop or five."""
@@ -564,8 +697,8 @@ def test_auto_picks_the_authors_indices_at_llava_sizes(seed):
         w = w + 2 * torch.randn(5, 48, 128, generator=gen)[:, torch.randint(0, 48, (576,), generator=gen)]
     for k in (4, 32, 64, 192):
         want = authors.authors_select_crops(t, v, w, k)
-        assert torch.equal(mmtok_select(t, v, w, k), want)
-        assert torch.equal(mmtok_select(t, v[1], w[1], k), want[1])
+        assert torch.equal(mmtok_select(t, v, w, k, method=method), want)
+        assert torch.equal(mmtok_select(t, v[1], w[1], k, method=method), want[1])
 
 
 # ---------------------------------------------------------------- on the device under test
@@ -620,14 +753,14 @@ def test_on_device_picks_the_authors_indices_at_llava_sizes(dtype):
 
 
 def test_method_is_checked():
-    with pytest.raises(ValueError, match="method must be one of auto, dense, incremental, lazy"):
+    with pytest.raises(ValueError, match="method must be one of auto, dense, incremental, lazy, compiled"):
         greedy_max_coverage(torch.rand(3, 4), 1, method="fast")
-    for method in ("lazy", "incremental"):
+    for method in ("lazy", "incremental", "compiled"):
         with pytest.raises(ValueError, match=f"method '{method}' runs on CPU tensors"):
             greedy_max_coverage(torch.rand(3, 4, device="meta"), 1, method=method)
 
 
-@pytest.mark.parametrize("method", ["auto", "dense", "incremental", "lazy"])
+@pytest.mark.parametrize("method", ["auto", "dense", "incremental", "lazy", COMPILED])
 def test_select_equals_greedy_on_the_built_matrix(method):
     """mmtok_select's blocks path (C never built) picks what the greedy picks on build_coverage_matrix."""
     gen = torch.Generator().manual_seed(10)
@@ -684,7 +817,7 @@ def test_argmax_returns_first_maximum():
     assert torch.zeros(3, 513).argmax(dim=-1).tolist() == [0, 0, 0]
 
 
-@pytest.mark.parametrize("method", ["dense", "incremental", "lazy"])
+@pytest.mark.parametrize("method", ["dense", "incremental", "lazy", COMPILED])
 def test_duplicate_columns_pick_lowest_index(method):
     greedy_max_coverage = functools.partial(_greedy, method=method)
     C = torch.tensor([[0.1, 0.5, 0.2, 0.5, 0.5], [0.0, 0.5, 0.1, 0.5, 0.5]])
@@ -699,7 +832,7 @@ def test_duplicate_columns_pick_lowest_index(method):
     assert greedy_max_coverage(C, 1, exclude=exclude).tolist() == [3]
 
 
-@pytest.mark.parametrize("method", ["dense", "incremental", "lazy"])
+@pytest.mark.parametrize("method", ["dense", "incremental", "lazy", COMPILED])
 def test_zero_gain_falls_back_to_lowest_free_index(method):
     greedy_max_coverage = functools.partial(_greedy, method=method)
     C = torch.tensor([[0.0, 1.0, 0.0, 1.0]])

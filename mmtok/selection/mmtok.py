@@ -8,10 +8,12 @@ terms are facility-location functions, hence monotone submodular, so the greedy 
 Shapes: a single crop uses 2-D inputs; a batch of crops uses 3-D vision inputs with either one
 shared question `[m, D]` or one per crop `[B, m, D]` (a tiling family selects on up to five crops per
 request). The similarity matmuls and softmaxes run in torch with the authors' release's arithmetic.
-The greedy has three variants with identical picks: the reference dense greedy (docs/mmtok.md) in torch (batched over
+The greedy has four variants with identical picks: the reference dense greedy (docs/mmtok.md) in torch (batched over
 crops; the default off the CPU), and on CPUs, one crop at a time, an incremental one that rewrites
-only the rows a pick changes and sums them with the dense greedy's own reduction (the default),
-and an exact lazy greedy in numpy (opt-in). docs/speed.md has the measurements behind the choice.
+only the rows a pick changes and sums them with the dense greedy's own reduction, the same in C
+(coverage_greedy.c, built at first use by `native.py`; the default where a C compiler is, the
+incremental one elsewhere), and an exact lazy greedy in numpy (opt-in). docs/speed.md has the
+measurements behind the choice.
 
 The paper's ablations are variants of the one objective (`Objective`, docs/mmtok.md "Variants"): which
 coverage terms, raw or softmax-calibrated similarities, an adaptive tau_v, word pooling of the text rows;
@@ -21,12 +23,15 @@ the defaults every function here runs the very same operations as before the var
 
 from __future__ import annotations
 
+import math
 import operator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from mmtok.selection import native
 
 __all__ = [
     "ADAPTIVE_TAU_V_GRID",
@@ -373,9 +378,9 @@ def _exclude_mask(exclude: torch.Tensor | None, batch: int, n: int, device: torc
 LAZY_BLOCK = 16
 # The greedy variants (`greedy_max_coverage`); "auto" chooses by device (`_variant`). The measured
 # reasons are in docs/speed.md ("Path choice").
-METHODS = ("auto", "dense", "incremental", "lazy")
-# The variants that run in numpy on the CPU, and the dtypes they take as they are.
-_CPU_ONLY = ("incremental", "lazy")
+METHODS = ("auto", "dense", "incremental", "lazy", "compiled")
+# The variants that run in numpy or C on the CPU, and the dtypes they take as they are.
+_CPU_ONLY = ("incremental", "lazy", "compiled")
 _NUMPY_DTYPES = (torch.float32, torch.float64)
 
 
@@ -621,26 +626,76 @@ def _incremental_greedy(C: torch.Tensor, k: int, forbidden: torch.Tensor) -> tor
     return torch.from_numpy(picks)
 
 
+def _compiled_greedy(C: torch.Tensor, k: int, forbidden: torch.Tensor, lib) -> torch.Tensor:
+    """The dense greedy's picks for one crop (`C` `[R, n]`, CPU, float32, contiguous), by the
+    compiled kernel `coverage_greedy.c` (`lib`, from `native.load()`).
+
+    The incremental greedy's bookkeeping (a term matrix rewritten only in the rows a pick
+    changes), plus exact integer column sums on a fixed grid, also updated only there. A step
+    whose winner is certain in any float32 order of the additions (`_tie_ratio`) is decided in C
+    without summing anything; any other step returns here and is decided as the incremental
+    greedy decides it: the term matrix summed with the dense greedy's own torch reduction, first
+    maximum. So the picks are the dense greedy's (and the authors') bit for bit, near-ties
+    included. The first step is the incremental greedy's (torch's clamp and sum, on all threads:
+    the grid sums are built during the first pick). A matrix holding NaN or infinity goes to
+    `_incremental_greedy`.
+    """
+    rows, n = C.shape
+    Cn = C.numpy()
+    terms_t = torch.clamp_min(C, 0)  # step 1: best = 0, and relu(x - 0) = relu(x); torch, all threads
+    gain_t = torch.sum(terms_t, 0)  # step 1's gains: the dense greedy's own, so step 1 is its pick
+    gain = gain_t.numpy()
+    if not np.isfinite(gain).all():  # NaN or +inf in C, or sums past float32: not for the grid
+        return _incremental_greedy(C, k, forbidden)
+    # The grid: every exact column sum is below 2 * max(gain) (float32 sums are within 1e-4 of
+    # exact), so with 2^e > 2 * max(gain) every term and grid sum stays below 2^50 + R / 2.
+    scale = math.ldexp(1.0, 51 - math.frexp(2.0 * float(gain.max()) or 1.0)[1])
+    dead = forbidden.numpy().astype(np.uint8)
+    picks = np.empty(k, dtype=np.int64)
+    best, sums = np.zeros(rows, dtype=np.float32), np.empty(n, dtype=np.float64)  # sums: the grid sums
+    fixed = (Cn.ctypes.data, terms_t.data_ptr(), best.ctypes.data, sums.ctypes.data, dead.ctypes.data)
+    fixed += (picks.ctypes.data, gain_t.data_ptr(), rows, n)
+    rho = _tie_ratio(rows)
+    step = lib.mmtok_run(*fixed, 0, k, scale, rho, 1)
+    while step < k:  # a step that rounding could decide: the dense greedy's own sums decide it
+        torch.sum(terms_t, 0, out=gain_t)
+        step = lib.mmtok_run(*fixed, step, k, scale, rho, 1)
+    return torch.from_numpy(picks)
+
+
 def _check_method(method: str, device: torch.device) -> None:
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     if method in _CPU_ONLY and device.type != "cpu":
         raise ValueError(f"method {method!r} runs on CPU tensors; on {device.type} use 'auto' or 'dense'")
+    if method == "compiled" and native.load() is None:
+        raise ValueError(f"method 'compiled' is not available here ({native.unavailable()}); use 'auto'")
 
 
-def _variant(method: str, C: torch.Tensor) -> str:
-    """The greedy to run for a checked method on `C`.
+def _variant(method: str, device: torch.device, dtype: torch.dtype) -> str:
+    """The greedy to run for a checked method on a C of this device and dtype.
 
-    "auto" on a CPU is the incremental greedy, one crop at a time (the dense greedy's picks bit for
-    bit at a fraction of its passes over memory; on 5 x 576 crops, batching them into one [5, R, n]
-    dense greedy is slower than crop by crop); for dtypes numpy lacks (half, bfloat16) it is the
-    dense greedy, whose picks the incremental one could only match after widening to float32. On
-    any other device it is the dense greedy batched over crops (few large kernels per step and no
-    host synchronisation: a step costs about its kernel launches).
+    "auto" on a CPU is the compiled greedy (`_compiled_greedy`) for float32 where the kernel could
+    be built (`native.load()`), else the incremental greedy (float64 too), one crop at a time:
+    the dense greedy's picks bit for bit at a fraction of its passes over memory (on 5 x 576
+    crops, batching them into one [5, R, n] dense greedy is slower than crop by crop); for dtypes
+    numpy lacks (half, bfloat16) it is the dense greedy, whose picks the others could only match
+    after widening to float32. On any other device it is the dense greedy batched over crops (few
+    large kernels per step and no host synchronisation: a step costs about its kernel launches).
+    docs/speed.md ("Path choice") has the measurements.
     """
     if method != "auto":
         return method
-    return "incremental" if C.device.type == "cpu" and C.dtype in _NUMPY_DTYPES else "dense"
+    if device.type != "cpu" or dtype not in _NUMPY_DTYPES:
+        return "dense"
+    return "compiled" if dtype == torch.float32 and native.load() is not None else "incremental"
+
+
+def _greedy_crop(C: torch.Tensor, k: int, forbidden: torch.Tensor, variant: str) -> torch.Tensor:
+    """One crop (`C` `[R, n]`, CPU, float32 / float64, contiguous) by the compiled or the incremental
+    greedy; the compiled kernel is float32 only, so float64 takes the incremental one."""
+    lib = native.load() if variant == "compiled" and C.dtype == torch.float32 else None
+    return _incremental_greedy(C, k, forbidden) if lib is None else _compiled_greedy(C, k, forbidden, lib)
 
 
 def _prepare(
@@ -650,10 +705,10 @@ def _prepare(
     if exclude is not None and single and exclude.dim() != 1:
         raise ValueError(f"exclude must have shape [{n}] for a single crop, got {tuple(exclude.shape)}")
     forbidden = _exclude_mask(exclude, batch, n, device)
-    return _check_budget(k, forbidden, n, fill), forbidden
+    return _check_budget(k, None if exclude is None else forbidden, n, fill), forbidden
 
 
-def _check_budget(k: object, forbidden: torch.Tensor, n: int, fill: bool = False) -> int:
+def _check_budget(k: object, forbidden: torch.Tensor | None, n: int, fill: bool = False) -> int:
     k = _as_budget(k)
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
@@ -661,7 +716,7 @@ def _check_budget(k: object, forbidden: torch.Tensor, n: int, fill: bool = False
         if k > n:
             raise ValueError(f"k={k} exceeds the number of tokens n={n}")
         return k
-    selectable = n - int(forbidden.sum(dim=-1).max().item())
+    selectable = n if forbidden is None else n - int(forbidden.sum(dim=-1).max().item())
     if k > selectable:
         raise ValueError(f"k={k} exceeds the number of selectable tokens ({selectable} of n={n})")
     return k
@@ -709,7 +764,12 @@ def greedy_max_coverage(
       numpy, and returns exactly `"dense"`'s picks in the same order: where its own float sums
       leave a near-tie that rounding could decide, it asks the dense greedy's arithmetic.
       `text_rows` (MMTok's m; `mmtok_select` passes it) only helps its bounds.
-    - `"auto"` (default): incremental on CPU, dense elsewhere (`_variant`).
+    - `"compiled"` (CPU only, where a C compiler is: `native.py`): the incremental greedy's
+      bookkeeping in C, deciding in C every step whose winner no float32 order of additions could
+      change and asking the dense greedy's own torch reduction for the others (`_compiled_greedy`):
+      the same picks, per crop. Its kernel is float32; a float64 C runs the incremental greedy.
+    - `"auto"` (default): compiled on CPU float32 where it can be built, else incremental; dense
+      elsewhere (`_variant`).
     The CPU-only variants take float32 / float64 as they are and widen other dtypes to float32.
 
     `fill_excluded` (MMTok++'s overflow rule): where k exceeds a crop's allowed columns, that crop
@@ -736,7 +796,7 @@ def greedy_max_coverage(
             picks.append(_fill_excluded(C3[b], head.to(C3.device), k, forbidden[b]) if count < k else head)
         picks = torch.stack(picks)
         return picks[0] if single else picks
-    variant = _variant(method, C3)
+    variant = _variant(method, C3.device, C3.dtype)
     if variant == "dense":
         picks = _dense_greedy(C3, k, forbidden)
     else:
@@ -746,7 +806,7 @@ def greedy_max_coverage(
             picks = _lazy_greedy(C3, k, forbidden, text_rows)
         else:
             C3 = C3.detach().contiguous()
-            picks = torch.stack([_incremental_greedy(C3[b], k, forbidden[b]) for b in range(C3.shape[0])])
+            picks = torch.stack([_greedy_crop(C3[b], k, forbidden[b], variant) for b in range(C3.shape[0])])
     return picks[0] if single else picks
 
 
@@ -795,9 +855,13 @@ def mmtok_select(
             C = build_coverage_matrix(
                 text, vision_proj[b], vision_pre[b], alpha, tau_t, tau_v, objective=objective, words=words
             )
-            picks.append(
-                greedy_max_coverage(C, k, exclude=forbidden[b], method=method, text_rows=m, fill_excluded=fill)
-            )
+            variant = _variant(method, C.device, C.dtype)
+            if variant in ("compiled", "incremental") and not fill:  # straight to the crop's greedy
+                picks.append(_greedy_crop(C.detach().contiguous(), k, forbidden[b], variant))
+            else:
+                picks.append(
+                    greedy_max_coverage(C, k, exclude=forbidden[b], method=method, text_rows=m, fill_excluded=fill)
+                )
         return torch.stack(picks).sort(dim=-1).values
     C = build_coverage_matrix(text_emb, vision_proj, vision_pre, alpha, tau_t, tau_v, objective=objective, words=words)
     picks = greedy_max_coverage(C, k, exclude=exclude, method=method, text_rows=m, fill_excluded=fill)
