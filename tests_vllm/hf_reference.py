@@ -9,6 +9,13 @@ per case (image, question, method, budget) the prompt, the kept row indices our 
 (None for VisionZip's merged tokens), the greedy tokens of `model.generate` under the pruner
 (batch 1, so no padding), the first token's top log-probabilities, and the prompt's text-token
 count. Nothing is written when the inputs (this script, the model, mmtok/) are unchanged.
+
+For MMTok and DivPrune it also writes each case's objective matrix (`objective-<i>.npy`: MMTok's
+coverage matrix C, DivPrune's cosine distances) and the picks no rounding can move (`decided`): on
+the trained testbed both greedies saturate within a few picks (MMTok's gains fall to ~1e-7, the
+background patches DivPrune then spreads over are near-duplicates), after which vLLM's features
+(within ~5e-6 of HF's) decide the near-ties as well as ours; the tests compare those rows by their
+objective under HF's matrix rather than by identity.
 """
 
 from __future__ import annotations
@@ -29,6 +36,12 @@ BUDGETS = (4, 16, 64)
 NEXT_BUDGETS = (5, 20, 80, 200)  # per crop (5 crops at most): 1, 4, 16, 40 >= the 36 tokens of a crop
 MAX_NEW = 8
 TOP = 5
+# A greedy step is decided when its winner's gain beats the runner-up's by this share of the first
+# pick's gain: far above the gain changes vLLM's features (within ~5e-6 of HF's) can make.
+DECIDED_MARGIN = 1e-4
+# DivPrune: a step is decided when its farthest token is farther than the runner-up by this much
+# (cosine distance).
+DECIDED_DISTANCE = 1e-4
 # (scene seed, colour asked about): two scenes, one question each, plus a second question on scene 0
 QUESTIONS = (
     (0, "Is there a red object in the image?"),
@@ -83,6 +96,68 @@ def kept_rows(pruner, model, inputs) -> list[list[int]] | None:
         return [x.tolist() for x in sel.indices]
 
 
+def coverage_matrix(pruner, model, inputs) -> torch.Tensor:
+    """MMTok's C for the request `pruner` just ran ([text rows + patches, patches], one crop), built
+    as its `select` builds it."""
+    from mmtok.models.adapters import adapter_for
+    from mmtok.selection.mmtok import build_coverage_matrix
+
+    ctx = pruner.request.contexts[0]
+    with torch.no_grad():
+        image = pruner.encode(adapter_for(model), inputs["pixel_values"])[0]
+        text, _ = pruner.text_rows(ctx)
+        tau_t = pruner.tau_t if pruner.tau_t is not None else pruner.for_family(ctx.adapter.family).tau_t
+        return build_coverage_matrix(text, image.proj[0], image.patches[0], pruner.alpha, tau_t, pruner.tau_v)
+
+
+def decided_picks(C: torch.Tensor, k: int) -> list[int]:
+    """The greedy's leading picks (pick order) up to its first step that is not decided
+    (`DECIDED_MARGIN`), in float64."""
+    C = C.double()
+    best = torch.zeros(C.shape[0], dtype=C.dtype)
+    picks: list[int] = []
+    first = None
+    for _ in range(k):
+        gains = (C - best[:, None]).clamp(min=0).sum(0)
+        gains[picks] = -torch.inf
+        top = torch.topk(gains, 2)
+        first = float(top.values[0]) if first is None else first
+        if float(top.values[0] - top.values[1]) < DECIDED_MARGIN * first:
+            break
+        picks.append(int(top.indices[0]))
+        best = torch.maximum(best, C[:, picks[-1]])
+    return picks
+
+
+def distance_matrix(pruner, model, inputs) -> torch.Tensor:
+    """DivPrune's cosine distances for the request `pruner` just ran (one crop), as its `select`
+    measures them."""
+    from mmtok.models.adapters import adapter_for
+    from mmtok.selection.divprune import cosine_distance
+
+    adapter = adapter_for(model)
+    with torch.no_grad():
+        image = pruner.encode(adapter, inputs["pixel_values"])[0]
+        feats = image.patches if adapter.diversity_features == "patches" else image.proj
+        return cosine_distance(feats[0])
+
+
+def decided_farthest(dist: torch.Tensor, k: int) -> list[int]:
+    """DivPrune's leading picks (pick order) up to its first step that is not decided
+    (`DECIDED_DISTANCE`), in float64."""
+    dist = dist.double()
+    score = dist.masked_fill(torch.eye(dist.shape[0], dtype=torch.bool), torch.inf).amin(dim=1)
+    picks: list[int] = []
+    for _ in range(k):
+        score[picks] = -torch.inf
+        top = torch.topk(score, 2)
+        if float(top.values[0] - top.values[1]) < DECIDED_DISTANCE:
+            break
+        picks.append(int(top.indices[0]))
+        score = dist[picks[-1]].clone() if len(picks) == 1 else torch.minimum(score, dist[picks[-1]])
+    return picks
+
+
 def run_case(model, processor, image, question: str, method: str | None, budget: int | None) -> dict:
     from transformers import LogitsProcessorList
 
@@ -105,11 +180,20 @@ def run_case(model, processor, image, question: str, method: str | None, budget:
             **inputs, max_new_tokens=MAX_NEW, do_sample=False, num_beams=1, logits_processor=LogitsProcessorList([grab])
         )
         rows = kept_rows(pruner, model, inputs) if method else None
+        objective = None
+        if model.config.model_type == "llava" and method in ("mmtok", "divprune"):
+            objective = (coverage_matrix if method == "mmtok" else distance_matrix)(pruner, model, inputs)
     new = out[0, inputs["input_ids"].shape[1] :].tolist()
     eos = model.generation_config.eos_token_id
     n = next((j + 1 for j, tok in enumerate(new) if tok == eos), len(new))
     top = torch.topk(scores[0], TOP)
+    extra = {}
+    if objective is not None:
+        decided = (decided_picks if method == "mmtok" else decided_farthest)(objective, budget)
+        assert set(decided) <= set(rows[0]), "the decided picks are the greedy's"
+        extra = {"objective": objective.float().numpy(), "decided": decided}
     return {
+        **extra,
         "prompt": prompt,
         "question": question,
         "method": method,
@@ -180,6 +264,9 @@ def main() -> int:
     cases.append(
         {"image": "scene0.png", **run_case(model, processor, image, SECOND_QUESTION + POST_PROMPT, "mmtok", 4)}
     )
+    for i, case in enumerate(c for c in cases if "objective" in c):
+        np.save(args.out / f"objective-{i}.npy", case.pop("objective"))
+        case["objective_file"] = f"objective-{i}.npy"
     next_cases = next_reference(args.out)
     payload = {"inputs_sha256": digest, "model": str(MODEL), "cases": cases, "next_cases": next_cases}
     ref.write_text(json.dumps(payload, indent=1) + "\n")
