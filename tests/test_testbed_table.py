@@ -26,8 +26,34 @@ def test_grid_is_none_plus_every_row_at_every_budget():
     for task in ("scenes_pope", "scenes_gqa"):
         mine = [c for c in grid if c.task == task]
         assert mine[0] == Cell(task, "none", None)
-        assert len(mine) == 1 + len(ROWS) * len(BUDGETS) == 56
+        columns = [r for r in ROWS if r.budgets == BUDGETS]
+        assert len(mine) == 1 + len(columns) * len(BUDGETS) + 1 == 102
+        assert mine[-1] == Cell(task, "text_only", 0)  # the one row off the columns, after them
     assert len({c.key for c in grid}) == len(grid)
+    with pytest.raises(ValueError, match=r"row x: budgets \[8\] are not columns; valid: 0 \(text only\)"):
+        Row("x", "mmtok", "pre-LLM", budgets=(8, 16))
+
+
+def test_variant_rows_are_their_config_files_and_text_only_keeps_no_image_token():
+    from mmtok.run.pruner import pruner_from_file
+
+    files = [r for r in ROWS if r.label != r.method and r.label not in ("text_only",)]
+    assert [r.label for r in files] == [
+        "mmtok_tv_raw",
+        "mmtok_tv_softmax",
+        "mmtok_vv_raw",
+        "mmtok_vv_softmax",
+        "mmtok_adaptive_tau_v",
+        "mmtok_pool_mean_pre",
+        "mmtok_pool_max_post",
+        "mmtok_plus_plus",
+    ]
+    for row in [*files, row_by_label("mmtok_llm")]:  # mmtok_llm's file pins K = 2 too
+        for budget in (64, 4):
+            ours = pruner_for(row, budget).for_family("llava")  # the testbed is a LLaVA: its tau_t
+            assert ours == pruner_from_file(row.label, budget, model_type="llava"), row.label
+    text_only = pruner_for(row_by_label("text_only"), 0)
+    assert (type(text_only).__name__, text_only.budget) == ("NoPruner", 0)
 
 
 def test_every_method_but_cdpruner_has_a_row_and_the_oracle_is_a_reference():
@@ -36,7 +62,7 @@ def test_every_method_but_cdpruner_has_a_row_and_the_oracle_is_a_reference():
     methods = {r.method for r in ROWS}
     assert methods | set(UNRUNNABLE) | {"none"} == set(PRUNERS) | {"oracle"}
     assert set(UNRUNNABLE) == {"cdpruner"}
-    assert [r.label for r in ROWS if r.stage == "reference"] == ["oracle"]
+    assert [r.label for r in ROWS if r.stage == "reference"] == ["oracle", "text_only"]
     with pytest.raises(ValueError, match="unknown table row 'fastv3'; valid: oracle, random, mmtok"):
         row_by_label("fastv3")
     with pytest.raises(ValueError, match="row x: unknown budget_as 'kept'; valid: budget, counts, pdrop_ratio"):
@@ -97,6 +123,10 @@ def test_rows_round_trip_and_fill_the_markdown(tmp_path):
     assert [(r["pruner"], r["budget"], r["score"]) for r in back] == [("none", "", "0.9000"), ("mmtok", "4", "0.7500")]
     text = markdown(back, {"scenes_pope": 6})
     assert "Unpruned (576 tokens): **0.900**" in text
+    assert "text_only" not in text.split("## scenes_pope")[1]  # no run, no line
+    text = markdown([*back, {**back[0], "pruner": "text_only", "budget": "0", "score": "0.5000"}], {"scenes_pope": 6})
+    assert "Unpruned (576 tokens): **0.900**\n\ntext_only (0 image tokens): **0.500**" in text
+    assert text.count("| text_only | reference |") == 1  # its settings line; no budget columns
     assert "| mmtok | pre-LLM |  |  |  |  | 0.750 |" in text
     assert "| mmtok | 4 | 0.750 | 0.750 | 0.750 |  |" in text
 
@@ -130,3 +160,13 @@ def test_oracle_refuses_an_image_it_was_not_built_for():
     assert image.labels.tolist() == [0, 3, 0, 1]
     with pytest.raises(ValueError, match="oracle: an image that is not one of the scenes it was built for"):
         oracle.encode(OneCrop(), known + 1)
+
+
+def test_plot_panels_split_the_methods_from_mmtoks_variants():
+    from mmtok.testbed.table import plot_groups
+
+    (methods_title, methods), (variants_title, variants) = plot_groups()
+    assert (methods_title, variants_title) == ("methods", "MMTok and its variants")
+    assert [r.label for r in variants][:3] == ["oracle", "text_only", "mmtok"]
+    assert {r.label for r in variants[3:]} == {r.label for r in ROWS if r.method == "mmtok"} - {"mmtok"}
+    assert {r.label for r in methods} == {r.label for r in ROWS} - {r.label for r in variants[3:]}

@@ -45,7 +45,8 @@ BUDGET_AS = ("budget", "counts", "pdrop_ratio")
 class Row:
     """One table row: `method` with fixed `params`; `budget_as` says what a column's budget becomes
     ("budget": the method's budget; "counts": SparseVLM's kept count at its one pruning layer;
-    "pdrop_ratio": PDrop's lambda, so that the first content layer receives `budget` tokens)."""
+    "pdrop_ratio": PDrop's lambda, so that the first content layer receives `budget` tokens). A variant
+    of a method is the method with the parameters of its configs/pruner file (tests hold them equal)."""
 
     label: str  # unique: the CSV's "pruner" column
     method: str  # a registered pruner, or "oracle" (mmtok.testbed.oracle)
@@ -53,10 +54,14 @@ class Row:
     params: tuple[tuple[str, object], ...] = ()
     budget_as: str = "budget"
     note: str = ""
+    budgets: tuple[int, ...] = BUDGETS  # the columns it runs at; (0,): text only, reported beside the unpruned
 
     def __post_init__(self) -> None:
         if self.budget_as not in BUDGET_AS:
             raise ValueError(f"row {self.label}: unknown budget_as {self.budget_as!r}; valid: {', '.join(BUDGET_AS)}")
+        off = sorted(set(self.budgets) - {*BUDGETS, 0})
+        if off:
+            raise ValueError(f"row {self.label}: budgets {off} are not columns; valid: 0 (text only), {BUDGETS}")
 
 
 ROWS = (
@@ -67,6 +72,53 @@ ROWS = (
     Row("visionzip", "visionzip", "pre-LLM", note="CLS attention at the layer the projector reads"),
     Row("vispruner", "vispruner", "pre-LLM", note="CLS attention at the layer the projector reads"),
     Row("prumerge_plus", "prumerge_plus", "pre-LLM", note="CLS attention of the tower's last layer"),
+    Row("mmtok_tv_raw", "mmtok", "pre-LLM", (("terms", "tv"), ("similarity", "raw")), note="Table 6: text-vision, raw"),
+    Row(
+        "mmtok_tv_softmax",
+        "mmtok",
+        "pre-LLM",
+        (("terms", "tv"), ("similarity", "softmax")),
+        note="Table 6: text-vision",
+    ),
+    Row(
+        "mmtok_vv_raw", "mmtok", "pre-LLM", (("terms", "vv"), ("similarity", "raw")), note="Table 6: vision-vision, raw"
+    ),
+    Row(
+        "mmtok_vv_softmax",
+        "mmtok",
+        "pre-LLM",
+        (("terms", "vv"), ("similarity", "softmax")),
+        note="Table 6: vision-vision",
+    ),
+    Row("mmtok_adaptive_tau_v", "mmtok", "pre-LLM", (("adaptive_tau_v", True),), note="Table 9: adaptive tau_v"),
+    Row(
+        "mmtok_pool_mean_pre",
+        "mmtok",
+        "pre-LLM",
+        (("word_pooling", "mean"), ("pooling_stage", "pre")),
+        note="Table 10: words mean-pooled before the similarity",
+    ),
+    Row(
+        "mmtok_pool_max_post",
+        "mmtok",
+        "pre-LLM",
+        (("word_pooling", "max"), ("pooling_stage", "post")),
+        note="Table 10: max over words after the similarity",
+    ),
+    Row(
+        "mmtok_plus_plus",
+        "mmtok",
+        "pre-LLM",
+        (("exclude_padding", True),),
+        note="Table 15; the scenes are square (no padding patches), so it must equal mmtok",
+    ),
+    Row(
+        "text_only",
+        "none",
+        "reference",
+        budgets=(0,),
+        note="budget 0: the image placeholder removed, no image token (Tables 4, 20)",
+    ),
     Row(
         "fastv",
         "fastv",
@@ -89,6 +141,13 @@ ROWS = (
         (("layers", (1, 2, 3)),),
         budget_as="pdrop_ratio",
         note="rank layers L/4, L/2, 3L/4; lambda = sqrt(budget/576): layer 2 gets `budget`, layer 3 fewer",
+    ),
+    Row(
+        "mmtok_llm",
+        "mmtok_llm",
+        "in-LLM",
+        (("layer", BLIND_LAYERS),),
+        note=f"MMTok's coverage on the hidden states entering layer {BLIND_LAYERS} (Table 14's second stage)",
     ),
     Row(
         "dart",
@@ -154,7 +213,8 @@ def cells(tasks=TASKS, rows=ROWS, budgets=BUDGETS) -> list[Cell]:
     out = []
     for task in tasks:
         out.append(Cell(task, "none", None))
-        out += [Cell(task, r.label, b) for r in rows for b in budgets]
+        out += [Cell(task, r.label, b) for r in rows for b in budgets if b in r.budgets]
+        out += [Cell(task, r.label, b) for r in rows for b in r.budgets if b not in budgets]
     return out
 
 
@@ -167,6 +227,8 @@ def settings_lines(rows=ROWS) -> list[str]:
             "counts": "counts=(budget,)",
             "pdrop_ratio": "ratio=sqrt(budget/576)",
         }[r.budget_as]
+        if not set(r.budgets) & set(BUDGETS):
+            meaning = " / ".join(str(b) for b in r.budgets) + " only"
         lines.append(f"| {r.label} | {r.stage} | {params} | {meaning} | {r.note} |")
     lines += ["", "Not run: " + "; ".join(f"{k}: {v}" for k, v in UNRUNNABLE.items()) + ".", ""]
     return lines
@@ -197,9 +259,14 @@ def markdown(rows: list[dict], n: dict[str, int], table_rows=ROWS) -> str:
         lines += [f"## {task}: {metric}, {n.get(task, '?')} questions", ""]
         if none:
             lines += [f"Unpruned (576 tokens): **{float(none['score']):.3f}**", ""]
+        for r in table_rows:
+            for b in (b for b in r.budgets if b not in BUDGETS):
+                v = by.get((task, r.label, str(b)))
+                if v:
+                    lines += [f"{r.label} ({b} image tokens): **{float(v['score']):.3f}**", ""]
         header = "| pruner | stage | " + " | ".join(str(b) for b in BUDGETS) + " |"
         lines += [header, "|---" * (len(BUDGETS) + 2) + "|"]
-        for r in table_rows:
+        for r in (r for r in table_rows if set(r.budgets) & set(BUDGETS)):
             vals = [by.get((task, r.label, str(b))) for b in BUDGETS]
             cells_ = " | ".join(f"{float(v['score']):.3f}" if v else "" for v in vals)
             lines.append(f"| {r.label} | {r.stage} | {cells_} |")
@@ -216,35 +283,53 @@ def markdown(rows: list[dict], n: dict[str, int], table_rows=ROWS) -> str:
     return "\n".join(lines)
 
 
+def plot_groups(table_rows=ROWS) -> list[tuple[str, list[Row]]]:
+    """The plot's panels: the methods (and the references), then MMTok against its variants."""
+    variant = [r for r in table_rows if r.method == "mmtok" and r.label != "mmtok"]
+    mmtok = [r for r in table_rows if r.label == "mmtok"]
+    refs = [r for r in table_rows if r.stage == "reference"]
+    return [
+        ("methods", [r for r in table_rows if r not in variant]),
+        ("MMTok and its variants", [*refs, *mmtok, *variant]),
+    ]
+
+
 def plot(rows: list[dict], path: Path, table_rows=ROWS) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(TASKS), figsize=(6.5 * len(TASKS), 4.6))
-    for ax, task in zip(axes, TASKS):
-        for r in table_rows:
-            pts = sorted(
-                (int(x["budget"]), float(x["score"])) for x in rows if x["task"] == task and x["pruner"] == r.label
-            )
-            if not pts:
-                continue
-            style = {"reference": ("k", ":"), "in-LLM": (None, "--")}.get(r.stage, (None, "-"))
-            ax.plot(*zip(*pts), marker="o", color=style[0], linestyle=style[1], label=f"{r.label} ({r.stage})")
-        none = [float(x["score"]) for x in rows if x["task"] == task and x["pruner"] == "none"]
-        if none:
-            ax.axhline(none[0], color="gray", linestyle="--", label="none (576)")
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(BUDGETS, [str(b) for b in BUDGETS])
-        ax.set_xlabel("vision tokens kept (budget)")
-        ax.set_ylabel("POPE F1 (mean of splits)" if task == "scenes_pope" else "exact match")
-        ax.set_title(task)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+    groups = plot_groups(table_rows)
+    fig, axes = plt.subplots(len(groups), len(TASKS), figsize=(7.5 * len(TASKS), 4.6 * len(groups)), squeeze=False)
+    colours = plt.get_cmap("tab20").colors
+    for (title, group), line in zip(groups, axes):
+        for ax, task in zip(line, TASKS):
+            for i, r in enumerate(group):
+                pts = sorted(
+                    (int(x["budget"]), float(x["score"])) for x in rows if x["task"] == task and x["pruner"] == r.label
+                )
+                if pts and pts[0][0] not in BUDGETS:  # text only: a level, as the unpruned one
+                    ax.axhline(pts[0][1], color="gray", linestyle=":", label=f"{r.label} ({pts[0][0]})")
+                    continue
+                if not pts:
+                    continue
+                colour = "k" if r.stage == "reference" else colours[i % len(colours)]
+                style = {"reference": ":", "in-LLM": "--"}.get(r.stage, "-")
+                ax.plot(*zip(*pts), marker="o", color=colour, linestyle=style, label=f"{r.label} ({r.stage})")
+            none = [float(x["score"]) for x in rows if x["task"] == task and x["pruner"] == "none"]
+            if none:
+                ax.axhline(none[0], color="gray", linestyle="--", label="none (576)")
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(BUDGETS, [str(b) for b in BUDGETS])
+            ax.set_xlabel("vision tokens kept (budget)")
+            ax.set_ylabel("POPE F1 (mean of splits)" if task == "scenes_pope" else "exact match")
+            ax.set_title(f"{task}: {title}")
+            ax.grid(alpha=0.3)
+        line[-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    fig.savefig(tmp, dpi=100)
     os.replace(tmp, path)
 
 
