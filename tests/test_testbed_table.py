@@ -92,6 +92,8 @@ def test_in_llm_rows_prune_first_in_the_content_blind_layers():
     dart = pruner_for(row_by_label("dart"), 16)
     assert dart.prune_layers(layers) == (1,) and dart.layer_schedule(576, config) == [576, 576, 20, 20]
     assert pruner_for(row_by_label("random"), 4).seed == 0
+    mmtok_llm = pruner_for(row_by_label("mmtok_llm"), 16)
+    assert mmtok_llm.layer_schedule(576, config) == [576, 576, 16, 16]
 
 
 def test_rows_round_trip_and_fill_the_markdown(tmp_path):
