@@ -72,41 +72,41 @@ def scene_image(seed: int):
     return render(sample_scene(random.Random(f"vllm-tests:{seed}")))
 
 
-def kept_rows(pruner, model, inputs) -> list[list[int]] | None:
-    """The kept row indices of the request `pruner` just ran (its own encode + select on the same
-    inputs), per crop, or [indices into the packed sequence] (NeXT DivPrune); None for merged tokens."""
-    from mmtok.models.adapters import adapter_for
-
-    if pruner.merges:
-        return None
-    adapter = adapter_for(model)
-    ctx = pruner.request.contexts[0]
+def encoded(pruner, inputs):
+    """The image of the request `pruner` just ran, encoded by the pruner itself (the same inputs)."""
+    adapter = pruner.request.contexts[0].adapter
     extra = {key: inputs[key] for key in adapter.image_keys if key in inputs}
     with torch.no_grad():
-        image = pruner.encode(adapter, inputs["pixel_values"], **extra)[0]
-        k = pruner.per_crop_budget(adapter, image)
+        return pruner.encode(adapter, inputs["pixel_values"], **extra)[0]
+
+
+def kept_rows(pruner, image) -> list[list[int]]:
+    """The kept row indices of the request `pruner` just ran (its own select on its `encoded`
+    image), per crop, or [indices into the packed sequence] (NeXT DivPrune); None for the unpruned
+    packed layout."""
+    ctx = pruner.request.contexts[0]
+    with torch.no_grad():
+        k = pruner.per_crop_budget(ctx.adapter, image)
         if k is None or k >= image.tokens_per_crop:
             return [list(range(image.tokens_per_crop))] * image.num_crops
         sel = pruner.select(image, k, ctx)
         if sel.packed_indices is not None:
-            packed = adapter.full_sequence(image)
+            packed = ctx.adapter.full_sequence(image)
             if sel.packed_indices.numel() == packed.shape[0]:
                 return None  # every packed token: the unpruned layout
             return [sel.packed_indices.tolist()]
         return [x.tolist() for x in sel.indices]
 
 
-def coverage_matrix(pruner, model, inputs) -> torch.Tensor:
+def coverage_matrix(pruner, image) -> torch.Tensor:
     """MMTok's C for the request `pruner` just ran ([text rows + patches, patches], one crop), built
     as its `select` builds it."""
-    from mmtok.models.adapters import adapter_for
     from mmtok.selection.mmtok import build_coverage_matrix
 
     ctx = pruner.request.contexts[0]
+    text, _ = pruner.text_rows(ctx)
+    tau_t = pruner.for_family(ctx.adapter.family).tau_t
     with torch.no_grad():
-        image = pruner.encode(adapter_for(model), inputs["pixel_values"])[0]
-        text, _ = pruner.text_rows(ctx)
-        tau_t = pruner.tau_t if pruner.tau_t is not None else pruner.for_family(ctx.adapter.family).tau_t
         return build_coverage_matrix(text, image.proj[0], image.patches[0], pruner.alpha, tau_t, pruner.tau_v)
 
 
@@ -129,17 +129,13 @@ def decided_picks(C: torch.Tensor, k: int) -> list[int]:
     return picks
 
 
-def distance_matrix(pruner, model, inputs) -> torch.Tensor:
+def distance_matrix(pruner, image) -> torch.Tensor:
     """DivPrune's cosine distances for the request `pruner` just ran (one crop), as its `select`
     measures them."""
-    from mmtok.models.adapters import adapter_for
     from mmtok.selection.divprune import cosine_distance
 
-    adapter = adapter_for(model)
     with torch.no_grad():
-        image = pruner.encode(adapter, inputs["pixel_values"])[0]
-        feats = image.patches if adapter.diversity_features == "patches" else image.proj
-        return cosine_distance(feats[0])
+        return cosine_distance(pruner.crop_features(image, pruner.request.contexts[0].adapter)[0])
 
 
 def decided_farthest(dist: torch.Tensor, k: int) -> list[int]:
@@ -179,10 +175,11 @@ def run_case(model, processor, image, question: str, method: str | None, budget:
         out = model.generate(
             **inputs, max_new_tokens=MAX_NEW, do_sample=False, num_beams=1, logits_processor=LogitsProcessorList([grab])
         )
-        rows = kept_rows(pruner, model, inputs) if method else None
+        encoded_image = encoded(pruner, inputs) if method and not pruner.merges else None
+        rows = None if encoded_image is None else kept_rows(pruner, encoded_image)
         objective = None
         if model.config.model_type == "llava" and method in ("mmtok", "divprune"):
-            objective = (coverage_matrix if method == "mmtok" else distance_matrix)(pruner, model, inputs)
+            objective = (coverage_matrix if method == "mmtok" else distance_matrix)(pruner, encoded_image)
     new = out[0, inputs["input_ids"].shape[1] :].tolist()
     eos = model.generation_config.eos_token_id
     n = next((j + 1 for j, tok in enumerate(new) if tok == eos), len(new))

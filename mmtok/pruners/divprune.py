@@ -43,10 +43,15 @@ class DivPrunePruner(Pruner):
         if self.arithmetic not in ARITHMETICS:
             raise ValueError(f"unknown divprune arithmetic {self.arithmetic!r}; valid: {', '.join(ARITHMETICS)}")
 
+    @staticmethod
+    def crop_features(image: ImageCrops, adapter) -> torch.Tensor:
+        """The `[c, n, D]` features a crop's tokens are compared by: those the family's release
+        compares (`FamilyAdapter.diversity_features`)."""
+        return image.patches if adapter.diversity_features == "patches" else image.proj
+
     def select(self, image: ImageCrops, k: int, ctx: SampleContext) -> CropSelection:
         if self.scope == "crop" or image.num_crops == 1:
-            # the features the family's release compares (`FamilyAdapter.diversity_features`)
-            feats = image.patches if ctx.adapter.diversity_features == "patches" else image.proj
+            feats = self.crop_features(image, ctx.adapter)
             return CropSelection(indices=list(divprune_select(feats, k, arithmetic=self.arithmetic)))
         packed = ctx.adapter.full_sequence(image)
         total = k * image.num_crops

@@ -309,10 +309,10 @@ def plot(rows: list[dict], path: Path, table_rows=ROWS) -> None:
                 pts = sorted(
                     (int(x["budget"]), float(x["score"])) for x in rows if x["task"] == task and x["pruner"] == r.label
                 )
-                if pts and pts[0][0] not in BUDGETS:  # text only: a level, as the unpruned one
-                    ax.axhline(pts[0][1], color="gray", linestyle=":", label=f"{r.label} ({pts[0][0]})")
-                    continue
                 if not pts:
+                    continue
+                if pts[0][0] not in BUDGETS:  # text only: a level, as the unpruned one
+                    ax.axhline(pts[0][1], color="gray", linestyle=":", label=f"{r.label} ({pts[0][0]})")
                     continue
                 colour = "k" if r.stage == "reference" else colours[i % len(colours)]
                 style = {"reference": ":", "in-LLM": "--"}.get(r.stage, "-")
