@@ -28,7 +28,7 @@ from mmtok.pruners.core.contract import Pruner
 from mmtok.pruners.core.records import LayerTrace, PruneStats, Request, SampleContext, SampleStats
 from mmtok.pruners.core.registry import PRUNERS, method_modules, register
 from mmtok.pruners.core.tower import cls_attention_and_keys, encode_with_cls_signals
-from mmtok.pruners.inllm.api import InLLMPruner
+from mmtok.pruners.inllm.api import InLLMPruner, one_cut_schedule
 from mmtok.pruners.inllm.compose import Composed
 from mmtok.pruners.inllm.scoring import attention_rows, rotary_keys
 from mmtok.pruners.inllm.views import Cut, LayerView, Stage, keep_vision
@@ -78,6 +78,7 @@ __all__ = [
     "ImageSpan",
     "Cut",
     "keep_vision",
+    "one_cut_schedule",
     "LayerView",
     "Stage",
     "cls_attention_and_keys",

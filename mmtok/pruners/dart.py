@@ -18,7 +18,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from mmtok.pruners import Cut, InLLMPruner, LayerTrace, LayerView, keep_vision, register, rotary_keys
+from mmtok.pruners import (
+    Cut,
+    InLLMPruner,
+    LayerTrace,
+    LayerView,
+    keep_vision,
+    one_cut_schedule,
+    register,
+    rotary_keys,
+)
 from mmtok.selection.dart import dart_kept_count, dart_select
 
 
@@ -54,8 +63,7 @@ class DARTPruner(InLLMPruner):
         return dart_kept_count(self.budget, n, self.pivot_image, self.pivot_text)
 
     def layer_schedule(self, n: int, config) -> list[int]:
-        layers = config.text_config.num_hidden_layers
-        return [n] * self.layer + [self.kept(n)] * (layers - self.layer)
+        return one_cut_schedule(n, self.kept(n), self.layer, config)
 
     def cut(self, step: int, view: LayerView) -> list[Cut]:
         stage = view.stage

@@ -27,7 +27,7 @@ from typing import ClassVar
 
 import torch
 
-from mmtok.pruners import Cut, InLLMPruner, LayerTrace, LayerView, keep_vision, register
+from mmtok.pruners import Cut, InLLMPruner, LayerTrace, LayerView, keep_vision, one_cut_schedule, register
 from mmtok.selection import top_in_order
 
 BUDGET_MODES = ("equivalent", "kept")
@@ -100,9 +100,8 @@ class FastVPruner(InLLMPruner):
             self.kept_tokens(capacity, config.text_config.num_hidden_layers, capacity)
 
     def layer_schedule(self, n: int, config) -> list[int]:
-        layers = config.text_config.num_hidden_layers
-        r = self.kept_tokens(n, layers, self.capacity(config))
-        return [n] * self.layer + [min(r, n)] * (layers - self.layer)
+        r = self.kept_tokens(n, config.text_config.num_hidden_layers, self.capacity(config))
+        return one_cut_schedule(n, min(r, n), self.layer, config)
 
     def cut(self, step: int, view: LayerView) -> list[Cut]:
         rows = view.stage.rows

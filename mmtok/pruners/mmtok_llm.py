@@ -27,7 +27,7 @@ from typing import ClassVar
 
 import torch
 
-from mmtok.pruners import Cut, InLLMPruner, LayerTrace, LayerView, keep_vision, register
+from mmtok.pruners import Cut, InLLMPruner, LayerTrace, LayerView, keep_vision, one_cut_schedule, register
 from mmtok.selection.mmtok import mmtok_select
 
 
@@ -62,8 +62,7 @@ class MMTokLLMPruner(InLLMPruner):
         return n if self.budget is None else min(self.budget, n)
 
     def layer_schedule(self, n: int, config) -> list[int]:
-        layers = config.text_config.num_hidden_layers
-        return [n] * self.layer + [self.kept(n)] * (layers - self.layer)
+        return one_cut_schedule(n, self.kept(n), self.layer, config)
 
     def cut(self, step: int, view: LayerView) -> list[Cut]:
         stage = view.stage

@@ -14,6 +14,13 @@ from mmtok.pruners.inllm.dropper import LayerDropper
 from mmtok.pruners.inllm.views import Cut, LayerView
 
 
+def one_cut_schedule(n: int, kept: int, layer: int, config) -> list[int]:
+    """`InLLMPruner.layer_schedule` of a method that prunes once, the output of layer `layer - 1`
+    (FastV, DART, mmtok_llm): `n` tokens in layers < `layer`, `kept` in the others."""
+    layers = config.text_config.num_hidden_layers
+    return [n] * layer + [kept] * (layers - layer)
+
+
 @dataclass
 class InLLMPruner(Pruner):
     """Base of the in-LLM methods: say where to prune (`prune_layers`) and what to keep (`cut`)."""
