@@ -86,6 +86,15 @@ def visionzip_targets(remaining: int, contextual: int) -> torch.LongTensor:
     return torch.arange(0, remaining, step)[:contextual]
 
 
+def _check_split(dominant: int, contextual: int, total: int, counted: str = "") -> None:
+    """The dominant + contextual split fits the crop's `total` tokens (`counted`: what they include)."""
+    if dominant < 1 or contextual < 0 or dominant + contextual > total:
+        raise ValueError(
+            f"need dominant >= 1, contextual >= 0 and dominant + contextual <= {total} tokens{counted}, "
+            f"got dominant={dominant}, contextual={contextual}"
+        )
+
+
 def visionzip_merge(
     features: torch.Tensor,
     cls_attention: torch.Tensor,
@@ -113,11 +122,7 @@ def visionzip_merge(
             f"token counts differ: features {tuple(features.shape)}, cls_attention "
             f"{tuple(cls_attention.shape)} (expected [H, {total}]), keys {tuple(keys.shape)}"
         )
-    if dominant < 1 or contextual < 0 or dominant + contextual > total:
-        raise ValueError(
-            f"need dominant >= 1, contextual >= 0 and dominant + contextual <= {total} tokens "
-            f"(CLS included), got dominant={dominant}, contextual={contextual}"
-        )
+    _check_split(dominant, contextual, total, " (CLS included)")
     device = features.device
     dominant_idx = visionzip_dominant_indices(cls_attention, dominant).to(device)
     dominant_tokens = features[dominant_idx]
@@ -184,11 +189,7 @@ def visionzip_in_place(
             f"token counts differ: features {tuple(features.shape)}, scores {tuple(scores.shape)}, "
             f"keys {tuple(keys.shape)}"
         )
-    if dominant < 1 or contextual < 0 or dominant + contextual > total:
-        raise ValueError(
-            f"need dominant >= 1, contextual >= 0 and dominant + contextual <= {total} tokens, "
-            f"got dominant={dominant}, contextual={contextual}"
-        )
+    _check_split(dominant, contextual, total)
     device = features.device
     dominant_idx = top_in_order(scores.float(), dominant).to(device)
     if contextual == 0:
