@@ -31,6 +31,13 @@ def _pyplot():
     return plt
 
 
+def _save(plt, fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _colours(methods: list[str]) -> dict[str, str]:
     palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf", "#7f7f7f"]
     return {m: palette[i % len(palette)] for i, m in enumerate(methods)}
@@ -105,11 +112,7 @@ def plot_budget(name: str, records: list[dict], folder: Path, *, panel_key: str,
     fig.legend(handles, labels, loc="lower center", ncol=min(5, len(labels)), fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=11)
     fig.tight_layout(rect=(0, 0.06 + 0.03 * (len(labels) // 5), 1, 0.95))
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{name}_budget.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, folder / f"{name}_budget.png")
 
 
 def plot_bars(name: str, records: list[dict], folder: Path, title: str) -> Path:
@@ -150,11 +153,7 @@ def plot_bars(name: str, records: list[dict], folder: Path, title: str) -> Path:
     if not any(r["ours"] is not None for r in records):
         ax.text(0.5, 0.5, "no completed runs yet", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{name}_bars.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, folder / f"{name}_bars.png")
 
 
 def plot_latency(name: str, cells: list, folder: Path, title: str) -> Path:
@@ -183,11 +182,7 @@ def plot_latency(name: str, cells: list, folder: Path, title: str) -> Path:
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
     ax.tick_params(axis="x", labelrotation=45, labelsize=8)
     fig.tight_layout()
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{name}_latency.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, folder / f"{name}_latency.png")
 
 
 def plot(name: str, out: TableOut, folder: Path) -> list[Path]:
