@@ -34,11 +34,7 @@ def build_pruner_from(cfg: DictConfig, model_type: str | None = None):
             f"retain_ratio={params['retain_ratio']} replaces the token budget: "
             f"pass budget=null (budget is {cfg.budget})"
         )
-    # YAML lists become tuples: sequence-valued pruner fields are tuples (hashable, like their defaults)
-    params = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
-    cls = PRUNERS.get(name)
-    if cls is not None and "seed" not in params and any(f.name == "seed" for f in fields(cls)):
-        params["seed"] = int(cfg.seed)  # the run seed, unless the pruner config sets its own
+    params = _method_params(PRUNERS.get(name), params, int(cfg.seed))
     try:
         pruner = build_pruner(name, cfg.budget, **params)
     except (ValueError, TypeError) as exc:
@@ -51,6 +47,16 @@ def build_pruner_from(cfg: DictConfig, model_type: str | None = None):
     return pruner.for_family(model_type) if model_type else pruner
 
 
+def _method_params(cls, params: dict, seed: int) -> dict:
+    """`params` as the method takes them: YAML lists as tuples (sequence-valued pruner fields are
+    tuples, hashable like their defaults), and the run `seed` for a method that has one, unless the
+    config sets its own (`cls` None: an unknown method, left to `build_pruner`'s error)."""
+    params = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
+    if cls is not None and "seed" not in params and any(f.name == "seed" for f in fields(cls)):
+        params["seed"] = seed
+    return params
+
+
 def _line(exc: BaseException) -> str:
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
@@ -58,13 +64,11 @@ def _line(exc: BaseException) -> str:
 def _composed(first, then: dict, seed: int) -> Composed:
     """`first` followed by the in-LLM stage `then` ({name, budget, params}, validated by `check_then`)."""
     name = then["name"]
-    params = {k: tuple(v) if isinstance(v, list) else v for k, v in (then.get("params") or {}).items()}
     cls = PRUNERS.get(name)
     if cls is None:
         valid = ", ".join(n for n, c in PRUNERS.items() if c.in_llm)
         raise ConfigError(f"unknown pruner.then.name {name!r}; valid (in-LLM pruners): {valid}")
-    if "seed" not in params and any(f.name == "seed" for f in fields(cls)):
-        params["seed"] = seed
+    params = _method_params(cls, then.get("params") or {}, seed)
     try:
         stage = build_pruner(name, then.get("budget"), **params)
     except (ValueError, TypeError) as exc:
