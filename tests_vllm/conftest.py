@@ -70,6 +70,14 @@ def stock_llm():
     llm.llm_engine.engine_core.shutdown()
 
 
+def fresh(llm) -> None:
+    """Forget every cached prefix block and encoder output, so the next request computes its whole
+    prompt and its image embedding: a test that reads the worker's selection, or compares numbers
+    across engines, must not depend on what an earlier test left in the caches."""
+    assert llm.reset_prefix_cache(), "a request is still running"
+    llm.llm_engine.reset_encoder_cache()
+
+
 def image(name: str):
     from PIL import Image
 

@@ -5,10 +5,10 @@ that takes the base crop + a 2 x 2 tile grid, budgets 5 / 20 / 80 / 200 = 1 / 4 
 from __future__ import annotations
 
 import pytest
-from conftest import REFERENCE_DIR, case_kwargs, request
+from conftest import REFERENCE_DIR, case_kwargs, fresh, request
 from test_plugin import first_logprobs, label, sampling, tokens
 
-from mmtok.serving.vllm_llava_next import last_selection
+from mmtok.serving.vllm_llava_next import take_selection
 
 EXACT_ROWS = ("mmtok", "divprune", "random")
 
@@ -40,8 +40,9 @@ def next_llm():
 def next_runs(next_llm, reference):
     out = []
     for case in reference["next_cases"]:
+        fresh(next_llm)
         (result,) = next_llm.generate([request(case, **case_kwargs(case))], sampling(), use_tqdm=False)
-        (selection,) = next_llm.apply_model(last_selection)
+        (selection,) = next_llm.apply_model(take_selection)
         out.append((case, result, selection))
     return out
 

@@ -2,7 +2,7 @@
 
 Every reference case (tests_vllm/hf_reference.py: two scenes x {mmtok, divprune, random,
 visionzip, vispruner} x budgets {4, 16, 64}, keep-all, and a second question on one scene) runs as
-its own request; the model's last selection is read back from the worker (`last_selection`).
+its own request on emptied caches; the model's selection is read back from the worker (`take_selection`).
 Same kept rows -> same tokens.
 
 Kept rows are compared exactly for MMTok, DivPrune and Random. VisPruner's rule sorts all 576
@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import DEFAULT_BUDGET, DEFAULT_METHOD, REFERENCE_DIR, case_kwargs, request
+from conftest import DEFAULT_BUDGET, DEFAULT_METHOD, REFERENCE_DIR, case_kwargs, fresh, request
 
-from mmtok.serving.vllm_llava import last_selection
+from mmtok.serving.vllm_llava import take_selection
 
 MAX_NEW = 8
 TOP = 5
@@ -53,11 +53,12 @@ def tokens(output) -> list[int]:
 
 @pytest.fixture(scope="module")
 def runs(pruned_llm, reference):
-    """Each reference case alone: (vLLM output, the worker's last selection)."""
+    """Each reference case alone, on emptied caches: (vLLM output, the worker's selection for it)."""
     out = []
     for case in reference["cases"]:
+        fresh(pruned_llm)
         (result,) = pruned_llm.generate([request(case, **case_kwargs(case))], sampling(), use_tqdm=False)
-        (selection,) = pruned_llm.apply_model(last_selection)
+        (selection,) = pruned_llm.apply_model(take_selection)
         out.append((case, result, selection))
     return out
 
@@ -134,16 +135,25 @@ def test_per_request_budgets_and_methods_in_one_batch(pruned_llm, reference):
         assert len(result.prompt_token_ids) == case["text_tokens"] + case["vision_tokens"], label(case)
 
 
-def test_two_questions_on_one_image_get_two_selections(runs):
-    """The question is part of the image's cache key: the second question's request re-runs the
-    selection (a reused encoder output would leave the first question's rows in the worker)."""
+def test_two_questions_on_one_image_get_two_selections(pruned_llm, runs):
+    """The question is part of the image's cache key: the second question on the same image, sent
+    right after the first with the caches kept, re-runs the selection (a reused encoder output
+    would leave the worker with nothing to report, and the first question's rows in the prompt)."""
     first = next(r for r in runs if r[0]["image"] == "scene0.png" and r[0]["method"] == "mmtok" and r[0]["budget"] == 4)
     second = runs[-1]
     assert second[0]["method"] == "mmtok" and second[0]["budget"] == 4 and second[0]["image"] == "scene0.png"
     assert first[0]["question"] != second[0]["question"]
     assert first[0]["kept"] != second[0]["kept"]  # the reference itself selects differently
-    assert first[2][0][1] == first[0]["kept"]
-    assert second[2][0][1] == second[0]["kept"]
+    fresh(pruned_llm)
+    for case, _, _ in (first, second):
+        (result,) = pruned_llm.generate([request(case, **case_kwargs(case))], sampling(), use_tqdm=False)
+        (selection,) = pruned_llm.apply_model(take_selection)
+        assert [(m, list(rows)) for m, rows in selection] == [("mmtok", case["kept"])], label(case)
+        assert tokens(result) == case["tokens"], label(case)
+    # the same request again is served from the caches: no selection runs, the answer is the same
+    (again,) = pruned_llm.generate([request(second[0], **case_kwargs(second[0]))], sampling(), use_tqdm=False)
+    assert pruned_llm.apply_model(take_selection) == [[]]  # the worker ran no selection
+    assert tokens(again) == second[0]["tokens"]
 
 
 def test_model_defaults_from_hf_overrides(pruned_llm, reference):

@@ -197,7 +197,7 @@ class MMTokLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         super().__init__(vllm_config=vllm_config, prefix=prefix)
         self.mmtok_params = ModelParams.from_config(self.config)
         # per image of the latest `embed_multimodal` call: (method, kept row indices or None for
-        # merged tokens); read by `last_selection` through `LLM.apply_model` (tests, debugging)
+        # merged tokens); read and cleared by `take_selection` through `LLM.apply_model` (tests, debugging)
         self.mmtok_last: list[tuple[str, list[int] | None]] = []
 
     def _tower(self, pixel_values: torch.Tensor, with_cls: bool):
@@ -251,7 +251,11 @@ class MMTokLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         return out
 
 
-def last_selection(model) -> list[tuple[str, list[int] | None]]:
-    """For `LLM.apply_model(last_selection)`: the per-image (method, kept rows) of the model's
-    latest image batch (needs VLLM_ALLOW_INSECURE_SERIALIZATION=1 with vLLM's multiprocess engine)."""
-    return list(getattr(model, "mmtok_last", []))
+def take_selection(model) -> list[tuple[str, list[int] | None]]:
+    """For `LLM.apply_model(take_selection)`: the per-image (method, kept rows) of the model's
+    latest image batch, which it then forgets, so a request whose image embedding came from vLLM's
+    encoder or prefix cache reads [] rather than an earlier batch's rows (needs
+    VLLM_ALLOW_INSECURE_SERIALIZATION=1 with vLLM's multiprocess engine)."""
+    taken = list(getattr(model, "mmtok_last", []))
+    model.mmtok_last = []
+    return taken

@@ -196,7 +196,10 @@ class MMTokLlavaNextForConditionalGeneration(LlavaNextForConditionalGeneration):
         return out
 
 
-def last_selection(model) -> list[tuple[str, list[list[int]] | None]]:
-    """For `LLM.apply_model(last_selection)`: per image of the latest batch, (method, kept rows per
-    crop, or [indices into the packed sequence] for DivPrune; None for merged / unpruned tokens)."""
-    return list(getattr(model, "mmtok_last", []))
+def take_selection(model) -> list[tuple[str, list[list[int]] | None]]:
+    """For `LLM.apply_model(take_selection)`: per image of the latest batch, (method, kept rows per
+    crop, or [indices into the packed sequence] for DivPrune; None for merged / unpruned tokens),
+    then forgotten, as `vllm_llava.take_selection`."""
+    taken = list(getattr(model, "mmtok_last", []))
+    model.mmtok_last = []
+    return taken
