@@ -61,18 +61,15 @@ def test_paper_average_is_reproduced_from_the_papers_own_cells(tmp_path):
         )
     out = report.build("table1", overrides)
     assert len(out.missing) == 9 * 19 - 18
-    recs = {(r["method"], r["budget"], r["column"]): r for r in out.records}
+    recs = {(r.method, r.budget, r.column): r for r in out.records}
     for col in NINE:
-        assert recs[("mmtok", 192, col)]["diff"] == pytest.approx(0, abs=1e-9)
+        assert recs[("mmtok", 192, col)].diff == pytest.approx(0, abs=1e-9)
         ret = 100 * paper[("mmtok", "192", col)] / paper[("none", "576", col)]
-        assert recs[("mmtok", 192, col)]["retained_pct"] == pytest.approx(ret)
-        assert recs[("fastv", 192, col)]["ours"] is None and recs[("fastv", 192, col)]["paper"] is not None
-    assert (
-        round(recs[("mmtok", 192, "avg_retained_pct")]["ours"], 1)
-        == 98.7
-        == recs[("mmtok", 192, "avg_retained_pct")]["paper"]
-    )
-    assert recs[("divprune", 192, "avg_retained_pct")]["ours"] is None  # no run → missing, not filled
+        assert recs[("mmtok", 192, col)].retained_pct == pytest.approx(ret)
+        assert recs[("fastv", 192, col)].ours is None and recs[("fastv", 192, col)].paper is not None
+    average = recs[("mmtok", 192, "avg_retained_pct")]
+    assert round(average.ours, 1) == 98.7 == average.paper
+    assert recs[("divprune", 192, "avg_retained_pct")].ours is None  # no run → missing, not filled
     md = out.markdown.splitlines()
     assert "| 192 | mmtok | **60.1** / 60.1 (+0.0) [97.0%] |" in "\n".join(md)
     assert any(ln.startswith("| 192 | fastv | missing / 52.7 |") for ln in md)

@@ -9,6 +9,8 @@ the pruner files the cells name (tests/test_report.py composes every experiment)
 
 from __future__ import annotations
 
+import csv
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -16,7 +18,7 @@ import yaml
 
 from mmtok import report
 from mmtok.report import averages, builders
-from mmtok.report.specs import RAW_UNITS, TABLES
+from mmtok.report.specs import METRIC, RAW_UNITS, TABLES
 from mmtok.run.schema import CONFIG_DIR
 from mmtok.run.sweep import SweepCell
 from tests.test_paper_arithmetic import CHECKS
@@ -92,11 +94,11 @@ def test_each_derived_number_is_the_papers_arithmetic_on_the_runs(name, monkeypa
     spec = TABLES[name]
     ours = {}
     for r in out.records:
-        key = (spec.paper, r["model"], r["method"], str(r["budget"]), r["column"])
-        if r["ours"] is not None:
-            ours[(*key, "score")] = r["ours"]
-        if r["retained_pct"] is not None and r["benchmark"]:
-            ours[(*key, "retained_pct")] = r["retained_pct"]
+        key = (spec.paper, r.model, r.method, str(r.budget), r.column)
+        if r.ours is not None:
+            ours[(*key, "score")] = r.ours
+        if r.retained_pct is not None and r.benchmark:
+            ours[(*key, "retained_pct")] = r.retained_pct
     wanted = [
         c for c in CHECKS
         if c.table == spec.paper and c.field in ("score", "retained_pct") and c.method not in spec.paper_only
@@ -112,8 +114,8 @@ def test_each_derived_number_is_the_papers_arithmetic_on_the_runs(name, monkeypa
             assert ours[c.key] == pytest.approx(c.ours, abs=1e-9), c.key
     # every run cell shows its paper number with a zero difference
     for r in out.records:
-        if r["benchmark"] and r["method"] not in lines and r["ours"] is not None and r["paper"] is not None:
-            assert r["diff"] == pytest.approx(0, abs=1e-9), (r["method"], r["budget"], r["column"])
+        if r.benchmark and r.method not in lines and r.ours is not None and r.paper is not None:
+            assert r.diff == pytest.approx(0, abs=1e-9), (r.method, r.budget, r.column)
 
 
 def test_table21_rendered_counts_lines_and_a_missing_cell(monkeypatch):
@@ -251,7 +253,35 @@ def test_a_tiny_mmstar_sweep_through_table11s_experiment_fills_its_layout(run_cl
     rows = _lines(out.markdown)
     assert list(rows) == [("576", "none"), ("8", "mmtok")]
     for key in rows:
-        recs = {r["column"]: r["ours"] for r in out.records if (str(r["budget"]), r["method"]) == key}
+        recs = {r.column: r.ours for r in out.records if (str(r.budget), r.method) == key}
         assert all(recs[c] is not None for c in MMSTAR_COLUMNS)
         assert recs["mmstar"] == pytest.approx(sum(recs[c] for c in MMSTAR_COLUMNS) / 6)
         assert rows[key][6].startswith(f"**{recs['mmstar']:.1f}** / ")
+
+
+@pytest.mark.parametrize("name", sorted(TABLES))
+def test_the_csv_writes_every_field_its_builder_fills(name, monkeypatch, tmp_path):
+    """Each kind of table declares its .csv columns; none of the CellRecord fields its builder fills
+    is left out of the file, and the file holds one row per record under exactly those columns."""
+    if name in GRIDS:
+        fabricate(name, monkeypatch)
+    else:  # every cell completed, with every measurement a table reads
+        metrics = {m: 0.5 for m in METRIC.values()}
+        measured = {"wall_s": 2.0, "peak_memory_bytes": 2**30, "vision_tokens_mean": 64.0, "metrics_json": metrics}
+        cells = {}
+        for experiment in TABLES[name].experiments:
+            model, benches, names = experiment_grid(experiment)
+            cells[experiment] = [
+                SweepCell(experiment, b, c, pruner, int(budget) if budget.isdigit() else None, f"h-{b}-{c}", model,
+                          Path("."), {"run_id": f"{b}-{c}", "status": "completed", **measured}, [f"benchmark={b}"])
+                for b in benches for c in names for pruner, _, budget in [c.partition("@")]
+            ]  # fmt: skip
+        monkeypatch.setattr(builders, "experiment_cells", lambda experiment, overrides=(): cells[experiment])
+    out = report.build(name, [])
+    assert out.records and set(out.columns) <= {f.name for f in fields(report.CellRecord)}
+    filled = {f.name for r in out.records for f in fields(r) if getattr(r, f.name) is not None}
+    assert filled <= set(out.columns), sorted(filled - set(out.columns))
+    _, csv_path = report.write(out, tmp_path)
+    with open(csv_path, encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert tuple(rows[0]) == out.columns and len(rows) == len(out.records)

@@ -5,8 +5,8 @@ and csv), `plots` (PNG figures), `cli` (`python -m mmtok.report tables|plots|ind
 reads result files, never launcher state.
 """
 
-from mmtok.report.builders import TableOut, build, paper_rows, write
+from mmtok.report.builders import CellRecord, TableOut, build, paper_rows, write
 from mmtok.report.cli import main
 from mmtok.report.specs import TABLES, TableSpec
 
-__all__ = ["TABLES", "TableOut", "TableSpec", "build", "main", "paper_rows", "write"]
+__all__ = ["TABLES", "CellRecord", "TableOut", "TableSpec", "build", "main", "paper_rows", "write"]

@@ -19,7 +19,6 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from mmtok.report import averages
 from mmtok.report.specs import METRIC, PAPER_CSV, PAPER_EFFICIENCY_CSV, PAPER_MORE_CSV, RAW_UNITS, TABLES, TableSpec
@@ -66,13 +65,42 @@ def _signed(v: float | None, digits: int = 1) -> str:
     return f"{0.0 if round(v, digits) == 0 else v:+.{digits}f}"  # a difference that rounds to 0 is +0.0
 
 
+@dataclass(frozen=True)
+class CellRecord:
+    """One cell of a table beside the paper's: a row of the table's .csv. Each kind of table fills
+    the fields it has (`TableOut.columns`); the rest stay None and are not written."""
+
+    table: str
+    method: str
+    budget: int | str
+    column: str  # a benchmark column, or a derived one (an average, a count)
+    ours: float | None
+    paper: float | None
+    model: str | None = None
+    benchmark: str | None = None  # "" for a derived column
+    metric: str | None = None
+    diff: float | None = None  # ours - paper
+    retained_pct: float | None = None
+    run_id: str | None = None
+    config_hash: str | None = None
+
+
+# the .csv columns of each kind of table, in their order
+GRID_COLUMNS = ("table", "model", "budget", "method", "column", "benchmark", "metric", "ours", "paper", "diff",
+                "retained_pct", "run_id", "config_hash")  # fmt: skip
+BUDGET_COLUMNS = ("table", "model", "budget", "method", "column", "ours", "paper", "diff")
+EFFICIENCY_COLUMNS = ("table", "budget", "method", "column", "ours", "paper")
+MME_EFFICIENCY_COLUMNS = ("table", "model", "budget", "method", "column", "ours", "paper", "run_id", "config_hash")
+
+
 # -- grid tables: rows of runs, benchmark columns, the paper's derived columns and lines ----------
 @dataclass
 class TableOut:
     name: str
     markdown: str
-    records: list[dict[str, Any]]  # the .csv: one record per cell
+    records: list[CellRecord]  # the .csv: one record per cell
     cells: list[SweepCell]
+    columns: tuple[str, ...]  # the .csv's columns (CellRecord fields)
 
     @property
     def missing(self) -> list[SweepCell]:
@@ -184,7 +212,7 @@ def build_grid(spec: TableSpec, overrides: list[str]) -> TableOut:
     """One block per paper model; the paper's rows and columns, our runs' cells in them, the paper's
     derived columns (averages, counts) and lines (90 % / 80 %, IC) recomputed on ours by its own rules."""
     all_cells: list[SweepCell] = []
-    records: list[dict[str, Any]] = []
+    records: list[CellRecord] = []
     blocks: list[str] = []
     explain: list[str] = []
     models = list(dict.fromkeys(spec.paper_models))
@@ -210,12 +238,12 @@ def build_grid(spec: TableSpec, overrides: list[str]) -> TableOut:
         "(a fraction)."
     )
     md = _header(spec, all_cells, text.strip()) + "\n\n".join(blocks)
-    return TableOut(spec.name, md, records, all_cells)
+    return TableOut(spec.name, md, records, all_cells, GRID_COLUMNS)
 
 
 def _grid_block(
     spec: TableSpec, model: str, by: dict[tuple[str, str, str], SweepCell]
-) -> tuple[str, list[dict[str, Any]], list[str]]:
+) -> tuple[str, list[CellRecord], list[str]]:
     sources = [[c for c in cells if (c.table, c.model) == (spec.paper, model)] for cells in _paper_sources()]
     paper = [c for cells in sources for c in cells]
     base, *rest = [s for s in sources if s] or [[]]
@@ -261,7 +289,7 @@ def _grid_block(
 
     head = ["budget", "method", *columns, *(TITLES.get(d, d) for d in derived)]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    records: list[dict[str, Any]] = []
+    records: list[CellRecord] = []
     ic = {r.column for r in line_rules if r.kind == "relative_change"}
     counts = {r.column for r in row_rules if r.kind == "count_at_least"}
     for method, budget in order:
@@ -279,7 +307,7 @@ def _grid_block(
                 texts.append(_cell_text(ours, p.score if p else None, digits, ret))
             c = cell(method, budget, col) if is_col else None
             records.append(
-                dict(
+                CellRecord(
                     table=spec.name,
                     model=model,
                     budget=_budget_value(budget),
@@ -330,7 +358,8 @@ def _tokens_block(spec, model, order, columns, cell, printed, lines) -> str:
 def build_budgets(spec: TableSpec, overrides: list[str]) -> TableOut:
     paper = paper_rows(spec.paper)
     all_cells: list[SweepCell] = []
-    records, blocks = [], []
+    records: list[CellRecord] = []
+    blocks = []
     for experiment, pmodel in zip(spec.experiments, spec.paper_models):
         cells = experiment_cells(experiment, overrides)
         all_cells += cells
@@ -359,7 +388,7 @@ def build_budgets(spec: TableSpec, overrides: list[str]) -> TableOut:
                     text += f" ({_signed(avg - p)})"
                 row_md.append(text)
                 records.append(
-                    dict(
+                    CellRecord(
                         table=spec.name,
                         model=pmodel,
                         budget=b,
@@ -377,7 +406,7 @@ def build_budgets(spec: TableSpec, overrides: list[str]) -> TableOut:
         f"high-IC average retained %; `{MISSING}` unless every benchmark of the cell and the unpruned row has a run."
     )
     md = _header(spec, all_cells, explain) + "\n\n".join(blocks) + "\n"
-    return TableOut(spec.name, md, records, all_cells)
+    return TableOut(spec.name, md, records, all_cells, BUDGET_COLUMNS)
 
 
 # -- table 8: efficiency --------------------------------------------------------------------------
@@ -394,7 +423,7 @@ def build_efficiency(spec: TableSpec, overrides: list[str]) -> TableOut:
         ("pope_f1", "POPE F1"),
     ]
     lines = ["| budget | method | " + " | ".join(t for _, t in cols) + " |", "|" + "---|" * (len(cols) + 2)]
-    records = []
+    records: list[CellRecord] = []
     for r in paper:
         method = r["method"]
         budget = None if method == "none" else int(r["budget"])
@@ -417,11 +446,11 @@ def build_efficiency(spec: TableSpec, overrides: list[str]) -> TableOut:
             v = ours[key]
             text = ("not measured" if key == "gpu_util_pct" else _ours(v, 2)) + f" / {_fmt(p, 2)}"
             row_md.append(text)
-            records.append(dict(table=spec.name, budget=r["budget"], method=method, column=key, ours=v, paper=p))
+            records.append(CellRecord(table=spec.name, budget=r["budget"], method=method, column=key, ours=v, paper=p))
         lines.append(f"| {r['budget']} | {method} | " + " | ".join(row_md) + " |")
     explain = "Each cell: **ours** / paper. Paper: H100; ours: the GPU the rows name (`device`)."
     md = _header(spec, cells, explain) + "\n".join(lines) + "\n"
-    return TableOut(spec.name, md, records, cells)
+    return TableOut(spec.name, md, records, cells, EFFICIENCY_COLUMNS)
 
 
 # -- table 12: efficiency at a ratio budget, one task ----------------------------------------------
@@ -443,7 +472,7 @@ def build_mme_efficiency(spec: TableSpec, overrides: list[str]) -> TableOut:
         ("avg_tokens", "T̄", 1),
     ]
     lines = ["| budget | method | " + " | ".join(t for _, t, _ in cols) + " |", "|" + "---|" * (len(cols) + 2)]
-    records = []
+    records: list[CellRecord] = []
     for method, budget in _row_order(((c.method, c.budget) for c in paper), by):
         c = by.get((method, budget))
         row = c.row if c else None
@@ -469,7 +498,7 @@ def build_mme_efficiency(spec: TableSpec, overrides: list[str]) -> TableOut:
             else:
                 texts.append(_cell_text(ours[key], shown, digits))
             records.append(
-                dict(
+                CellRecord(
                     table=spec.name,
                     model=model,
                     budget=_budget_value(budget),
@@ -484,7 +513,7 @@ def build_mme_efficiency(spec: TableSpec, overrides: list[str]) -> TableOut:
         lines.append(f"| {budget} | {method} | " + " | ".join(texts) + " |")
     explain = "Each cell: **ours** / paper. T̄: mean vision tokens per question."
     md = _header(spec, cells, explain) + "\n".join(lines) + "\n"
-    return TableOut(spec.name, md, records, cells)
+    return TableOut(spec.name, md, records, cells, MME_EFFICIENCY_COLUMNS)
 
 
 BUILDERS = {
@@ -503,12 +532,11 @@ def build(name: str, overrides: Iterable[str] = ()) -> TableOut:
 def write(out: TableOut, folder: Path) -> tuple[Path, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     md, csv_path = folder / f"{out.name}.md", folder / f"{out.name}.csv"
-    keys = list(dict.fromkeys(k for r in out.records for k in r))
     buf = io.StringIO()
-    w = csv.DictWriter(buf, keys, lineterminator="\n")
-    w.writeheader()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(out.columns)
     for r in out.records:
-        w.writerow({k: "" if r.get(k) is None else r[k] for k in keys})
+        w.writerow(["" if getattr(r, k) is None else getattr(r, k) for k in out.columns])
     for path, text in ((md, out.markdown), (csv_path, buf.getvalue())):
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(text, encoding="utf-8")

@@ -13,9 +13,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
-from mmtok.report.builders import TableOut
+from mmtok.report.builders import CellRecord, TableOut
 from mmtok.report.specs import TABLES
 from mmtok.store import STAGES as ROW_STAGES
 
@@ -58,42 +59,45 @@ def _x(budget) -> float | None:
     return x if x else None
 
 
-def plot_budget(name: str, records: list[dict], folder: Path, *, panel_key: str, title: str) -> Path:
+def plot_budget(
+    name: str, records: list[CellRecord], folder: Path, *, panel: Callable[[CellRecord], str], title: str
+) -> Path:
     """Score against budget per panel (a benchmark, or a model for table 5): one curve per pruner,
     ours solid, the paper's hollow squares; unpruned, text-only and the 90 % / 80 % lines as
     horizontal lines (ours solid-coloured, the paper's thinner and lighter). Missing cells are absent."""
     plt = _pyplot()
-    panels = list(dict.fromkeys(r[panel_key] for r in records))
-    lines = [m for m in LINE_STYLES if any(r["method"] == m for r in records)]
-    methods = [m for m in dict.fromkeys(r["method"] for r in records) if m not in LINE_STYLES]
+    panels = list(dict.fromkeys(panel(r) for r in records))
+    lines = [m for m in LINE_STYLES if any(r.method == m for r in records)]
+    methods = [m for m in dict.fromkeys(r.method for r in records) if m not in LINE_STYLES]
     colour = _colours(methods)
     ncols = min(3, len(panels))
     nrows = -(-len(panels) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows), squeeze=False)
-    for ax, panel in zip(axes.flat, panels):
-        recs = [r for r in records if r[panel_key] == panel]
+    for ax, name_of_panel in zip(axes.flat, panels):
+        recs = [r for r in records if panel(r) == name_of_panel]
         ticks = {}
         for m in methods:
-            pts = sorted((_x(r["budget"]), r) for r in recs if r["method"] == m and _x(r["budget"]) is not None)
-            ticks.update({x: str(r["budget"]) for x, r in pts})
-            ours = [(x, r["ours"]) for x, r in pts if r["ours"] is not None]
-            paper = [(x, r["paper"]) for x, r in pts if r["paper"] is not None]
+            pts = sorted(((_x(r.budget), r) for r in recs if r.method == m and _x(r.budget) is not None),
+                         key=lambda p: p[0])  # fmt: skip
+            ticks.update({x: str(r.budget) for x, r in pts})
+            ours = [(x, r.ours) for x, r in pts if r.ours is not None]
+            paper = [(x, r.paper) for x, r in pts if r.paper is not None]
             if ours:
                 ax.plot(*zip(*ours), "-o", color=colour[m], markersize=4)
             if paper:
                 ax.plot(*zip(*paper), "s", color=colour[m], markerfacecolor="none", markersize=7, alpha=0.8)
         for m in lines:
             c, style, label = LINE_STYLES[m]
-            base = [r for r in recs if r["method"] == m]
-            if base and base[0]["ours"] is not None:
-                ax.axhline(base[0]["ours"], color=c, ls=style, lw=1.2, label=f"{label} (ours)")
-            if base and base[0]["paper"] is not None:
-                ax.axhline(base[0]["paper"], color=c, ls=style, lw=0.7, alpha=0.5, label=f"{label} (paper)")
+            base = [r for r in recs if r.method == m]
+            if base and base[0].ours is not None:
+                ax.axhline(base[0].ours, color=c, ls=style, lw=1.2, label=f"{label} (ours)")
+            if base and base[0].paper is not None:
+                ax.axhline(base[0].paper, color=c, ls=style, lw=0.7, alpha=0.5, label=f"{label} (paper)")
         if ticks:
             ax.set_xscale("log", base=2)
             ax.set_xticks(sorted(ticks), [ticks[x] for x in sorted(ticks)])
             ax.minorticks_off()
-        ax.set_title(str(panel), fontsize=10)
+        ax.set_title(str(name_of_panel), fontsize=10)
         ratio = any(t.startswith("r") for t in ticks.values())
         ax.set_xlabel("retain ratio" if ratio else "vision-token budget", fontsize=8)
         ax.grid(alpha=0.3)
@@ -115,19 +119,19 @@ def plot_budget(name: str, records: list[dict], folder: Path, *, panel_key: str,
     return _save(plt, fig, folder / f"{name}_budget.png")
 
 
-def plot_bars(name: str, records: list[dict], folder: Path, title: str) -> Path:
+def plot_bars(name: str, records: list[CellRecord], folder: Path, title: str) -> Path:
     """Per benchmark, each row's score as % of the table's first row (its reference: unpruned, or
     Table 10's unpooled MMTok), ours as bars and the paper's as black ticks; missing cells absent."""
     plt = _pyplot()
     import numpy as np
 
-    columns = list(dict.fromkeys(r["column"] for r in records))
-    rows = list(dict.fromkeys((r["method"], str(r["budget"])) for r in records))
+    columns = list(dict.fromkeys(r.column for r in records))
+    rows = list(dict.fromkeys((r.method, str(r.budget)) for r in records))
     ref, others = rows[0], rows[1:]
-    by = {(r["method"], str(r["budget"]), r["column"]): r for r in records}
+    by = {(r.method, str(r.budget), r.column): r for r in records}
 
     def rel(row, col, key):
-        v, base = by.get((*row, col), {}).get(key), by.get((*ref, col), {}).get(key)
+        v, base = (getattr(by[k], key) if k in by else None for k in ((*row, col), (*ref, col)))
         return None if v is None or not base else 100.0 * v / base
 
     fig, ax = plt.subplots(figsize=(min(14, 3 + 1.2 * len(columns)), 3.8))
@@ -150,7 +154,7 @@ def plot_bars(name: str, records: list[dict], folder: Path, title: str) -> Path:
     ax.set_title(f"{title} (bars: ours; black ticks: paper)", fontsize=10)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
     ax.grid(alpha=0.3, axis="y")
-    if not any(r["ours"] is not None for r in records):
+    if not any(r.ours is not None for r in records):
         ax.text(0.5, 0.5, "no completed runs yet", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
     return _save(plt, fig, folder / f"{name}_bars.png")
@@ -192,11 +196,12 @@ def plot(name: str, out: TableOut, folder: Path) -> list[Path]:
     for kind in spec.plots:
         if kind == "budget" and spec.kind == "budgets":
             title = f"{name}: average retained % (high-IC benchmarks) vs budget"
-            paths.append(plot_budget(name, out.records, folder, panel_key="model", title=title))
+            paths.append(plot_budget(name, out.records, folder, panel=lambda r: str(r.model), title=title))
         elif kind == "budget":
             recs = _benchmark_records(out.records, spec)
             units = "score (%; MME: points)"
-            paths.append(plot_budget(name, recs, folder, panel_key="panel", title=f"{name}: {units} vs budget"))
+            panel = _benchmark_panel(recs)
+            paths.append(plot_budget(name, recs, folder, panel=panel, title=f"{name}: {units} vs budget"))
         elif kind == "bars":
             paths.append(plot_bars(name, _benchmark_records(out.records, spec), folder, f"{name}"))
         elif kind == "latency":
@@ -204,14 +209,13 @@ def plot(name: str, out: TableOut, folder: Path) -> list[Path]:
     return paths
 
 
-def _benchmark_records(records: list[dict], spec) -> list[dict]:
-    """A grid's per-benchmark records (not its derived columns, not the paper-only rows), each with
-    its panel: the benchmark, prefixed by the model where the table has several."""
-    models = list(dict.fromkeys(r.get("model") for r in records))
-    out = []
-    for r in records:
-        if not r.get("benchmark") or r["method"] in spec.paper_only:
-            continue
-        panel = r["column"] if len(models) == 1 else f"{r.get('model')}: {r['column']}"
-        out.append({**r, "panel": panel})
-    return out
+def _benchmark_records(records: list[CellRecord], spec) -> list[CellRecord]:
+    """A grid's per-benchmark records: not its derived columns, not the paper-only rows."""
+    return [r for r in records if r.benchmark and r.method not in spec.paper_only]
+
+
+def _benchmark_panel(records: list[CellRecord]) -> Callable[[CellRecord], str]:
+    """A record's panel: its benchmark column, prefixed by the model where the table has several."""
+    if len({r.model for r in records}) <= 1:
+        return lambda r: r.column
+    return lambda r: f"{r.model}: {r.column}"
