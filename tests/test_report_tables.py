@@ -21,6 +21,7 @@ from mmtok.report import averages, builders
 from mmtok.report.specs import METRIC, RAW_UNITS, TABLES
 from mmtok.run.schema import CONFIG_DIR
 from mmtok.run.sweep import SweepCell
+from mmtok.store import RunRow
 from tests.test_paper_arithmetic import CHECKS
 
 GRIDS = [n for n, s in TABLES.items() if s.kind == "grid" and n != "tiny"]
@@ -53,7 +54,9 @@ def fabricate(name: str, monkeypatch, leave_out=()) -> None:
                     if printed is not None and spec.our_bench(col) == bench:
                         metrics[metric] = float(printed) if metric in RAW_UNITS else float(printed) / 100
                 done = metrics and (experiment, bench, cell) not in leave_out
-                row = {"run_id": f"{experiment}-{bench}-{cell}", "status": "completed", "metrics_json": metrics}
+                row = RunRow.from_record(
+                    {"run_id": f"{experiment}-{bench}-{cell}", "status": "completed", "metrics_json": metrics}
+                )
                 out.append(
                     SweepCell(
                         experiment,
@@ -213,7 +216,8 @@ def test_table12_efficiency_from_the_rows_wall_time_memory_and_tokens(monkeypatc
     }
     cells = [
         SweepCell("table12", "mme", c, c.partition("@")[0], None, f"h-{c}", "qwen25vl_7b", Path("."),
-                  {"run_id": c, "status": "completed", **rows[c]} if c in rows else None, ["benchmark=mme"])
+                  RunRow.from_record({"run_id": c, "status": "completed", **rows[c]}) if c in rows else None,
+                  ["benchmark=mme"])
         for c in names
     ]  # fmt: skip
     assert benches == ["mme"] and names == ["none", "visionzip@r0.1", "divprune@r0.1", "mmtok@r0.1"]
@@ -273,7 +277,8 @@ def test_the_csv_writes_every_field_its_builder_fills(name, monkeypatch, tmp_pat
             model, benches, names = experiment_grid(experiment)
             cells[experiment] = [
                 SweepCell(experiment, b, c, pruner, int(budget) if budget.isdigit() else None, f"h-{b}-{c}", model,
-                          Path("."), {"run_id": f"{b}-{c}", "status": "completed", **measured}, [f"benchmark={b}"])
+                          Path("."), RunRow.from_record({"run_id": f"{b}-{c}", "status": "completed", **measured}),
+                          [f"benchmark={b}"])
                 for b in benches for c in names for pruner, _, budget in [c.partition("@")]
             ]  # fmt: skip
         monkeypatch.setattr(builders, "experiment_cells", lambda experiment, overrides=(): cells[experiment])

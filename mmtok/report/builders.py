@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 import functools
 import io
-import json
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -23,21 +22,20 @@ from pathlib import Path
 from mmtok.report import averages
 from mmtok.report.specs import METRIC, PAPER_CSV, PAPER_EFFICIENCY_CSV, PAPER_MORE_CSV, RAW_UNITS, TABLES, TableSpec
 from mmtok.run.sweep import SweepCell, experiment_cells
+from mmtok.store import RunRow
 
 MISSING = "missing"
 NOT_IN_PAPER = "—"
 
 
-def value(row: dict | None, metric: str) -> float | None:
-    """`metric` of a row (a row.json dict or an index row of strings) in the paper's units."""
+def value(row: RunRow | None, metric: str) -> float | None:
+    """`metric` of a completed run (a column of its row, else its metrics_json) in the paper's units."""
     if row is None:
         return None
-    v = row.get(metric)
-    if v in (None, ""):
-        m = row.get("metrics_json")
-        m = json.loads(m) if isinstance(m, str) and m else (m or {})
-        v = m.get(metric)
-    if v in (None, ""):
+    v = getattr(row, metric, None)
+    if v is None:
+        v = (row.metrics_json or {}).get(metric)
+    if v is None:
         return None
     v = float(v)
     if math.isnan(v):
@@ -319,7 +317,7 @@ def _grid_block(
                     paper=float(p.score) if p else None,
                     diff=None if ours is None or p is None else ours - float(p.score),
                     retained_pct=ret if is_col else ours if col in ("avg_retained_pct",) else None,
-                    run_id=c.row.get("run_id") if c and c.row else None,
+                    run_id=c.row.run_id if c and c.row else None,
                     config_hash=c.config_hash if c else None,
                 )  # fmt: skip
             )
@@ -346,8 +344,7 @@ def _tokens_block(spec, model, order, columns, cell, printed, lines) -> str:
         texts = []
         for col in columns:
             c = cell(method, budget, col)
-            raw = c.row.get("vision_tokens_mean") if c and c.row else None
-            ours = None if raw in (None, "") else float(raw)
+            ours = c.row.vision_tokens_mean if c and c.row else None
             p = printed.get((method, budget, col))
             texts.append(_cell_text(ours, p.printed("avg_tokens") if p else None, 1))
         out.append("| " + " | ".join([budget, method, *texts]) + " |")
@@ -428,15 +425,14 @@ def build_efficiency(spec: TableSpec, overrides: list[str]) -> TableOut:
         method = r["method"]
         budget = None if method == "none" else int(r["budget"])
         mine = {c.benchmark: c.row for c in cells if c.pruner == method and c.budget == budget}
-        walls = [float(mine[b]["wall_s"]) if mine.get(b) else None for b in benches]
+        walls = [mine[b].wall_s if mine.get(b) else None for b in benches]
         pope = mine.get("pope")
         ours = {
             "total_time_s_6tasks": sum(walls) if walls and all(w is not None for w in walls) else None,
-            "pope_time_s": float(pope["wall_s"]) if pope else None,
+            "pope_time_s": pope.wall_s if pope else None,
             "gpu_util_pct": None,
             "runtime_mem_gb": max(
-                (float(x["peak_memory_bytes"]) / 2**30 for x in mine.values() if x and x.get("peak_memory_bytes")),
-                default=None,
+                (x.peak_memory_bytes / 2**30 for x in mine.values() if x and x.peak_memory_bytes), default=None
             ),
             "pope_f1": value(pope, "pope_f1_avg"),
         }
@@ -476,14 +472,13 @@ def build_mme_efficiency(spec: TableSpec, overrides: list[str]) -> TableOut:
     for method, budget in _row_order(((c.method, c.budget) for c in paper), by):
         c = by.get((method, budget))
         row = c.row if c else None
-        peak = row.get("peak_memory_bytes") if row else None
-        tokens = row.get("vision_tokens_mean") if row else None
+        peak = row.peak_memory_bytes if row else None
         ours = {
-            "mme_infer_time_s": float(row["wall_s"]) if row and row.get("wall_s") not in (None, "") else None,
+            "mme_infer_time_s": row.wall_s if row else None,
             "gpu_util_pct": None,
-            "runtime_mem_gb": float(peak) / 2**30 if peak not in (None, "") else None,
+            "runtime_mem_gb": peak / 2**30 if peak is not None else None,
             "mme": value(row, "mme_total"),
-            "avg_tokens": float(tokens) if tokens not in (None, "") else None,
+            "avg_tokens": row.vision_tokens_mean if row else None,
         }
         texts = []
         for key, _, digits in cols:
@@ -506,7 +501,7 @@ def build_mme_efficiency(spec: TableSpec, overrides: list[str]) -> TableOut:
                     column=key,
                     ours=ours[key],
                     paper=None if shown is None else float(shown),
-                    run_id=row.get("run_id") if row else None,
+                    run_id=row.run_id if row else None,
                     config_hash=c.config_hash if c else None,
                 )  # fmt: skip
             )

@@ -169,9 +169,9 @@ def plot_latency(name: str, cells: list, folder: Path, title: str) -> Path:
         label = c.cell
         stages = groups.setdefault(label, {s: [] for s in STAGES})
         for s in STAGES:
-            v = c.row.get(f"{s}_s_mean")
-            if v not in (None, ""):
-                stages[s].append(float(v) * 1000)
+            v = getattr(c.row, f"{s}_s_mean")
+            if v is not None:
+                stages[s].append(v * 1000)
     fig, ax = plt.subplots(figsize=(max(5, 0.7 * len(groups) + 2), 3.6))
     labels = list(groups)
     bottom = [0.0] * len(labels)

@@ -8,7 +8,6 @@ import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from omegaconf import OmegaConf
 
@@ -32,7 +31,7 @@ class SweepCell:
     config_hash: str
     model: str
     results_dir: Path
-    row: dict[str, Any] | None = None  # the completed run's row, if any
+    row: store.RunRow | None = None  # the completed run's row, if any
     job: list[str] = field(default_factory=list)  # the job's overrides (one job per model x benchmark)
     retain_ratio: float | None = None  # a ratio cell's ratio
 
@@ -69,7 +68,8 @@ def experiment_cells(experiment: str | None, overrides: Iterable[str] = ()) -> l
             c = canonical(cell_config(cfg, cell) if cell else cfg)
             key = config_hash(identity(OmegaConf.to_container(c, resolve=True), build_pruner_from(c)))
             read = read_cell(cell) if cell else Cell(str(cfg.pruner.name), cfg.budget, _ratio(cfg))
-            row = completed[str(rdir)].get(key)
+            found = completed[str(rdir)].get(key)
+            row = store.RunRow.from_record(found) if found is not None else None
             cell_exp = experiment or "-"
             out.append(
                 SweepCell(
