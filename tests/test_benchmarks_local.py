@@ -110,8 +110,8 @@ def test_mmstar_scored_by_lmms_eval(tiny_llava_path, tmp_path):
         protocol=RunProtocol(progress=False, max_new_tokens=1),
     )  # fmt: skip
     docs = _rows(tb.files[0])
-    assert len(out.samples) == N and {s["answer"] for s in out.samples} == {"A", "B"}
-    right = {s["doc_id"]: float(s["answer"] == s["target"]) for s in out.samples}
+    assert len(out.samples) == N and {s.answer for s in out.samples} == {"A", "B"}
+    right = {s.doc_id: float(s.answer == s.target) for s in out.samples}
     assert 0 < sum(right.values()) < N
     by_l2 = defaultdict(list)
     for doc_id, ok in right.items():
@@ -143,7 +143,7 @@ def test_ocrbench_scored_by_lmms_eval_and_twice_in_one_process(tiny_llava_path, 
 
     first = once()
     right = [
-        any(a.lower() in s["answer"].lower() for a in docs["answer"][s["doc_id"]]) for s in first.samples
+        any(a.lower() in s.answer.lower() for a in docs["answer"][s.doc_id]) for s in first.samples
     ]  # lmms-eval's rule on these answers (no HME100k row can match a word)
     assert len(first.samples) == 20 and 0 < sum(right) < 20
     assert first.metrics == {"ocrbench_accuracy": pytest.approx(sum(right) / 1000)}

@@ -324,8 +324,8 @@ def test_a_composed_run_writes_its_row_through_the_evaluation(mmtok_cache, tiny_
     assert out.row.pruner == "mmtok" and out.row.pruner_params["then"]["name"] == "mmtok_llm"
     assert out.row.pruner_params["then"]["budget"] == 4 and out.row.pruner_params["then"]["layer"] == 5
     for s in out.samples:
-        assert s["layer_vision_tokens"] == [8] * 5 + [4] * 11 and s["vision_tokens"] == 4
-        assert s["vision_tokens_full"] == 36 and s["equivalent_tokens"] == pytest.approx((5 * 8 + 11 * 4) / 16)
+        assert s.layer_vision_tokens == [8] * 5 + [4] * 11 and s.vision_tokens == 4
+        assert s.vision_tokens_full == 36 and s.equivalent_tokens == pytest.approx((5 * 8 + 11 * 4) / 16)
     assert run(compose(overrides)).status == "skipped"
 
 

@@ -85,9 +85,9 @@ def run(models, beds, family, bench, pruner, **kw):
 
 # -- hand recomputation of the metrics -------------------------------------------------------------
 def f1(rows):
-    tp = sum(s["answer"] == "yes" and s["target"] == "yes" for s in rows)
-    fp = sum(s["answer"] == "yes" and s["target"] == "no" for s in rows)
-    fn = sum(s["answer"] == "no" and s["target"] == "yes" for s in rows)
+    tp = sum(s.answer == "yes" and s.target == "yes" for s in rows)
+    fp = sum(s.answer == "yes" and s.target == "no" for s in rows)
+    fn = sum(s.answer == "no" and s.target == "yes" for s in rows)
     p = tp / (tp + fp) if tp + fp else 0.0
     r = tp / (tp + fn) if tp + fn else 0.0
     return 2 * p * r / (p + r) if p + r else 0.0
@@ -96,10 +96,10 @@ def f1(rows):
 def check_pope(out):
     by_split = {}
     for s in out.samples:
-        by_split.setdefault(s["category"], []).append(s)
+        by_split.setdefault(s.category, []).append(s)
     assert sorted(by_split) == ["adversarial", "popular", "random"]
     for split, rows in by_split.items():
-        acc = sum(s["answer"] == s["target"] for s in rows) / len(rows)
+        acc = sum(s.answer == s.target for s in rows) / len(rows)
         assert out.metrics[f"pope_{split}_acc"] == pytest.approx(acc)
         assert out.metrics[f"pope_{split}_f1"] == pytest.approx(f1(rows))
     assert out.metrics["pope_f1_avg"] == pytest.approx(sum(f1(r) for r in by_split.values()) / 3)
@@ -111,15 +111,15 @@ def check_gqa(out):
     def norm(x):
         return re.sub(f"[{re.escape(string.punctuation)}]", "", x.lower())
 
-    em = sum(norm(s["answer"]) == norm(s["target"]) for s in out.samples) / len(out.samples)
+    em = sum(norm(s.answer) == norm(s.target) for s in out.samples) / len(out.samples)
     assert out.metrics == {"gqa_exact_match": pytest.approx(em)}
 
 
 def check_mme(out):
     per_cat = {}
     for s in out.samples:
-        per_cat.setdefault(s["category"], {}).setdefault(s["doc_id"] // 2, []).append(
-            float(s["answer"].lower() == s["target"].lower())
+        per_cat.setdefault(s.category, {}).setdefault(s.doc_id // 2, []).append(
+            float(s.answer.lower() == s.target.lower())
         )
     scores = {
         cat: sum(100 * sum(v) / 2 + 100 * (sum(v) == 2) for v in pairs.values()) / len(pairs)
@@ -142,27 +142,27 @@ CHECKS = {"pope": check_pope, "gqa": check_gqa, "mme": check_mme}
 def test_evaluate_end_to_end(models, beds, family, bench, method):
     pruner = build_pruner("none") if method == "none" else build_pruner("random", budget=BUDGET)
     out = run(models, beds, family, bench, pruner, batch_size=2)
-    assert len(out.samples) == N and sorted(s["doc_id"] for s in out.samples) == list(range(N))
+    assert len(out.samples) == N and sorted(s.doc_id for s in out.samples) == list(range(N))
     assert out.device == "cpu" and out.peak_memory_bytes is None and out.wall_s > 0
-    answers = {s["answer"] for s in out.samples}
+    answers = {s.answer for s in out.samples}
     assert answers <= {"yes", "no"}
     for s in out.samples:
-        assert s["task"] == beds[bench].task and s["target"] is not None
-        assert s["question"].endswith("\nAnswer the question using a single word or phrase.")
-        assert s["new_tokens"] == 1 and s["batch_size"] == 2 and s["equivalent_tokens"] is None
+        assert s.task == beds[bench].task and s.target is not None
+        assert s.question.endswith("\nAnswer the question using a single word or phrase.")
+        assert s.new_tokens == 1 and s.batch_size == 2 and s.equivalent_tokens is None
         if family == "llava":
-            assert s["crops"] == 1 and s["vision_tokens_full"] == 36
+            assert s.crops == 1 and s.vision_tokens_full == 36
         else:
-            assert s["crops"] in (3, 5)  # base + 2 or 4 tiles
+            assert s.crops in (3, 5)  # base + 2 or 4 tiles
         # the budget rule: LLaVA keeps `budget`; NeXT keeps budget // 5 per crop actually present
         expected = (
-            s["vision_tokens_full"] if method == "none" else (BUDGET if family == "llava" else BUDGET // 5 * s["crops"])
+            s.vision_tokens_full if method == "none" else (BUDGET if family == "llava" else BUDGET // 5 * s.crops)
         )
-        assert s["vision_tokens"] == expected
-        parts = [s[k] for k in ("vision_s", "select_s", "prefill_s", "decode_s")]
-        assert all(p >= 0 for p in parts) and s["total_s"] >= sum(parts) > 0
-        assert s["n_images"] == 1 and s["layer_vision_tokens"] is None  # pre-LLM: no per-layer list
-        assert s["text_tokens"] > 0 and s["prefill_tokens"] == s["text_tokens"] + s["vision_tokens"]
+        assert s.vision_tokens == expected
+        parts = [getattr(s, k) for k in ("vision_s", "select_s", "prefill_s", "decode_s")]
+        assert all(p >= 0 for p in parts) and s.total_s >= sum(parts) > 0
+        assert s.n_images == 1 and s.layer_vision_tokens is None  # pre-LLM: no per-layer list
+        assert s.text_tokens > 0 and s.prefill_tokens == s.text_tokens + s.vision_tokens
     CHECKS[bench](out)
 
 
@@ -170,7 +170,7 @@ def test_answers_are_not_constant(models, beds):
     """Guard for the checks above: the yes/no model really depends on its input."""
     for family in ("llava", "llava_next"):
         out = run(models, beds, family, "pope", build_pruner("none"))
-        assert {s["answer"] for s in out.samples} == {"yes", "no"}
+        assert {s.answer for s in out.samples} == {"yes", "no"}
 
 
 @pytest.mark.parametrize("family", ["llava", "llava_next"])
@@ -178,16 +178,16 @@ def test_batch_size_does_not_change_answers(models, beds, family):
     pruner = build_pruner("random", budget=BUDGET)
     one = run(models, beds, family, "pope", pruner, batch_size=1, max_new_tokens=4)
     three = run(models, beds, family, "pope", pruner, batch_size=3, max_new_tokens=4)
-    assert {s["batch_size"] for s in one.samples} == {1} and {s["batch_size"] for s in three.samples} == {3}
-    key = lambda out: {s["doc_id"]: (s["answer"], s["vision_tokens"]) for s in out.samples}
+    assert {s.batch_size for s in one.samples} == {1} and {s.batch_size for s in three.samples} == {3}
+    key = lambda out: {s.doc_id: (s.answer, s.vision_tokens) for s in out.samples}
     assert key(one) == key(three)
-    assert any(" " in s["answer"] for s in one.samples)  # multi-token answers were compared
+    assert any(" " in s.answer for s in one.samples)  # multi-token answers were compared
 
 
 def test_limit_takes_the_first_docs(models, beds):
     out = run(models, beds, "llava", "pope", build_pruner("none"), limit=6)
-    assert sorted(s["doc_id"] for s in out.samples) == list(range(6))
-    assert {s["category"] for s in out.samples} == {"random", "popular", "adversarial"}
+    assert sorted(s.doc_id for s in out.samples) == list(range(6))
+    assert {s.category for s in out.samples} == {"random", "popular", "adversarial"}
     with pytest.raises(
         ValueError, match=r"MME questions come in pairs \(acc\+ scores both\): limit must be even; got 5"
     ):
@@ -221,12 +221,12 @@ def test_clean_keeps_the_model_for_another_evaluation(models, beds):
         assert lm.model is model
         logged = {s["doc_id"]: s["filtered_resps"][0] for s in res["samples"][tb.task]}
         # what lmms-eval scored is what we recorded, request by request
-        assert logged == {r["doc_id"]: r["answer"] for r in lm.records[-4:]}
+        assert logged == {r.doc_id: r.answer for r in lm.records[-4:]}
         answers.append(logged)
     assert answers[0] == answers[1] and len(lm.records) == 8
     first = run(models, beds, "llava", "pope", build_pruner("none"))
     second = run(models, beds, "llava", "pope", build_pruner("none"))
-    assert [s["answer"] for s in first.samples] == [s["answer"] for s in second.samples]
+    assert [s.answer for s in first.samples] == [s.answer for s in second.samples]
 
 
 def test_only_generation_is_supported(models):
@@ -257,9 +257,9 @@ def test_until_and_max_new_tokens_cap(models, beds):
         return lm.generate_until([req])[0], lm.records[0]
 
     full, rec = answer({"max_new_tokens": 50, "until": []}, cap=6)
-    assert rec["new_tokens"] == 6 and len(full.split()) >= 2  # capped at 6 by us, not 50
+    assert rec.new_tokens == 6 and len(full.split()) >= 2  # capped at 6 by us, not 50
     short, rec = answer({"max_new_tokens": 2, "until": []}, cap=6)
-    assert rec["new_tokens"] == 2 and full.startswith(short)  # the task's smaller value wins; greedy
+    assert rec.new_tokens == 2 and full.startswith(short)  # the task's smaller value wins; greedy
     stop = full.split()[1]
     cut, _ = answer({"max_new_tokens": 50, "until": [stop]}, cap=6)
     assert cut == full.split(stop)[0].strip() and stop not in cut
@@ -317,10 +317,10 @@ def test_prompt_format_and_padding_reach_the_model(models, beds):
             image_preprocess="pad",
         )
     for s in out.samples:
-        text = f"{VICUNA_V1_SYSTEM} USER: <image>\n{s['question']} ASSISTANT:"
+        text = f"{VICUNA_V1_SYSTEM} USER: <image>\n{s.question} ASSISTANT:"
         ids = processor.tokenizer(text)["input_ids"]  # "<image>" is one special token here
-        assert s["prefill_tokens"] == len(ids) - 1 + 36
-        assert s["text_tokens"] == len(ids) - 1  # the prompt without its image placeholder
+        assert s.prefill_tokens == len(ids) - 1 + 36
+        assert s.text_tokens == len(ids) - 1  # the prompt without its image placeholder
     images = beds_images(beds, 3)  # limit=3: docs 0, 1, 2 (in any order: longest prompts first)
     padded = [
         processor(images=expand2square(im, mean_color(processor)), return_tensors="pt")["pixel_values"] for im in images
@@ -335,9 +335,9 @@ def test_prompt_format_and_padding_reach_the_model(models, beds):
     with vision_tower_inputs(model) as seen:
         hf = run(models, beds, "llava", "pope", build_pruner("none"), limit=3)
     for s in hf.samples:
-        ids = processor.tokenizer(f"USER: <image>\n{s['question']} ASSISTANT:")["input_ids"]
-        assert s["prefill_tokens"] == len(ids) - 1 + 36
-        assert s["text_tokens"] == len(ids) - 1
+        ids = processor.tokenizer(f"USER: <image>\n{s.question} ASSISTANT:")["input_ids"]
+        assert s.prefill_tokens == len(ids) - 1 + 36
+        assert s.text_tokens == len(ids) - 1
     assert len(seen) == 3 and all(any(torch.equal(t, c) for c in cropped) for t in seen)
     assert all(any(torch.equal(t, c) for t in seen) for c in cropped)
 
@@ -377,15 +377,15 @@ def test_multi_image_documents_follow_the_policy(models, beds, tmp_path):
         go(multi_image="error")
     with vision_tower_inputs(model) as seen:
         out = go(multi_image="first")
-    assert sorted(s["doc_id"] for s in out.samples) == list(range(N))
-    assert all(s["n_images"] == 2 and s["answer"] in ("yes", "no") for s in out.samples)
+    assert sorted(s.doc_id for s in out.samples) == list(range(N))
+    assert all(s.n_images == 2 and s.answer in ("yes", "no") for s in out.samples)
     assert len(seen) == N and not any(torch.equal(t.amax(dim=(-2, -1)), t.amin(dim=(-2, -1))) for t in seen)
     # the first image is the document's own: the same answers as the one-image task
     single = run(models, beds, "llava", "pope", build_pruner("none"))
-    assert {s["doc_id"]: s["answer"] for s in out.samples} == {s["doc_id"]: s["answer"] for s in single.samples}
-    assert {s["n_images"] for s in single.samples} == {1}
+    assert {s.doc_id: s.answer for s in out.samples} == {s.doc_id: s.answer for s in single.samples}
+    assert {s.n_images for s in single.samples} == {1}
     with vision_tower_inputs(model) as seen:
         middle = go(multi_image="middle", limit=2)
     # index 2 // 2 = 1: the blank image (every channel constant after normalisation)
     assert len(seen) == 2 and all(torch.equal(t.amax(dim=(-2, -1)), t.amin(dim=(-2, -1))) for t in seen)
-    assert [s["n_images"] for s in middle.samples] == [2, 2]
+    assert [s.n_images for s in middle.samples] == [2, 2]

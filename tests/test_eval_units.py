@@ -14,6 +14,7 @@ from mmtok.eval.prompts import build_prompt, pick_image, preprocess_image
 from mmtok.models.llava.prompts import VICUNA_V1_SYSTEM, expand2square, mean_color
 from mmtok.models.llava.tiny import build_tiny
 from mmtok.timing import layer_flops, peak_memory_bytes, prefill_flops, prefill_flops_per_layer
+from tests._records import sample_record
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +135,7 @@ def test_peak_memory_is_none_on_cpu():
 
 # -- metrics --------------------------------------------------------------------------------------
 def _pope(doc_id, split, target, answer):
-    return {"task": "t", "doc_id": doc_id, "category": split, "target": target, "answer": answer}
+    return sample_record(doc_id=doc_id, category=split, target=target, answer=answer)
 
 
 def test_pope_per_split_metrics_by_hand():

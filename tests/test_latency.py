@@ -46,16 +46,16 @@ def test_stages_add_up_to_the_total(mmtok_cache, tiny_llava_path, tiny_llavanext
     assert outcome.samples
     shares = []
     for s in outcome.samples:
-        parts = [s[k] for k in STAGES]
+        parts = [getattr(s, k) for k in STAGES]
         assert all(p >= 0 for p in parts), s
         covered = sum(parts)
-        assert covered <= s["total_s"] + 1e-9, s  # the stages are inside the total, never beyond it
-        shares.append((s["total_s"] - covered) / s["total_s"])
+        assert covered <= s.total_s + 1e-9, s  # the stages are inside the total, never beyond it
+        shares.append((s.total_s - covered) / s.total_s)
     # the median sample: one sample descheduled on a busy machine must not decide the test
     assert float(np.median(shares)) <= UNTIMED_SHARE, shares
     row = outcome.row.as_dict()
     for stage in (*STAGES, "total_s"):
-        values = np.array([s[stage] for s in outcome.samples])
+        values = np.array([getattr(s, stage) for s in outcome.samples])
         assert row[f"{stage}_mean"] == pytest.approx(values.mean(), rel=1e-9)
         assert row[f"{stage}_p50"] == pytest.approx(np.percentile(values, 50), rel=1e-9)
     # and the same numbers reached runs.csv

@@ -696,7 +696,7 @@ def test_plus_plus_runs_end_to_end_and_is_refused_where_no_rule(mmtok_cache, tin
         ]
     )
     out = run(cfg)
-    assert out.status == "completed" and {s["vision_tokens"] for s in out.samples} == {8}
+    assert out.status == "completed" and {s.vision_tokens for s in out.samples} == {8}
     assert out.row.pruner == "mmtok" and out.row.pruner_params["exclude_padding"] is True
 
     def never(cfg):

@@ -109,7 +109,7 @@ def test_the_processor_sees_the_resized_image(mmtok_cache, tmp_path, monkeypatch
     seen = _spy_processor(monkeypatch, compose(common))
     out = run(compose([*common, "pruner=resize_0.5"]))
     docs = _docs(mmtok_cache)
-    sizes = [docs[s["doc_id"]]["image"].size for s in out.samples]
+    sizes = [docs[s.doc_id]["image"].size for s in out.samples]
     assert sorted(seen) == sorted((w // 2, h // 2) for w, h in sizes)  # requests run longest prompt first
     assert out.row.image_scale == 0.5 and out.row.pruner == "none"
 
@@ -135,10 +135,10 @@ def test_token_counts_follow_the_resized_image_on_qwen(mmtok_cache, tmp_path, mo
 
         seen.clear()
         out = run(cell_config(compose([*common, f"cells=[{cell}]"]), cell))
-        images = [scale_image(docs[s["doc_id"]]["image"], scale) for s in out.samples]
+        images = [scale_image(docs[s.doc_id]["image"], scale) for s in out.samples]
         want = [tokens(im) for im in images]
         assert sorted(seen) == sorted(preprocess_image(im, processor, "crop", "qwen2_5_vl").size for im in images)
-        assert [s["vision_tokens_full"] for s in out.samples] == want, cell
-        assert [s["vision_tokens"] for s in out.samples] == [int(ratio * n) for n in want], cell
+        assert [s.vision_tokens_full for s in out.samples] == want, cell
+        assert [s.vision_tokens for s in out.samples] == [int(ratio * n) for n in want], cell
         full[scale] = want
     assert all(a > b for a, b in zip(full[1.0], full[0.5]))  # these images are above the pixel floor at 1/2

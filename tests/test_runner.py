@@ -21,6 +21,7 @@ from mmtok.run.execute import run
 from mmtok.run.identity import config_hash
 from mmtok.run.schema import ConfigError
 from mmtok.timing import layer_flops, lm_head_flops, prefill_flops
+from tests._records import sample_record
 from tests._wandb import wandb_offline_records
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -163,14 +164,14 @@ def test_keep_all_equals_pruner_none(base, tmp_path, model, budget):
         keep_all = go(base, tmp_path, *common, "pruner=mmtok", f"budget={budget}", "pruner.params.next_layout=hf")
     none = go(base, tmp_path, *common, "pruner=none")
     assert none.row.budget is None and none.row.pruner == "none"
-    answers = {(s["task"], s["doc_id"]): s["answer"] for s in none.samples}
-    assert {(s["task"], s["doc_id"]): s["answer"] for s in keep_all.samples} == answers
+    answers = {(s.task, s.doc_id): s.answer for s in none.samples}
+    assert {(s.task, s.doc_id): s.answer for s in keep_all.samples} == answers
     for out in (keep_all, none):
-        assert all(s["vision_tokens"] == s["vision_tokens_full"] for s in out.samples)
+        assert all(s.vision_tokens == s.vision_tokens_full for s in out.samples)
     if model == "tiny_llava":
         # the comparison means something: pruning hard does change the tiny model's answers
         pruned = go(base, tmp_path, *common, "pruner=random", "budget=2")
-        assert {(s["task"], s["doc_id"]): s["answer"] for s in pruned.samples} != answers
+        assert {(s.task, s.doc_id): s.answer for s in pruned.samples} != answers
 
 
 def test_resume_skips_and_force_reruns(base, tmp_path, capsys):
@@ -327,7 +328,7 @@ def test_in_llm_pruner_rows_log_equivalent_tokens(base, tmp_path):
     """FastV keeps R tokens from layer K on: the row's equivalent tokens are the layer average."""
     out = go(base, tmp_path, "pruner=fastv", "budget=16", "limit=4")
     row = csv_row(out)
-    eq = [s["equivalent_tokens"] for s in out.samples]
+    eq = [s.equivalent_tokens for s in out.samples]
     assert all(e is not None for e in eq)
     assert num(row["equivalent_tokens_mean"]) == pytest.approx(np.mean(eq))
     assert num(row["vision_tokens_mean"]) < num(row["equivalent_tokens_mean"]) <= 16.5
@@ -338,16 +339,16 @@ def test_in_llm_pruner_rows_log_equivalent_tokens(base, tmp_path):
     for s in out.samples:
         # FLOPs per layer at the vision tokens that layer's input held (exact), from the wrapper's
         # text_tokens; the layer average of that list is the equivalent token count
-        per_layer = s["layer_vision_tokens"]
-        assert len(per_layer) == layers and np.mean(per_layer) == pytest.approx(s["equivalent_tokens"])
-        assert per_layer[0] == s["vision_tokens_full"] and per_layer[-1] == s["vision_tokens"]
-        assert s["prefill_tokens"] == s["text_tokens"] + s["vision_tokens"]
-        assert s["prefill_flops"] == sum(
-            layer_flops(model_cfg, s["text_tokens"] + v) for v in per_layer
-        ) + lm_head_flops(model_cfg)
+        per_layer = s.layer_vision_tokens
+        assert len(per_layer) == layers and np.mean(per_layer) == pytest.approx(s.equivalent_tokens)
+        assert per_layer[0] == s.vision_tokens_full and per_layer[-1] == s.vision_tokens
+        assert s.prefill_tokens == s.text_tokens + s.vision_tokens
+        assert s.prefill_flops == sum(layer_flops(model_cfg, s.text_tokens + v) for v in per_layer) + lm_head_flops(
+            model_cfg
+        )
         # less than the unpruned prefill, more than keeping only the final tokens from layer 0
-        assert prefill_flops(model_cfg, s["text_tokens"] + s["vision_tokens"]) < s["prefill_flops"]
-        assert s["prefill_flops"] < prefill_flops(model_cfg, s["text_tokens"] + s["vision_tokens_full"])
+        assert prefill_flops(model_cfg, s.text_tokens + s.vision_tokens) < s.prefill_flops
+        assert s.prefill_flops < prefill_flops(model_cfg, s.text_tokens + s.vision_tokens_full)
 
 
 def test_prefill_flops_come_from_the_recorded_token_counts():
@@ -358,23 +359,17 @@ def test_prefill_flops_come_from_the_recorded_token_counts():
 
     cfg = LlamaConfig(vocab_size=100, hidden_size=8, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2)
     samples = [
-        {
-            "question": "ignored",
-            "text_tokens": 5,
-            "vision_tokens": 4,
-            "equivalent_tokens": None,
-            "layer_vision_tokens": None,
-        },
-        {"text_tokens": 5, "vision_tokens": 2, "equivalent_tokens": 3.0, "layer_vision_tokens": [4, 2]},
-        {"text_tokens": 5, "vision_tokens": 2, "equivalent_tokens": 2.6},  # in-LLM without the per-layer list
-        {"text_tokens": 5, "vision_tokens": 4, "prefill_flops": 7},  # already set: kept
+        sample_record(text_tokens=5, vision_tokens=4),
+        sample_record(text_tokens=5, vision_tokens=2, equivalent_tokens=3.0, layer_vision_tokens=[4, 2]),
+        sample_record(text_tokens=5, vision_tokens=2, equivalent_tokens=2.6),  # in-LLM without the per-layer list
+        sample_record(text_tokens=5, vision_tokens=4, prefill_flops=7),  # already set: kept
     ]
     add_prefill_flops(samples, cfg)
-    assert samples[0]["prefill_flops"] == prefill_flops(cfg, 9)
-    assert samples[1]["prefill_flops"] == layer_flops(cfg, 9) + layer_flops(cfg, 7) + lm_head_flops(cfg)
-    assert samples[1]["prefill_flops"] != prefill_flops(cfg, 8)  # not the layer-average shortcut
-    assert samples[2]["prefill_flops"] == prefill_flops(cfg, 8)  # round(5 + 2.6)
-    assert samples[3]["prefill_flops"] == 7
+    assert samples[0].prefill_flops == prefill_flops(cfg, 9)
+    assert samples[1].prefill_flops == layer_flops(cfg, 9) + layer_flops(cfg, 7) + lm_head_flops(cfg)
+    assert samples[1].prefill_flops != prefill_flops(cfg, 8)  # not the layer-average shortcut
+    assert samples[2].prefill_flops == prefill_flops(cfg, 8)  # round(5 + 2.6)
+    assert samples[3].prefill_flops == 7
 
 
 @pytest.mark.parametrize(

@@ -97,8 +97,8 @@ def test_committed_checkpoint_is_a_real_llava_loaded_offline():
 
 def test_unpruned_scores_on_the_fixed_slice(testbed_model, beds, unpruned_pope):
     pope, samples = unpruned_pope
-    assert {s["category"] for s in samples} == {"random", "popular", "adversarial"}
-    assert all(s["vision_tokens"] == 576 for s in samples)
+    assert {s.category for s in samples} == {"random", "popular", "adversarial"}
+    assert all(s.vision_tokens == 576 for s in samples)
     assert pope >= 0.85, pope  # measured 0.989
     gqa, _ = score(testbed_model, beds["scenes_gqa"], build_pruner("none"))
     assert gqa >= 0.80, gqa  # measured 0.960
@@ -108,7 +108,7 @@ def test_broken_pruner_scores_visibly_worse_than_a_correct_one(testbed_model, be
     bed = beds["scenes_pope"]
     good, _ = score(testbed_model, bed, build_pruner("mmtok", 16))
     bad, samples = score(testbed_model, bed, LowestRelevancePruner(budget=16))
-    assert all(s["vision_tokens"] == 16 for s in samples)
+    assert all(s.vision_tokens == 16 for s in samples)
     assert good - bad >= 0.15, (good, bad)  # measured 0.990 vs 0.105
 
 
@@ -128,7 +128,7 @@ def test_oracle_selection_scores_at_least_random_at_every_budget(testbed_model, 
     got = {}
     for budget in (192, 64, 16, 4):
         ours, samples = score(testbed_model, bed, replace(oracle, budget=budget))
-        assert all(s["vision_tokens"] == budget for s in samples)
+        assert all(s.vision_tokens == budget for s in samples)
         got[budget] = (ours, score(testbed_model, bed, build_pruner("random", budget, seed=0))[0])
     # measured (oracle, random) F1: 192 (0.960, 0.923), 64 (0.945, 0.739), 16 (0.926, 0.567), 4 (0.980, 0.266);
     # v1's LLM, trained on uniform subsets only, put the oracle below random (0.657 vs 0.703 accuracy at 16)
@@ -204,7 +204,7 @@ def test_pruning_inside_the_llm_changes_the_answers(testbed_model, beds, unprune
     full, _ = unpruned_pope
     pruner = build_pruner("fastv", 16, layer=2, budget_mode="kept")
     fastv, samples = score(testbed_model, beds["scenes_pope"], pruner)
-    assert all(s["vision_tokens"] == 16 and s["layer_vision_tokens"] == [576, 576, 16, 16] for s in samples)
+    assert all(s.vision_tokens == 16 and s.layer_vision_tokens == [576, 576, 16, 16] for s in samples)
     # measured: unpruned 0.989, FastV K=2 keeping 16 0.185 (64: 0.474, 192: 0.751); v1 kept 0.99 at 4 tokens.
     # K=3, scoring after layer 2 has read the image, stays at 0.989 (the documented limit)
     assert full - fastv >= 0.5, (full, fastv)

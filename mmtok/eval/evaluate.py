@@ -2,7 +2,7 @@
 
     out = evaluate(model, processor, build_pruner("mmtok", budget=64), tasks=["mmtok_pope"],
                    include_path=dataset_dir, protocol=RunProtocol(batch_size=1))
-    out.metrics["pope_f1_avg"], out.samples[0]["prefill_s"], out.wall_s
+    out.metrics["pope_f1_avg"], out.samples[0].prefill_s, out.wall_s
 
 `include_path` is the folder holding our task YAMLs (`mmtok.data.tasks.write_task_yaml`,
 `mmtok.data.build_dataset`). Metrics are flat (`mmtok.eval.metrics`); `samples` has one
@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from mmtok.eval.metrics import infer_summary, summarize
 from mmtok.eval.prompts import check_multi_image, check_options
 from mmtok.eval.protocol import DEFAULT_PROTOCOL, SUMMARIES, RunProtocol, mme_limit_problem
+from mmtok.eval.records import SampleRecord
 from mmtok.eval.wrapper import PrunedLM
 from mmtok.timing import device_name, peak_memory_bytes, reset_peak_memory
 
@@ -26,12 +27,12 @@ from mmtok.timing import device_name, peak_memory_bytes, reset_peak_memory
 class EvalOutput:
     """What one evaluation produced.
 
-    `samples`: one `mmtok.eval.records.SampleRecord` per answered request, as a dict (its fields), in
-        lmms-eval's request order.
+    `samples`: one `mmtok.eval.records.SampleRecord` per answered request, in lmms-eval's request
+        order.
     """
 
     metrics: dict[str, float]  # flat: pope_f1_avg, pope_random_f1, gqa_exact_match, mme_total, ...
-    samples: list[dict]
+    samples: list[SampleRecord]
     wall_s: float  # the whole simple_evaluate call: dataset loading, generation, scoring
     device: str
     peak_memory_bytes: int | None  # CUDA peak allocated during the evaluation; None on CPU
@@ -120,17 +121,17 @@ def evaluate(
     metrics: dict[str, float] = {}
     for kind in dict.fromkeys(kinds.values()):
         names = [t for t in tasks if kinds[t] == kind]
-        metrics.update(summarize(kind, {t: raw[t] for t in names}, [s for s in samples if s["task"] in names]))
+        metrics.update(summarize(kind, {t: raw[t] for t in names}, [s for s in samples if s.task in names]))
     return EvalOutput(
         metrics=metrics, samples=samples, wall_s=wall_s, device=device_name(device), peak_memory_bytes=peak, raw=raw
     )
 
 
-def _attach_targets(samples: list[dict], logged: dict) -> None:
+def _attach_targets(samples: list[SampleRecord], logged: dict) -> None:
     """Each record's `target`: the target lmms-eval itself scored it against (its logged sample)."""
     targets = {(task, s["doc_id"]): s.get("target") for task, rows in logged.items() for s in rows}
     for s in samples:
-        s["target"] = targets.get((s["task"], s["doc_id"]))
+        s.target = targets.get((s.task, s.doc_id))
 
 
 __all__ = ["EvalOutput", "PrunedLM", "evaluate", "summarize", "task_manager"]

@@ -21,6 +21,7 @@ from lmms_eval.tasks.pope import utils as pope_utils
 
 from mmtok.data.local import POPE_SPLITS  # the format's splits, where the datasets are built
 from mmtok.eval.protocol import SUMMARIES
+from mmtok.eval.records import SampleRecord
 
 # lmms-eval 0.7.3 `mmstar` metric → our flat name (the paper's Table 11 columns; `average` is its Average)
 MMSTAR_METRICS = {
@@ -57,17 +58,17 @@ def _only_task(summary: str, raw_results: dict) -> tuple[str, dict]:
     return next(iter(raw_results.items()))
 
 
-def pope_split_metrics(samples: list[dict]) -> dict[str, float]:
+def pope_split_metrics(samples: list[SampleRecord]) -> dict[str, float]:
     """Per-split accuracy / precision / recall / F1 and their averages from per-sample records.
 
     Each record needs `answer`, `target` ("yes"/"no") and `category` (the POPE split)."""
     by_split: dict[str, list[dict]] = {}
     for s in samples:
-        if s.get("category") not in POPE_SPLITS:
-            raise ValueError(f"POPE sample {s.get('doc_id')} has no split category (got {s.get('category')!r})")
-        doc = {"question_id": s["doc_id"], "answer": s["target"]}
-        scored = pope_utils.pope_process_results(doc, [s["answer"]])["pope_f1_score"]
-        by_split.setdefault(s["category"], []).append(scored)
+        if s.category not in POPE_SPLITS:
+            raise ValueError(f"POPE sample {s.doc_id} has no split category (got {s.category!r})")
+        doc = {"question_id": s.doc_id, "answer": s.target}  # lmms-eval's scorer takes its own dicts
+        scored = pope_utils.pope_process_results(doc, [s.answer])["pope_f1_score"]
+        by_split.setdefault(s.category, []).append(scored)
     out: dict[str, float] = {}
     for split in POPE_SPLITS:
         if split not in by_split:
@@ -86,7 +87,7 @@ def pope_split_metrics(samples: list[dict]) -> dict[str, float]:
     return out
 
 
-def summarize(summary: str | None, raw_results: dict, samples: list[dict]) -> dict[str, float]:
+def summarize(summary: str | None, raw_results: dict, samples: list[SampleRecord]) -> dict[str, float]:
     """Flat metrics for one benchmark.
 
     `raw_results`: lmms-eval's `res["results"]` restricted to the benchmark's task (one task);

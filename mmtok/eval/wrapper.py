@@ -8,7 +8,7 @@ Differences from lmms-eval's built-in HF wrappers, all deliberate:
   makes a broken pruner look like a weak one.
 - Greedy decoding always (`do_sample=False`); `max_new_tokens` = the task's value capped by ours;
   the task's `until` strings truncate the decoded answer.
-- Every request is timed and recorded (`records`), one dict per request, for the results table.
+- Every request is timed and recorded (`records`), one `SampleRecord` per request, for the results table.
 - One image per prompt: a document with several images goes through the `multi_image` policy
   (`mmtok.eval.prompts.pick_image`: error | first | middle); the resize baseline scales it
   (`protocol.image_scale`, `mmtok.eval.prompts.scale_image`) before anything else sees it.
@@ -70,7 +70,7 @@ class PrunedLM(lmms):
         self.progress = protocol.progress
         # Single process: a present-but-None accelerator stops the evaluator from creating one.
         self.accelerator = None
-        self.records: list[dict] = []
+        self.records: list[SampleRecord] = []
 
     @property
     def device(self) -> torch.device:
@@ -100,7 +100,7 @@ class PrunedLM(lmms):
         from tqdm import tqdm
 
         answers: list[str | None] = [None] * len(requests)
-        records: list[dict | None] = [None] * len(requests)
+        records: list[SampleRecord | None] = [None] * len(requests)
         bar = tqdm(total=len(requests), disable=not self.progress, desc="mmtok generate")
         for batch in self._batches([req.args for req in requests]):
             for i, answer, record in self._run_batch(batch):
@@ -219,7 +219,7 @@ class PrunedLM(lmms):
                 prefill_tokens=int(text_tokens[k]) + int(s.vision_tokens),
                 layer_vision_tokens=_int_list(s.layer_vision_tokens),
                 batch_size=len(batch),
-            ).as_dict()  # samples travel as plain records (samples.jsonl lines) from here on
+            )
             results.append((index, answer, record))
         return results
 

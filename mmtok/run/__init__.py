@@ -3,7 +3,7 @@ one run executed into its run folder.
 
     from mmtok.run import compose, run
     outcome = run(compose(["pruner=random", "budget=8", "limit=4"]))
-    outcome.row.pope_f1_avg, outcome.run_dir, outcome.samples[0]["total_s"]
+    outcome.row.pope_f1_avg, outcome.run_dir, outcome.samples[0].total_s
 
 Modules, one job each: `schema` (the config dataclasses), `compose` (Hydra compose + one-line
 errors), `validate` (value, source and family checks), `cells` (a job's cells), `preflight` (the

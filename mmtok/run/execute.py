@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from mmtok import store
 from mmtok.data import build_dataset, dataset_format
 from mmtok.eval.protocol import RunProtocol
+from mmtok.eval.records import SampleRecord
 from mmtok.models.source import ModelSourceError
 from mmtok.run.cells import cell_config
 from mmtok.run.identity import config_hash, identity, new_run_id
@@ -51,7 +52,7 @@ class RunOutcome:
     row_number: int  # 1-based data row in runs.csv (of the earlier row when skipped)
     csv_path: Path
     run_dir: Path | None = None
-    samples: list[dict] = field(default_factory=list)
+    samples: list[SampleRecord] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
 
 
@@ -162,7 +163,7 @@ def load(cfg: DictConfig):
     return loaded
 
 
-def add_prefill_flops(samples: list[dict], model_config) -> None:
+def add_prefill_flops(samples: list[SampleRecord], model_config) -> None:
     """Per sample: the analytic `prefill_flops` of the LLM (`mmtok.timing`), from the wrapper's
     `text_tokens` (the prompt as tokenised for the model, without image placeholders and padding).
 
@@ -174,16 +175,14 @@ def add_prefill_flops(samples: list[dict], model_config) -> None:
     from mmtok.timing import prefill_flops, prefill_flops_per_layer  # defers torch
 
     for s in samples:
-        if s.get("prefill_flops") is not None:
+        if s.prefill_flops is not None:
             continue
-        text = int(s["text_tokens"])
-        per_layer = s.get("layer_vision_tokens")
-        if per_layer is not None:
-            s["prefill_flops"] = prefill_flops_per_layer(model_config, [text + int(v) for v in per_layer])
+        text = int(s.text_tokens)
+        if s.layer_vision_tokens is not None:
+            s.prefill_flops = prefill_flops_per_layer(model_config, [text + int(v) for v in s.layer_vision_tokens])
         else:
-            vision = s.get("equivalent_tokens")
-            vision = s["vision_tokens"] if vision is None else vision
-            s["prefill_flops"] = prefill_flops(model_config, int(round(text + float(vision))))
+            vision = s.vision_tokens if s.equivalent_tokens is None else s.equivalent_tokens
+            s.prefill_flops = prefill_flops(model_config, int(round(text + float(vision))))
 
 
 def protocol_of(cfg: DictConfig) -> RunProtocol:
@@ -301,8 +300,9 @@ def _execute(cfg: DictConfig, resolved: dict, pruner, key: str, csv_path: Path, 
         log(f"FAILED: {row.error} (row {number} of {csv_path})")
         raise
 
-    samples = [dict(s) for s in out.samples]
+    samples = [dataclasses.replace(s) for s in out.samples]
     add_prefill_flops(samples, model.config)
+    lines = [s.as_dict() for s in samples]  # the store keeps plain JSON records
     metrics = {k: float(v) for k, v in out.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     if out.peak_memory_bytes is not None:
         peak, peak_source = int(out.peak_memory_bytes), "torch.cuda.max_memory_allocated"
@@ -312,7 +312,7 @@ def _execute(cfg: DictConfig, resolved: dict, pruner, key: str, csv_path: Path, 
         peak, peak_source = process_peak_rss_bytes(), "process_max_rss"
     row = dataclasses.replace(
         row,
-        **store.sample_aggregates(samples),
+        **store.sample_aggregates(lines),
         **{col: metrics.get(col) for col in store.METRIC_COLUMNS},
         metrics_json=metrics,
         score=metrics.get(cfg.benchmark.score) if cfg.benchmark.score else None,
@@ -323,7 +323,7 @@ def _execute(cfg: DictConfig, resolved: dict, pruner, key: str, csv_path: Path, 
         status="completed",
     )
 
-    store.write_samples(run_dir / "samples.jsonl", samples)
+    store.write_samples(run_dir / "samples.jsonl", lines)
     store.write_json(run_dir / "metrics.json", metrics)
     summary = {k: v for k, v in row.as_dict().items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     try:

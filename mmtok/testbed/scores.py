@@ -41,7 +41,7 @@ def score_row(cell: Cell, out) -> dict:
     else:
         row["score"] = m["gqa_exact_match"]
         for kind in GQA_KINDS:
-            got = [s for s in out.samples if question_kind(s["question"]) == kind]
+            got = [s for s in out.samples if question_kind(s.question) == kind]
             row[f"acc_{kind}"] = sum(s["answer"].lower() == s["target"].lower() for s in got) / max(1, len(got))
-    row["vision_tokens_mean"] = sum(s["vision_tokens"] for s in out.samples) / len(out.samples)
+    row["vision_tokens_mean"] = sum(s.vision_tokens for s in out.samples) / len(out.samples)
     return row
