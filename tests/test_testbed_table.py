@@ -172,3 +172,27 @@ def test_plot_panels_split_the_methods_from_mmtoks_variants():
     assert [r.label for r in variants][:3] == ["oracle", "text_only", "mmtok"]
     assert {r.label for r in variants[3:]} == {r.label for r in ROWS if r.method == "mmtok"} - {"mmtok"}
     assert {r.label for r in methods} == {r.label for r in ROWS} - {r.label for r in variants[3:]}
+
+
+def test_score_row_counts_each_gqa_kind_and_the_mean_kept_tokens():
+    from types import SimpleNamespace
+
+    from mmtok.testbed.scores import score_row
+    from tests._records import sample_record
+
+    def asked(question, answer, target, kept):
+        return sample_record(question=question, answer=answer, target=target, vision_tokens=kept)
+
+    samples = [
+        asked("Which color is the circle?", "Red", "red", 16),  # right: case does not count
+        asked("Which color is the square?", "blue", "green", 16),
+        asked("Is the circle bigger than the square?", "yes", "yes", 8),
+        asked("What color is the biggest shape?", "red", "blue", 8),
+        asked("Is there a circle?", "yes", "yes", 12),  # another kind: in no column
+    ]
+    out = SimpleNamespace(metrics={"gqa_exact_match": 0.4}, samples=samples)
+    row = score_row(Cell("scenes_gqa", "mmtok", 16), out)
+    assert row == {
+        "task": "scenes_gqa", "pruner": "mmtok", "budget": "16", "n": 5, "score": 0.4,
+        "acc_choose": 0.5, "acc_size": 1.0, "acc_bigcolor": 0.0, "vision_tokens_mean": 12.0,
+    }  # fmt: skip

@@ -42,6 +42,6 @@ def score_row(cell: Cell, out) -> dict:
         row["score"] = m["gqa_exact_match"]
         for kind in GQA_KINDS:
             got = [s for s in out.samples if question_kind(s.question) == kind]
-            row[f"acc_{kind}"] = sum(s["answer"].lower() == s["target"].lower() for s in got) / max(1, len(got))
+            row[f"acc_{kind}"] = sum(s.answer.lower() == s.target.lower() for s in got) / max(1, len(got))
     row["vision_tokens_mean"] = sum(s.vision_tokens for s in out.samples) / len(out.samples)
     return row
