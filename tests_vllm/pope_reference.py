@@ -15,6 +15,7 @@ they are equal.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import io
 import json
@@ -86,6 +87,7 @@ def build(out: Path) -> int:
                 "category": s["category"],
                 "hf_answer": s["answer"],
                 "text_tokens": s["text_tokens"],
+                "hf_sample": s,  # the HF run's whole record, scored again with vLLM's answer
             }
         )
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -97,13 +99,16 @@ def build(out: Path) -> int:
 
 def score(out: Path) -> int:
     from mmtok.eval.metrics import pope_split_metrics
+    from mmtok.eval.records import SampleRecord
 
     pope = out / "pope"
     ref = json.loads((pope / "cases.json").read_text())
     answers = json.loads((pope / "vllm_answers.json").read_text())
     cases = ref["cases"]
-    hf = pope_split_metrics([{**c, "answer": c["hf_answer"]} for c in cases])
-    vllm = pope_split_metrics([{**c, "answer": answers[str(c["doc_id"])]} for c in cases])
+    hf = pope_split_metrics([SampleRecord(**c["hf_sample"]) for c in cases])
+    vllm = pope_split_metrics(
+        [dataclasses.replace(SampleRecord(**c["hf_sample"]), answer=answers[str(c["doc_id"])]) for c in cases]
+    )
     same = sum(answers[str(c["doc_id"])] == c["hf_answer"] for c in cases)
     print(
         f"scenes_pope {ref['method']}@{ref['budget']}: F1 (mean over splits) HF {hf['pope_f1_avg']:.4f}, "
