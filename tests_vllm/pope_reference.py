@@ -105,10 +105,9 @@ def score(out: Path) -> int:
     ref = json.loads((pope / "cases.json").read_text())
     answers = json.loads((pope / "vllm_answers.json").read_text())
     cases = ref["cases"]
-    hf = pope_split_metrics([SampleRecord(**c["hf_sample"]) for c in cases])
-    vllm = pope_split_metrics(
-        [dataclasses.replace(SampleRecord(**c["hf_sample"]), answer=answers[str(c["doc_id"])]) for c in cases]
-    )
+    records = [SampleRecord(**c["hf_sample"]) for c in cases]
+    hf = pope_split_metrics(records)
+    vllm = pope_split_metrics([dataclasses.replace(r, answer=answers[str(r.doc_id)]) for r in records])
     same = sum(answers[str(c["doc_id"])] == c["hf_answer"] for c in cases)
     print(
         f"scenes_pope {ref['method']}@{ref['budget']}: F1 (mean over splits) HF {hf['pope_f1_avg']:.4f}, "

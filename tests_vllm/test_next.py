@@ -8,7 +8,7 @@ import pytest
 from conftest import REFERENCE_DIR, case_kwargs, fresh, request
 from test_plugin import first_logprobs, label, sampling, tokens
 
-from mmtok.serving.vllm_llava_next import take_selection
+from mmtok.serving.vllm_llava import take_selection
 
 EXACT_ROWS = ("mmtok", "divprune", "random")
 

@@ -251,11 +251,11 @@ class MMTokLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         return out
 
 
-def take_selection(model) -> list[tuple[str, list[int] | None]]:
+def take_selection(model) -> list[tuple[str, list | None]]:
     """For `LLM.apply_model(take_selection)`: the per-image (method, kept rows) of the model's
-    latest image batch, which it then forgets, so a request whose image embedding came from vLLM's
-    encoder or prefix cache reads [] rather than an earlier batch's rows (needs
-    VLLM_ALLOW_INSECURE_SERIALIZATION=1 with vLLM's multiprocess engine)."""
+    latest image batch (LLaVA or LLaVA-NeXT: its `mmtok_last`), which it then forgets, so a request
+    whose image embedding came from vLLM's encoder or prefix cache reads [] rather than an earlier
+    batch's rows (needs VLLM_ALLOW_INSECURE_SERIALIZATION=1 with vLLM's multiprocess engine)."""
     taken = list(getattr(model, "mmtok_last", []))
     model.mmtok_last = []
     return taken

@@ -93,6 +93,8 @@ class MMTokLlavaNextForConditionalGeneration(LlavaNextForConditionalGeneration):
     def __init__(self, *, vllm_config, prefix: str = "") -> None:
         super().__init__(vllm_config=vllm_config, prefix=prefix)
         self.mmtok_params = ModelParams.from_config(self.config)
+        # per image of the latest batch: (method, kept rows per crop, or [indices into the packed
+        # sequence] for DivPrune; None for merged / unpruned tokens); read by `vllm_llava.take_selection`
         self.mmtok_last: list[tuple[str, list[list[int]] | None]] = []
 
     def _stitched_order(self, grid: tuple[int, int], side: int) -> torch.Tensor:
@@ -194,12 +196,3 @@ class MMTokLlavaNextForConditionalGeneration(LlavaNextForConditionalGeneration):
             out.append(self._paper(proj, indices, grid))
             self.mmtok_last.append((method, [x.tolist() for x in indices]))
         return out
-
-
-def take_selection(model) -> list[tuple[str, list[list[int]] | None]]:
-    """For `LLM.apply_model(take_selection)`: per image of the latest batch, (method, kept rows per
-    crop, or [indices into the packed sequence] for DivPrune; None for merged / unpruned tokens),
-    then forgotten, as `vllm_llava.take_selection`."""
-    taken = list(getattr(model, "mmtok_last", []))
-    model.mmtok_last = []
-    return taken
